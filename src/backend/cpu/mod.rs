@@ -1,0 +1,516 @@
+//! The CPU backend: f32 buffers in host memory, GEMMs through the `gemm` crate, everything
+//! parallel over rayon's global pool (its size is the thread count the caller configured).
+
+mod activation;
+mod attention;
+mod gemm;
+mod lora;
+mod loss;
+mod norm;
+mod optim;
+mod rope;
+
+use super::{Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+pub(crate) use self::gemm::sgemm;
+
+/// The CPU backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+/// Splits `buf` (rows of `dim`) into disjoint mutable row ranges, one per span. Spans must be
+/// sorted by start and not overlap.
+pub(crate) fn split_rows_mut<'a>(
+    buf: &'a mut [f32],
+    spans: &[Span],
+    dim: usize,
+) -> Result<Vec<&'a mut [f32]>> {
+    let mut out = Vec::with_capacity(spans.len());
+    let mut rest = buf;
+    let mut consumed = 0usize;
+    for s in spans {
+        if s.start < consumed {
+            return Err(Error::Backend(format!(
+                "segments must be sorted and disjoint (row {} after row {consumed})",
+                s.start
+            )));
+        }
+        let skip = (s.start - consumed) * dim;
+        let take = s.len * dim;
+        if rest.len() < skip + take {
+            return Err(Error::Backend(format!(
+                "segment rows {}..{} exceed the buffer",
+                s.start,
+                s.end()
+            )));
+        }
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
+        let (seg, tail) = tail.split_at_mut(take);
+        out.push(seg);
+        rest = tail;
+        consumed = s.end();
+    }
+    Ok(out)
+}
+
+fn check(what: &str, buf_len: usize, need: usize) -> Result<()> {
+    if buf_len < need {
+        return Err(Error::Backend(format!(
+            "{what}: buffer holds {buf_len} elements, op needs {need}"
+        )));
+    }
+    Ok(())
+}
+
+fn spans_rows(spans: &[Span]) -> usize {
+    spans.iter().map(Span::end).max().unwrap_or(0)
+}
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn fill_zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+        buf.fill(0.0);
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        c: &mut Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    ) -> Result<()> {
+        sgemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, 1.0, true)
+    }
+
+    fn add_bias(&self, y: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, dim: usize) -> Result<()> {
+        check("add_bias y", y.len(), rows * dim)?;
+        check("add_bias bias", bias.len(), dim)?;
+        y[..rows * dim].par_chunks_mut(dim).for_each(|r| {
+            r.iter_mut().zip(bias.iter()).for_each(|(a, b)| *a += b)
+        });
+        Ok(())
+    }
+    fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>, len: usize) -> Result<()> {
+        check("add_assign y", y.len(), len)?;
+        check("add_assign x", x.len(), len)?;
+        y[..len]
+            .par_chunks_mut(4096)
+            .zip(x[..len].par_chunks(4096))
+            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(a, b)| *a += b));
+        Ok(())
+    }
+    fn copy(&self, y: &mut Vec<f32>, x: &Vec<f32>, len: usize) -> Result<()> {
+        check("copy y", y.len(), len)?;
+        check("copy x", x.len(), len)?;
+        y[..len].copy_from_slice(&x[..len]);
+        Ok(())
+    }
+    fn gather_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, rows: &[u32], dim: usize) -> Result<()> {
+        check("gather dst", dst.len(), rows.len() * dim)?;
+        for &r in rows {
+            check("gather src", src.len(), (r as usize + 1) * dim)?;
+        }
+        dst[..rows.len() * dim]
+            .par_chunks_mut(dim)
+            .zip(rows.par_iter())
+            .for_each(|(d, &r)| d.copy_from_slice(&src[r as usize * dim..(r as usize + 1) * dim]));
+        Ok(())
+    }
+    fn scatter_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, rows: &[u32], dim: usize) -> Result<()> {
+        check("scatter src", src.len(), rows.len() * dim)?;
+        for (i, &r) in rows.iter().enumerate() {
+            check("scatter dst", dst.len(), (r as usize + 1) * dim)?;
+            dst[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&src[i * dim..(i + 1) * dim]);
+        }
+        Ok(())
+    }
+    fn embedding(
+        &self,
+        out: &mut Vec<f32>,
+        table: &Vec<f32>,
+        ids: &[u32],
+        dim: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        check("embedding out", out.len(), ids.len() * dim)?;
+        let vocab = table.len() / dim.max(1);
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::Backend(format!(
+                "embedding id {bad} out of range for a table of {vocab} rows"
+            )));
+        }
+        out[..ids.len() * dim]
+            .par_chunks_mut(dim)
+            .zip(ids.par_iter())
+            .for_each(|(o, &i)| {
+                let row = &table[i as usize * dim..(i as usize + 1) * dim];
+                if accumulate {
+                    o.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                } else {
+                    o.copy_from_slice(row);
+                }
+            });
+        Ok(())
+    }
+
+    fn lora_forward(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        u: &mut Vec<f32>,
+        segs: &[LoraSeg<'_, Self>],
+        shape: LoraShape,
+    ) -> Result<()> {
+        let rows = segs.iter().map(|s| s.rows.end()).max().unwrap_or(0);
+        check("lora x", x.len(), rows * shape.d_in)?;
+        for s in segs {
+            check("lora a", s.a.len(), shape.rank * shape.d_in)?;
+            check("lora b", s.b.len(), shape.d_out * shape.rank)?;
+        }
+        lora::forward(y, x, u, segs, shape)
+    }
+    fn lora_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        u: &Vec<f32>,
+        segs: &mut [LoraGradSeg<'_, Self>],
+        shape: LoraShape,
+    ) -> Result<()> {
+        let rows = segs.iter().map(|s| s.rows.end()).max().unwrap_or(0);
+        check("lora dy", dy.len(), rows * shape.d_out)?;
+        check("lora x", x.len(), rows * shape.d_in)?;
+        check("lora u", u.len(), rows * shape.rank)?;
+        for s in segs.iter() {
+            check("lora a", s.a.len(), shape.rank * shape.d_in)?;
+            check("lora b", s.b.len(), shape.d_out * shape.rank)?;
+            check("lora da", s.da.len(), shape.rank * shape.d_in)?;
+            check("lora db", s.db.len(), shape.d_out * shape.rank)?;
+        }
+        lora::backward(dx, dy, x, u, segs, shape)
+    }
+
+    fn attention_forward(
+        &self,
+        o: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        seqs: &[Span],
+        s: AttnShape,
+    ) -> Result<()> {
+        check_attention(s, seqs, &[q.len(), o.len()], &[k.len(), v.len()], lse.len())?;
+        attention::forward(o, lse, q, k, v, seqs, s);
+        Ok(())
+    }
+    fn attention_backward(
+        &self,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        do_: &Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        o: &Vec<f32>,
+        lse: &Vec<f32>,
+        seqs: &[Span],
+        s: AttnShape,
+    ) -> Result<()> {
+        check_attention(
+            s,
+            seqs,
+            &[q.len(), o.len(), do_.len(), dq.len()],
+            &[k.len(), v.len(), dk.len(), dv.len()],
+            lse.len(),
+        )?;
+        attention::backward(dq, dk, dv, do_, q, k, v, o, lse, seqs, s);
+        Ok(())
+    }
+
+    fn layer_norm_forward(
+        &self,
+        y: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        for (w, l, n) in [("y", y.len(), rows * dim), ("x", x.len(), rows * dim)] {
+            check(&format!("layer_norm {w}"), l, n)?;
+        }
+        check("layer_norm stats", mean.len().min(rstd.len()), rows)?;
+        check("layer_norm params", gamma.len().min(beta.len()), dim)?;
+        norm::layer_norm_forward(
+            &mut y[..rows * dim],
+            &mut mean[..rows],
+            &mut rstd[..rows],
+            &x[..rows * dim],
+            gamma,
+            beta,
+            dim,
+            eps,
+        );
+        Ok(())
+    }
+    fn layer_norm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        for (w, l) in [("dx", dx.len()), ("dy", dy.len()), ("x", x.len())] {
+            check(&format!("layer_norm_backward {w}"), l, rows * dim)?;
+        }
+        check("layer_norm_backward stats", mean.len().min(rstd.len()), rows)?;
+        check("layer_norm_backward gamma", gamma.len(), dim)?;
+        norm::layer_norm_backward(
+            &mut dx[..rows * dim],
+            &dy[..rows * dim],
+            &x[..rows * dim],
+            gamma,
+            &mean[..rows],
+            &rstd[..rows],
+            dim,
+        );
+        Ok(())
+    }
+    fn rms_norm_forward(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check("rms_norm y", y.len(), rows * dim)?;
+        check("rms_norm x", x.len(), rows * dim)?;
+        check("rms_norm rstd", rstd.len(), rows)?;
+        check("rms_norm gamma", gamma.len(), dim)?;
+        norm::rms_norm_forward(
+            &mut y[..rows * dim],
+            &mut rstd[..rows],
+            &x[..rows * dim],
+            gamma,
+            dim,
+            eps,
+        );
+        Ok(())
+    }
+    fn rms_norm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        for (w, l) in [("dx", dx.len()), ("dy", dy.len()), ("x", x.len())] {
+            check(&format!("rms_norm_backward {w}"), l, rows * dim)?;
+        }
+        check("rms_norm_backward rstd", rstd.len(), rows)?;
+        check("rms_norm_backward gamma", gamma.len(), dim)?;
+        norm::rms_norm_backward(
+            &mut dx[..rows * dim],
+            &dy[..rows * dim],
+            &x[..rows * dim],
+            gamma,
+            &rstd[..rows],
+            dim,
+        );
+        Ok(())
+    }
+
+    fn activation_forward(&self, y: &mut Vec<f32>, x: &Vec<f32>, act: Activation, len: usize) -> Result<()> {
+        check("activation y", y.len(), len)?;
+        check("activation x", x.len(), len)?;
+        activation::forward(&mut y[..len], &x[..len], act);
+        Ok(())
+    }
+    fn activation_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        for (w, l) in [("dx", dx.len()), ("dy", dy.len()), ("x", x.len())] {
+            check(&format!("activation_backward {w}"), l, len)?;
+        }
+        activation::backward(&mut dx[..len], &dy[..len], &x[..len], act);
+        Ok(())
+    }
+    fn swiglu_forward(&self, y: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+        for (w, l) in [("y", y.len()), ("gate", gate.len()), ("up", up.len())] {
+            check(&format!("swiglu {w}"), l, len)?;
+        }
+        activation::swiglu_forward(&mut y[..len], &gate[..len], &up[..len]);
+        Ok(())
+    }
+    fn swiglu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        len: usize,
+    ) -> Result<()> {
+        for (w, l) in [
+            ("dgate", dgate.len()),
+            ("dup", dup.len()),
+            ("dy", dy.len()),
+            ("gate", gate.len()),
+            ("up", up.len()),
+        ] {
+            check(&format!("swiglu_backward {w}"), l, len)?;
+        }
+        activation::swiglu_backward(&mut dgate[..len], &mut dup[..len], &dy[..len], &gate[..len], &up[..len]);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+        inverse: bool,
+    ) -> Result<()> {
+        let n = positions.len() * heads * head_dim;
+        check("rope x", x.len(), n)?;
+        if head_dim % 2 != 0 {
+            return Err(Error::Backend(format!("rope needs an even head_dim, got {head_dim}")));
+        }
+        rope::rope(&mut x[..n], positions, heads, head_dim, theta, inverse);
+        Ok(())
+    }
+
+    fn segment_mean(&self, out: &mut Vec<f32>, x: &Vec<f32>, spans: &[Span], dim: usize) -> Result<()> {
+        check("segment_mean out", out.len(), spans.len() * dim)?;
+        check("segment_mean x", x.len(), spans_rows(spans) * dim)?;
+        out[..spans.len() * dim]
+            .par_chunks_mut(dim)
+            .zip(spans.par_iter())
+            .for_each(|(o, s)| {
+                o.fill(0.0);
+                for r in s.start..s.end() {
+                    o.iter_mut().zip(&x[r * dim..(r + 1) * dim]).for_each(|(a, b)| *a += b);
+                }
+                let inv = 1.0 / s.len.max(1) as f32;
+                o.iter_mut().for_each(|a| *a *= inv);
+            });
+        Ok(())
+    }
+    fn segment_mean_backward(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, spans: &[Span], dim: usize) -> Result<()> {
+        check("segment_mean_backward dout", dout.len(), spans.len() * dim)?;
+        check("segment_mean_backward dx", dx.len(), spans_rows(spans) * dim)?;
+        for (i, s) in spans.iter().enumerate() {
+            let inv = 1.0 / s.len.max(1) as f32;
+            let d = &dout[i * dim..(i + 1) * dim];
+            for r in s.start..s.end() {
+                dx[r * dim..(r + 1) * dim].iter_mut().zip(d).for_each(|(a, b)| *a += b * inv);
+            }
+        }
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &self,
+        dlogits: &mut Vec<f32>,
+        logits: &Vec<f32>,
+        labels: &[i64],
+        weights: &[f32],
+        classes: usize,
+    ) -> Result<Vec<f32>> {
+        let rows = labels.len();
+        check("cross_entropy logits", logits.len(), rows * classes)?;
+        check("cross_entropy dlogits", dlogits.len(), rows * classes)?;
+        check("cross_entropy weights", weights.len(), rows)?;
+        if let Some(&bad) = labels.iter().find(|&&l| l >= classes as i64) {
+            return Err(Error::Backend(format!("label {bad} out of range for {classes} classes")));
+        }
+        Ok(loss::cross_entropy(
+            &mut dlogits[..rows * classes],
+            &logits[..rows * classes],
+            labels,
+            weights,
+            classes,
+        ))
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        hp: AdamW,
+        step: u64,
+    ) -> Result<()> {
+        let n = param.len();
+        for (w, l) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
+            check(&format!("adamw {w}"), l, n)?;
+        }
+        optim::adamw_step(param, &grad[..n], &mut m[..n], &mut v[..n], hp, step);
+        Ok(())
+    }
+}
+
+fn check_attention(s: AttnShape, seqs: &[Span], q_like: &[usize], kv_like: &[usize], lse: usize) -> Result<()> {
+    if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+        return Err(Error::Backend(format!(
+            "attention heads {} not a multiple of kv heads {}",
+            s.heads, s.kv_heads
+        )));
+    }
+    let rows = spans_rows(seqs);
+    for &l in q_like {
+        check("attention q/o", l, rows * s.heads * s.head_dim)?;
+    }
+    for &l in kv_like {
+        check("attention k/v", l, rows * s.kv_heads * s.head_dim)?;
+    }
+    check("attention lse", lse, rows * s.heads)
+}

@@ -1,0 +1,346 @@
+//! One transformer block, forward and backward, over the compact rows of the sequences active
+//! at that block. Base projections are one GEMM over all rows; LoRA deltas are grouped per
+//! adapter run; attention runs per sequence.
+
+use super::{Active, Run};
+use crate::backend::{AttnShape, Backend, LoraGradSeg, LoraSeg};
+use crate::error::{Error, Result};
+use crate::model::config::{MlpKind, ModelConfig, NormKind, NormPlacement, PositionKind};
+use crate::model::weights::{Block, Linear, Norm};
+use crate::model::{AdapterSet, Target};
+
+/// Saved state of a norm for its backward.
+pub(crate) struct NormTape<B: Backend> {
+    x: B::Buf,
+    mean: Option<B::Buf>,
+    rstd: B::Buf,
+}
+
+/// What one block's forward keeps for its backward.
+pub(crate) struct BlockTape<B: Backend> {
+    /// Input of the attention projections (block input for post-norm, norm1 output for pre-norm).
+    attn_in: B::Buf,
+    norm1: NormTape<B>,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    attn: B::Buf,
+    lse: B::Buf,
+    /// Input of the MLP projections.
+    mlp_in: B::Buf,
+    norm2: NormTape<B>,
+    gate: Option<B::Buf>,
+    up: B::Buf,
+    act: B::Buf,
+    /// LoRA intermediates per target (`None` where no active run is adapted).
+    u: [Option<B::Buf>; 7],
+}
+
+/// Normalises `x` with `n` (the model's norm kind); keeps `x` and the statistics for backward.
+pub(crate) fn norm_forward<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    x: B::Buf,
+    n: &Norm<B>,
+    rows: usize,
+) -> Result<(B::Buf, NormTape<B>)> {
+    let d = cfg.hidden;
+    let mut y = be.zeros(rows * d)?;
+    let mut rstd = be.zeros(rows)?;
+    let mean = match (cfg.norm, &n.beta) {
+        (NormKind::LayerNorm, Some(beta)) => {
+            let mut mean = be.zeros(rows)?;
+            be.layer_norm_forward(&mut y, &mut mean, &mut rstd, &x, &n.gamma, beta, rows, d, cfg.norm_eps)?;
+            Some(mean)
+        }
+        _ => {
+            be.rms_norm_forward(&mut y, &mut rstd, &x, &n.gamma, rows, d, cfg.norm_eps)?;
+            None
+        }
+    };
+    Ok((y, NormTape { x, mean, rstd }))
+}
+
+/// Input gradient of [`norm_forward`].
+pub(crate) fn norm_backward<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    dy: &B::Buf,
+    n: &Norm<B>,
+    t: &NormTape<B>,
+    rows: usize,
+) -> Result<B::Buf> {
+    let d = cfg.hidden;
+    let mut dx = be.zeros(rows * d)?;
+    match &t.mean {
+        Some(mean) => be.layer_norm_backward(&mut dx, dy, &t.x, &n.gamma, mean, &t.rstd, rows, d)?,
+        None => be.rms_norm_backward(&mut dx, dy, &t.x, &n.gamma, &t.rstd, rows, d)?,
+    }
+    Ok(dx)
+}
+
+pub(crate) struct BlockCtx<'a, B: Backend> {
+    pub backend: &'a B,
+    pub cfg: &'a ModelConfig,
+    pub layer: usize,
+    pub adapters: &'a [&'a AdapterSet<B>],
+}
+
+impl<B: Backend> BlockCtx<'_, B> {
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.cfg.heads,
+            kv_heads: self.cfg.kv_heads,
+            head_dim: self.cfg.head_dim,
+            causal: self.cfg.causal,
+            scale: 1.0 / (self.cfg.head_dim as f32).sqrt(),
+        }
+    }
+
+    /// The adapter runs of `act` that carry a LoRA pair for target `t` at this block.
+    fn lora_segs<'s>(&'s self, act: &Active, t: Target) -> Vec<(Run, LoraSeg<'s, B>)> {
+        act.runs
+            .iter()
+            .filter_map(|r| {
+                let p = self.adapters[r.adapter].pair(self.layer, t)?;
+                Some((
+                    *r,
+                    LoraSeg {
+                        rows: r.rows,
+                        a: &p.a,
+                        b: &p.b,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// `y = x·Wᵀ + b + LoRA deltas`; returns `y` and the LoRA intermediate.
+    fn linear(
+        &self,
+        x: &B::Buf,
+        lin: &Linear<B>,
+        act: &Active,
+        t: Target,
+    ) -> Result<(B::Buf, Option<B::Buf>)> {
+        let be = self.backend;
+        let n = act.rows;
+        let mut y = be.zeros(n * lin.d_out)?;
+        be.matmul(&mut y, x, &lin.w, n, lin.d_out, lin.d_in, false, true, false)?;
+        if let Some(b) = &lin.b {
+            be.add_bias(&mut y, b, n, lin.d_out)?;
+        }
+        let segs: Vec<LoraSeg<'_, B>> = self.lora_segs(act, t).into_iter().map(|(_, s)| s).collect();
+        if segs.is_empty() {
+            return Ok((y, None));
+        }
+        let shape = self.adapters[act.runs[0].adapter].shape(self.cfg, t);
+        let mut u = be.zeros(n * shape.rank)?;
+        be.lora_forward(&mut y, x, &mut u, &segs, shape)?;
+        Ok((y, Some(u)))
+    }
+
+    /// `dx += dy·W + LoRA input gradient`, and LoRA parameter gradients into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self,
+        dx: &mut B::Buf,
+        dy: &B::Buf,
+        x: &B::Buf,
+        u: Option<&B::Buf>,
+        lin: &Linear<B>,
+        act: &Active,
+        t: Target,
+        grads: &mut [AdapterSet<B>],
+    ) -> Result<()> {
+        let be = self.backend;
+        be.matmul(dx, dy, &lin.w, act.rows, lin.d_in, lin.d_out, false, false, true)?;
+        let Some(u) = u else { return Ok(()) };
+        let segs = self.lora_segs(act, t);
+        let shape = self.adapters[act.runs[0].adapter].shape(self.cfg, t);
+        let mut slots: Vec<_> = grads.iter_mut().map(|g| g.pair_mut(self.layer, t)).collect();
+        let mut gsegs = Vec::with_capacity(segs.len());
+        for (run, seg) in segs {
+            let g = slots
+                .get_mut(run.slot)
+                .and_then(Option::take)
+                .ok_or_else(|| {
+                    Error::Job(format!(
+                        "gradient slot {} has no `{}` adapter at block {} (or is shared by two adapter sets)",
+                        run.slot,
+                        t.name(),
+                        self.layer
+                    ))
+                })?;
+            gsegs.push(LoraGradSeg {
+                rows: seg.rows,
+                a: seg.a,
+                b: seg.b,
+                da: &mut g.a,
+                db: &mut g.b,
+            });
+        }
+        be.lora_backward(dx, dy, x, u, &mut gsegs, shape)
+    }
+
+    /// Forward of block `w` on the compact rows `x`; returns the output and the tape.
+    pub fn forward(&self, w: &Block<B>, x: B::Buf, act: &Active) -> Result<(B::Buf, BlockTape<B>)> {
+        let be = self.backend;
+        let (n, d) = (act.rows, self.cfg.hidden);
+        let pre = self.cfg.placement == NormPlacement::Pre;
+        let mut u: [Option<B::Buf>; 7] = Default::default();
+
+        // Attention sub-layer.
+        let (attn_in, x_res, norm1_pre) = if pre {
+            let mut xr = be.zeros(n * d)?;
+            be.copy(&mut xr, &x, n * d)?;
+            let (h, t) = norm_forward(be, self.cfg, x, &w.norm1, n)?;
+            (h, xr, Some(t))
+        } else {
+            let mut xr = be.zeros(n * d)?;
+            be.copy(&mut xr, &x, n * d)?;
+            (x, xr, None)
+        };
+        let (mut q, uq) = self.linear(&attn_in, &w.q, act, Target::Q)?;
+        let (mut k, uk) = self.linear(&attn_in, &w.k, act, Target::K)?;
+        let (v, uv) = self.linear(&attn_in, &w.v, act, Target::V)?;
+        (u[0], u[1], u[2]) = (uq, uk, uv);
+        if let PositionKind::Rotary { theta } = self.cfg.positions {
+            be.rope(&mut q, &act.positions, self.cfg.heads, self.cfg.head_dim, theta, false)?;
+            be.rope(&mut k, &act.positions, self.cfg.kv_heads, self.cfg.head_dim, theta, false)?;
+        }
+        let mut attn = be.zeros(n * self.cfg.q_dim())?;
+        let mut lse = be.zeros(n * self.cfg.heads)?;
+        be.attention_forward(&mut attn, &mut lse, &q, &k, &v, &act.spans, self.attn_shape())?;
+        let (mut h, uo) = self.linear(&attn, &w.o, act, Target::O)?;
+        u[3] = uo;
+        be.add_assign(&mut h, &x_res, n * d)?;
+        let (mlp_in, h_res, norm1, norm2_pre) = if pre {
+            let mut hr = be.zeros(n * d)?;
+            be.copy(&mut hr, &h, n * d)?;
+            let (m, t) = norm_forward(be, self.cfg, h, &w.norm2, n)?;
+            (m, hr, norm1_pre.ok_or_else(|| Error::Backend("pre-norm tape".into()))?, Some(t))
+        } else {
+            let (hn, t1) = norm_forward(be, self.cfg, h, &w.norm1, n)?;
+            let mut hr = be.zeros(n * d)?;
+            be.copy(&mut hr, &hn, n * d)?;
+            (hn, hr, t1, None)
+        };
+
+        // MLP sub-layer.
+        let ff = self.cfg.intermediate;
+        let (up, uu) = self.linear(&mlp_in, &w.up, act, Target::Up)?;
+        u[5] = uu;
+        let mut a = be.zeros(n * ff)?;
+        let gate = match (self.cfg.mlp, &w.gate) {
+            (MlpKind::SwiGlu, Some(gw)) => {
+                let (g, ug) = self.linear(&mlp_in, gw, act, Target::Gate)?;
+                u[4] = ug;
+                be.swiglu_forward(&mut a, &g, &up, n * ff)?;
+                Some(g)
+            }
+            (MlpKind::Plain(f), _) => {
+                be.activation_forward(&mut a, &up, f, n * ff)?;
+                None
+            }
+            (MlpKind::SwiGlu, None) => return Err(Error::Backend("SwiGLU block without gate".into())),
+        };
+        let (mut y, ud) = self.linear(&a, &w.down, act, Target::Down)?;
+        u[6] = ud;
+        be.add_assign(&mut y, &h_res, n * d)?;
+        let (y, norm2) = match norm2_pre {
+            Some(t) => (y, t),
+            None => norm_forward(be, self.cfg, y, &w.norm2, n)?,
+        };
+        Ok((
+            y,
+            BlockTape {
+                attn_in,
+                norm1,
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                mlp_in,
+                norm2,
+                gate,
+                up,
+                act: a,
+                u,
+            },
+        ))
+    }
+
+    /// Backward of block `w`: from the output gradient `dy` to the input gradient; LoRA
+    /// gradients accumulate into `grads` by each run's slot.
+    pub fn backward(
+        &self,
+        w: &Block<B>,
+        t: &BlockTape<B>,
+        dy: B::Buf,
+        act: &Active,
+        grads: &mut [AdapterSet<B>],
+    ) -> Result<B::Buf> {
+        let be = self.backend;
+        let (n, d, ff) = (act.rows, self.cfg.hidden, self.cfg.intermediate);
+        let pre = self.cfg.placement == NormPlacement::Pre;
+
+        // Gradient at the MLP residual sum.
+        let dsum = if pre { dy } else { norm_backward(be, self.cfg, &dy, &w.norm2, &t.norm2, n)? };
+        let mut da = be.zeros(n * ff)?;
+        self.linear_backward(&mut da, &dsum, &t.act, t.u[6].as_ref(), &w.down, act, Target::Down, grads)?;
+        let mut dmlp_in = be.zeros(n * d)?;
+        let mut dup = be.zeros(n * ff)?;
+        match (&t.gate, &w.gate) {
+            (Some(g), Some(gw)) => {
+                let mut dg = be.zeros(n * ff)?;
+                be.swiglu_backward(&mut dg, &mut dup, &da, g, &t.up, n * ff)?;
+                self.linear_backward(&mut dmlp_in, &dg, &t.mlp_in, t.u[4].as_ref(), gw, act, Target::Gate, grads)?;
+            }
+            _ => {
+                let MlpKind::Plain(f) = self.cfg.mlp else {
+                    return Err(Error::Backend("SwiGLU tape without gate".into()));
+                };
+                be.activation_backward(&mut dup, &da, &t.up, f, n * ff)?;
+            }
+        }
+        self.linear_backward(&mut dmlp_in, &dup, &t.mlp_in, t.u[5].as_ref(), &w.up, act, Target::Up, grads)?;
+
+        // Gradient at the attention residual sum.
+        let dh = if pre {
+            let mut dh = norm_backward(be, self.cfg, &dmlp_in, &w.norm2, &t.norm2, n)?;
+            be.add_assign(&mut dh, &dsum, n * d)?;
+            dh
+        } else {
+            let mut dhn = dmlp_in;
+            be.add_assign(&mut dhn, &dsum, n * d)?;
+            norm_backward(be, self.cfg, &dhn, &w.norm1, &t.norm1, n)?
+        };
+        let mut dattn = be.zeros(n * self.cfg.q_dim())?;
+        self.linear_backward(&mut dattn, &dh, &t.attn, t.u[3].as_ref(), &w.o, act, Target::O, grads)?;
+        let kvd = self.cfg.kv_dim();
+        let mut dq = be.zeros(n * self.cfg.q_dim())?;
+        let mut dk = be.zeros(n * kvd)?;
+        let mut dv = be.zeros(n * kvd)?;
+        be.attention_backward(
+            &mut dq, &mut dk, &mut dv, &dattn, &t.q, &t.k, &t.v, &t.attn, &t.lse, &act.spans, self.attn_shape(),
+        )?;
+        if let PositionKind::Rotary { theta } = self.cfg.positions {
+            be.rope(&mut dq, &act.positions, self.cfg.heads, self.cfg.head_dim, theta, true)?;
+            be.rope(&mut dk, &act.positions, self.cfg.kv_heads, self.cfg.head_dim, theta, true)?;
+        }
+        let mut dattn_in = be.zeros(n * d)?;
+        self.linear_backward(&mut dattn_in, &dq, &t.attn_in, t.u[0].as_ref(), &w.q, act, Target::Q, grads)?;
+        self.linear_backward(&mut dattn_in, &dk, &t.attn_in, t.u[1].as_ref(), &w.k, act, Target::K, grads)?;
+        self.linear_backward(&mut dattn_in, &dv, &t.attn_in, t.u[2].as_ref(), &w.v, act, Target::V, grads)?;
+        if pre {
+            let mut dx = norm_backward(be, self.cfg, &dattn_in, &w.norm1, &t.norm1, n)?;
+            be.add_assign(&mut dx, &dh, n * d)?;
+            Ok(dx)
+        } else {
+            be.add_assign(&mut dattn_in, &dh, n * d)?;
+            Ok(dattn_in)
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Models: configuration, checkpoint loading, the frozen base weights, tokenizers, adapters.
+
+pub mod adapter;
+pub mod checkpoint;
+pub mod config;
+pub mod tokenizer;
+pub mod weights;
+
+pub use adapter::{AdapterSet, ClassHead, LoraConfig, LoraPair, Pooling, Target};
+pub use checkpoint::Checkpoint;
+pub use config::{Family, ModelConfig};
+pub use tokenizer::Tokenizer;
+pub use weights::Model;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Loads `config.json` and the safetensors weights from a checkpoint folder.
+pub fn load_model<B: Backend>(backend: &B, dir: &Path) -> Result<Model<B>> {
+    if !dir.is_dir() {
+        return Err(Error::Checkpoint {
+            path: dir.into(),
+            reason: "not a folder (expected a checkpoint folder with config.json and *.safetensors)"
+                .into(),
+        });
+    }
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(dir)?;
+    Model::load(backend, config, &ckpt)
+}
+
+/// Writes `data` to `path` atomically: a temporary file in the same folder, synced, then renamed
+/// over the target, so a crash never leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
