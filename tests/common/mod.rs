@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests: reading reference fixtures and comparing tensors.
+#![allow(dead_code)]
+
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture folder under tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// A reference tensor file.
+pub struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn open(path: &Path) -> Self {
+        Reference {
+            bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("valid reference file")
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.st().names().iter().any(|n| *n == name)
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.st().tensor(name).unwrap_or_else(|_| panic!("no {name}")).shape().to_vec()
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    pub fn i64(&self, name: &str) -> Vec<i64> {
+        let st = self.st();
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
+        assert_eq!(t.dtype(), Dtype::I64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// max |a-b| / max |b|: the error relative to the reference's scale.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().map(|x| x.abs() as f64).fold(0.0, f64::max).max(1e-30);
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max);
+    diff / scale
+}
+
+/// Asserts `rel_err(a, b) <= tol`, naming the quantity.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
+    let e = rel_err(a, b);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
+}
