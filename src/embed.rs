@@ -99,7 +99,9 @@ impl<B: Backend> Embedder<B> {
                 .tokenizer
                 .encode(t, self.max_len, opts.long_text)
                 .map_err(|e| match e {
-                    Error::Input(m) => Error::Input(format!("text {} ({:?}): {m}", i + 1, preview(t))),
+                    Error::Input(m) => {
+                        Error::Input(format!("text {} ({:?}): {m}", i + 1, preview(t)))
+                    }
                     other => other,
                 })?;
             if e.truncated {
@@ -107,7 +109,10 @@ impl<B: Backend> Embedder<B> {
             }
             enc.push(e);
         }
-        let none = AdapterSet::<B>::empty(LoraConfig::default_for(&self.model.config), self.model.layers());
+        let none = AdapterSet::<B>::empty(
+            LoraConfig::default_for(&self.model.config),
+            self.model.layers(),
+        );
         let exec = Executor::new(&self.backend, &self.model);
         let d = self.model.config.hidden;
         let layers = self.model.layers();
@@ -116,7 +121,9 @@ impl<B: Backend> Embedder<B> {
         while start < enc.len() {
             let mut end = start;
             let mut tokens = 0;
-            while end < enc.len() && (end == start || tokens + enc[end].ids.len() <= opts.batch_tokens) {
+            while end < enc.len()
+                && (end == start || tokens + enc[end].ids.len() <= opts.batch_tokens)
+            {
                 tokens += enc[end].ids.len();
                 end += 1;
             }
@@ -136,10 +143,17 @@ impl<B: Backend> Embedder<B> {
                 .collect();
             let (out, _) = exec.forward(&[&none], &jobs, false)?;
             for r in out {
-                let h = r.hidden.ok_or_else(|| Error::Backend("missing hidden output".into()))?;
+                let h = r
+                    .hidden
+                    .ok_or_else(|| Error::Backend("missing hidden output".into()))?;
                 let mut v = pool(&h, d, self.pooling);
                 if opts.normalize {
-                    let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+                    let norm = v
+                        .iter()
+                        .map(|x| (*x as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(1e-12);
                     v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
                 }
                 vectors.push(v);
@@ -200,7 +214,10 @@ pub fn embed_file<B: Backend>(
     opts: EmbedOptions,
 ) -> Result<Embeddings> {
     let text = std::fs::read_to_string(input).map_err(|e| Error::io(input, e))?;
-    let texts: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let texts: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
     if texts.iter().all(|t| t.trim().is_empty()) {
         return Err(Error::Input(format!(
             "{}: no texts (the file is empty or blank; expected one text per line)",

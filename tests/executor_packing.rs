@@ -10,13 +10,28 @@ use flexp::executor::{Executor, Output, SeqInput, SeqJob, SeqResult};
 use flexp::model::{load_model, AdapterSet, LoraConfig, Model, Pooling};
 use flexp::rng::Rng;
 
-fn random_set(be: &Cpu, m: &Model<Cpu>, blocks: std::ops::Range<usize>, seed: u64) -> AdapterSet<Cpu> {
+fn random_set(
+    be: &Cpu,
+    m: &Model<Cpu>,
+    blocks: std::ops::Range<usize>,
+    seed: u64,
+) -> AdapterSet<Cpu> {
     let mut rng = Rng::new(seed);
     let cfg = &m.config;
-    let mut s = AdapterSet::init_lora(be, cfg, LoraConfig { rank: 4, alpha: 8.0, ..LoraConfig::default_for(cfg) }, blocks, &mut rng)
-        .unwrap()
-        .with_head(be, cfg.hidden, 3, Pooling::Mean, &mut rng)
-        .unwrap();
+    let mut s = AdapterSet::init_lora(
+        be,
+        cfg,
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..LoraConfig::default_for(cfg)
+        },
+        blocks,
+        &mut rng,
+    )
+    .unwrap()
+    .with_head(be, cfg.hidden, 3, Pooling::Mean, &mut rng)
+    .unwrap();
     // Non-zero B so that every LoRA path carries signal in both directions.
     for b in s.blocks.iter_mut() {
         for p in b.iter_mut().flatten() {
@@ -28,7 +43,10 @@ fn random_set(be: &Cpu, m: &Model<Cpu>, blocks: std::ops::Range<usize>, seed: u6
 }
 
 fn host(be: &Cpu, s: &AdapterSet<Cpu>) -> Vec<Vec<f32>> {
-    s.tensors().into_iter().map(|t| be.download(t).unwrap()).collect()
+    s.tensors()
+        .into_iter()
+        .map(|t| be.download(t).unwrap())
+        .collect()
 }
 
 /// Equal up to float reassociation: relative 1e-5 of the reference's scale, with an absolute
@@ -37,7 +55,10 @@ fn host(be: &Cpu, s: &AdapterSet<Cpu>) -> Vec<Vec<f32>> {
 fn close(what: &str, a: &[f32], b: &[f32]) {
     let e = rel_err(a, b);
     let scale = b.iter().map(|x| x.abs()).fold(0.0f32, f32::max) as f64;
-    assert!(e < 1e-5 || e * scale < 1e-6, "{what}: packed vs alone relative error {e:.2e} (scale {scale:.1e})");
+    assert!(
+        e < 1e-5 || e * scale < 1e-6,
+        "{what}: packed vs alone relative error {e:.2e} (scale {scale:.1e})"
+    );
 }
 
 struct Case {
@@ -51,13 +72,29 @@ struct Case {
 fn case(m: &Model<Cpu>, rng: &mut Rng, lm: bool) -> Case {
     let cfg = &m.config;
     let (l, d, v) = (cfg.layers, cfg.hidden, cfg.vocab_size as u32);
-    let toks = |rng: &mut Rng, n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % v as u64) as u32).collect() };
+    let toks = |rng: &mut Rng, n: usize| -> Vec<u32> {
+        (0..n).map(|_| (rng.next_u64() % v as u64) as u32).collect()
+    };
     let hid = |rng: &mut Rng, n: usize| rng.vec_range(n * d, -1.0, 1.0);
     let head = |rng: &mut Rng, n: usize| -> Output {
         if lm {
-            Output::Lm { labels: Some((0..n).map(|i| if i + 1 < n { (rng.next_u64() % v as u64) as i64 } else { -100 }).collect()) }
+            Output::Lm {
+                labels: Some(
+                    (0..n)
+                        .map(|i| {
+                            if i + 1 < n {
+                                (rng.next_u64() % v as u64) as i64
+                            } else {
+                                -100
+                            }
+                        })
+                        .collect(),
+                ),
+            }
         } else {
-            Output::Class { label: Some(rng.below(3)) }
+            Output::Class {
+                label: Some(rng.below(3)),
+            }
         }
     };
     let mut jobs = Vec::new();
@@ -69,20 +106,47 @@ fn case(m: &Model<Cpu>, rng: &mut Rng, lm: bool) -> Case {
     };
     let t = toks(rng, 6);
     let o = head(rng, 6);
-    push(SeqJob { loss_weight: 0.5, ..SeqJob::new(SeqInput::tokens(t), 0..l, 2, o) }, None);
+    push(
+        SeqJob {
+            loss_weight: 0.5,
+            ..SeqJob::new(SeqInput::tokens(t), 0..l, 2, o)
+        },
+        None,
+    );
     let t = toks(rng, 5);
-    push(SeqJob::new(SeqInput::tokens(t), 0..1, 1, Output::Hidden), Some(hid(rng, 5)));
+    push(
+        SeqJob::new(SeqInput::tokens(t), 0..1, 1, Output::Hidden),
+        Some(hid(rng, 5)),
+    );
     let h = hid(rng, 7);
     let o = head(rng, 7);
-    push(SeqJob { grad_slot: 3, ..SeqJob::new(SeqInput::Hidden(h), 1..l, 0, o) }, None);
+    push(
+        SeqJob {
+            grad_slot: 3,
+            ..SeqJob::new(SeqInput::Hidden(h), 1..l, 0, o)
+        },
+        None,
+    );
     let h = hid(rng, 1);
-    push(SeqJob::new(SeqInput::Hidden(h), 1..l, 0, Output::Hidden), Some(hid(rng, 1)));
+    push(
+        SeqJob::new(SeqInput::Hidden(h), 1..l, 0, Output::Hidden),
+        Some(hid(rng, 1)),
+    );
     let t = toks(rng, 4);
     let o = head(rng, 4);
-    push(SeqJob { loss_weight: 0.25, ..SeqJob::new(SeqInput::tokens(t), 0..l, 1, o) }, None);
+    push(
+        SeqJob {
+            loss_weight: 0.25,
+            ..SeqJob::new(SeqInput::tokens(t), 0..l, 1, o)
+        },
+        None,
+    );
     if l > 2 {
         let h = hid(rng, 3);
-        push(SeqJob::new(SeqInput::Hidden(h), 1..l - 1, 2, Output::Hidden), Some(hid(rng, 3)));
+        push(
+            SeqJob::new(SeqInput::Hidden(h), 1..l - 1, 2, Output::Hidden),
+            Some(hid(rng, 3)),
+        );
     }
     Case { jobs, out_grads }
 }
@@ -91,7 +155,11 @@ fn run_packed_vs_alone(family: &str, lm: bool) {
     let be = Cpu;
     let m = load_model(&be, &fixture(family)).unwrap();
     let l = m.config.layers;
-    let sets = [random_set(&be, &m, 0..l, 1), random_set(&be, &m, 0..1, 2), random_set(&be, &m, 0..l, 3)];
+    let sets = [
+        random_set(&be, &m, 0..l, 1),
+        random_set(&be, &m, 0..1, 2),
+        random_set(&be, &m, 0..l, 3),
+    ];
     let refs: Vec<&AdapterSet<Cpu>> = sets.iter().collect();
     // Slots 0..2 mirror the adapters; slot 3 is a second gradient slot for adapter 0.
     let zero_grads = || -> Vec<AdapterSet<Cpu>> {
@@ -107,14 +175,26 @@ fn run_packed_vs_alone(family: &str, lm: bool) {
 
     let (packed, tape) = exec.forward(&refs, &c.jobs, true).unwrap();
     let mut packed_grads = zero_grads();
-    let packed_dx = exec.backward(tape.unwrap(), &refs, &mut packed_grads, &c.out_grads).unwrap();
+    let packed_dx = exec
+        .backward(tape.unwrap(), &refs, &mut packed_grads, &c.out_grads)
+        .unwrap();
 
     let mut alone_grads = zero_grads();
     for (i, j) in c.jobs.iter().enumerate() {
         let (out, tape) = exec.forward(&refs, std::slice::from_ref(j), true).unwrap();
-        let dx = exec.backward(tape.unwrap(), &refs, &mut alone_grads, &c.out_grads[i..i + 1]).unwrap();
+        let dx = exec
+            .backward(
+                tape.unwrap(),
+                &refs,
+                &mut alone_grads,
+                &c.out_grads[i..i + 1],
+            )
+            .unwrap();
         let (p, a): (&SeqResult, &SeqResult) = (&packed[i], &out[0]);
-        for (what, x, y) in [("hidden", &p.hidden, &a.hidden), ("logits", &p.logits, &a.logits)] {
+        for (what, x, y) in [
+            ("hidden", &p.hidden, &a.hidden),
+            ("logits", &p.logits, &a.logits),
+        ] {
             assert_eq!(x.is_some(), y.is_some(), "seq {i} {what} presence");
             if let (Some(x), Some(y)) = (x, y) {
                 close(&format!("seq {i} {what}"), x, y);
@@ -122,9 +202,16 @@ fn run_packed_vs_alone(family: &str, lm: bool) {
         }
         assert_eq!(p.loss.is_some(), a.loss.is_some());
         if let (Some(x), Some(y)) = (p.loss, a.loss) {
-            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "seq {i} loss {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "seq {i} loss {x} vs {y}"
+            );
         }
-        assert_eq!(packed_dx[i].is_some(), dx[0].is_some(), "seq {i} input-gradient presence");
+        assert_eq!(
+            packed_dx[i].is_some(),
+            dx[0].is_some(),
+            "seq {i} input-gradient presence"
+        );
         if let (Some(x), Some(y)) = (&packed_dx[i], &dx[0]) {
             close(&format!("seq {i} input gradient"), x, y);
         }
@@ -136,7 +223,10 @@ fn run_packed_vs_alone(family: &str, lm: bool) {
             nonzero += x.iter().any(|v| *v != 0.0) as usize;
         }
     }
-    assert!(nonzero > 20, "too few non-zero gradient tensors ({nonzero}): the test would prove little");
+    assert!(
+        nonzero > 20,
+        "too few non-zero gradient tensors ({nonzero}): the test would prove little"
+    );
 }
 
 #[test]
@@ -159,7 +249,14 @@ fn gradient_slots_split_a_shared_adapter() {
     let mut rng = Rng::new(3);
     let mk = |rng: &mut Rng, slot: usize| SeqJob {
         grad_slot: slot,
-        ..SeqJob::new(SeqInput::tokens((0..5).map(|_| rng.below(120) as u32).collect()), 0..l, 0, Output::Class { label: Some(rng.below(3)) })
+        ..SeqJob::new(
+            SeqInput::tokens((0..5).map(|_| rng.below(120) as u32).collect()),
+            0..l,
+            0,
+            Output::Class {
+                label: Some(rng.below(3)),
+            },
+        )
     };
     let mut r2 = rng.clone();
     let split = vec![mk(&mut rng, 0), mk(&mut rng, 1)];
@@ -167,14 +264,23 @@ fn gradient_slots_split_a_shared_adapter() {
     let exec = Executor::new(&be, &m);
     let mut g_split = vec![set.zeros_like(&be).unwrap(), set.zeros_like(&be).unwrap()];
     let (_, t) = exec.forward(&[&set], &split, true).unwrap();
-    exec.backward(t.unwrap(), &[&set], &mut g_split, &[None, None]).unwrap();
+    exec.backward(t.unwrap(), &[&set], &mut g_split, &[None, None])
+        .unwrap();
     let mut g_joint = vec![set.zeros_like(&be).unwrap()];
     let (_, t) = exec.forward(&[&set], &joint, true).unwrap();
-    exec.backward(t.unwrap(), &[&set], &mut g_joint, &[None, None]).unwrap();
-    let (a, b, j) = (host(&be, &g_split[0]), host(&be, &g_split[1]), host(&be, &g_joint[0]));
+    exec.backward(t.unwrap(), &[&set], &mut g_joint, &[None, None])
+        .unwrap();
+    let (a, b, j) = (
+        host(&be, &g_split[0]),
+        host(&be, &g_split[1]),
+        host(&be, &g_joint[0]),
+    );
     for k in 0..j.len() {
         let sum: Vec<f32> = a[k].iter().zip(&b[k]).map(|(x, y)| x + y).collect();
         close(&format!("tensor {k}"), &sum, &j[k]);
-        assert!(rel_err(&a[k], &j[k]) > 1e-3 || j[k].iter().all(|v| *v == 0.0), "slots must differ from the total");
+        assert!(
+            rel_err(&a[k], &j[k]) > 1e-3 || j[k].iter().all(|v| *v == 0.0),
+            "slots must differ from the total"
+        );
     }
 }

@@ -33,7 +33,11 @@ fn reference() -> Vec<RefLine> {
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
             let vec = |k: &str| -> Vec<f32> {
-                v[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
             };
             RefLine {
                 text: v["text"].as_str().unwrap().to_string(),
@@ -46,19 +50,33 @@ fn reference() -> Vec<RefLine> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn tokenizer_matches_reference_ids() {
     let e = Embedder::load(Cpu, &model_dir()).unwrap();
-    assert_eq!(e.max_len, 256, "sentence_bert_config.json caps MiniLM at 256 tokens");
-    let tok = flexp::model::Tokenizer::from_file(&model_dir().join("tokenizer.json"), 30522).unwrap();
+    assert_eq!(
+        e.max_len, 256,
+        "sentence_bert_config.json caps MiniLM at 256 tokens"
+    );
+    let tok =
+        flexp::model::Tokenizer::from_file(&model_dir().join("tokenizer.json"), 30522).unwrap();
     let text = std::fs::read_to_string(fixture("minilm/tokens.jsonl")).unwrap();
     for l in text.lines() {
         let v: Value = serde_json::from_str(l).unwrap();
-        let want: Vec<u32> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let got = tok.encode(v["text"].as_str().unwrap(), 256, LongText::Truncate).unwrap();
+        let want: Vec<u32> = v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let got = tok
+            .encode(v["text"].as_str().unwrap(), 256, LongText::Truncate)
+            .unwrap();
         assert_eq!(got.ids, want, "token ids of {:?}", v["text"]);
     }
 }
@@ -70,7 +88,13 @@ fn embeddings_match_sentence_transformers() {
     let texts: Vec<String> = refs.iter().map(|r| r.text.clone()).collect();
     let raw = e.embed(&texts, EmbedOptions::default()).unwrap();
     let normed = e
-        .embed(&texts, EmbedOptions { normalize: true, ..EmbedOptions::default() })
+        .embed(
+            &texts,
+            EmbedOptions {
+                normalize: true,
+                ..EmbedOptions::default()
+            },
+        )
         .unwrap();
     // The last text is longer than 256 word-pieces: truncated and reported.
     assert_eq!(raw.truncated, vec![texts.len() - 1]);
@@ -95,16 +119,28 @@ fn cli_embed_writes_reference_jsonl() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(stderr.contains("truncated"), "truncation must be reported: {stderr}");
+    assert!(
+        stderr.contains("truncated"),
+        "truncation must be reported: {stderr}"
+    );
     let text = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), refs.len());
     for (l, r) in lines.iter().zip(&refs) {
         let v: Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["text"].as_str().unwrap(), r.text);
-        let emb: Vec<f32> = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let emb: Vec<f32> = v["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         let d = max_abs_diff(&emb, &r.embedding);
         assert!(d < 1e-4, "{:?}: differs by {d:e}", r.text);
     }
@@ -116,7 +152,13 @@ fn long_text_error_policy_refuses() {
     let e = Embedder::load(Cpu, &model_dir()).unwrap();
     let long = "word ".repeat(400);
     let err = e
-        .embed(&[long], EmbedOptions { long_text: LongText::Error, ..EmbedOptions::default() })
+        .embed(
+            &[long],
+            EmbedOptions {
+                long_text: LongText::Error,
+                ..EmbedOptions::default()
+            },
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("exceeds the model's limit of 256"), "{err}");

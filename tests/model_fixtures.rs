@@ -8,7 +8,9 @@ use common::{assert_close, fixture, Reference};
 use flexp::backend::cpu::Cpu;
 use flexp::backend::Backend;
 use flexp::executor::{Executor, Output, SeqInput, SeqJob, SeqResult};
-use flexp::model::{load_model, AdapterSet, ClassHead, LoraConfig, LoraPair, Model, Pooling, Target};
+use flexp::model::{
+    load_model, AdapterSet, ClassHead, LoraConfig, LoraPair, Model, Pooling, Target,
+};
 
 struct Batch {
     seqs: Vec<Vec<u32>>,
@@ -19,11 +21,16 @@ fn batch(r: &Reference) -> Batch {
     let ids = r.i64("input_ids");
     let lens = r.i64("lengths");
     let t = r.shape("input_ids")[1];
-    let row = |v: &[i64], b: usize, n: usize| v[b * t..b * t + n].iter().map(|&x| x as u32).collect();
-    let seqs = (0..lens.len()).map(|b| row(&ids, b, lens[b] as usize)).collect();
+    let row =
+        |v: &[i64], b: usize, n: usize| v[b * t..b * t + n].iter().map(|&x| x as u32).collect();
+    let seqs = (0..lens.len())
+        .map(|b| row(&ids, b, lens[b] as usize))
+        .collect();
     let types = r.has("token_type_ids").then(|| {
         let tt = r.i64("token_type_ids");
-        (0..lens.len()).map(|b| row(&tt, b, lens[b] as usize)).collect()
+        (0..lens.len())
+            .map(|b| row(&tt, b, lens[b] as usize))
+            .collect()
     });
     Batch { seqs, types }
 }
@@ -57,8 +64,12 @@ fn lora_from_reference(be: &Cpu, m: &Model<Cpu>, r: &Reference, prefix: &str) ->
     for l in 0..cfg.layers {
         for &t in &targets {
             set.blocks[l][t.index()] = Some(LoraPair {
-                a: be.upload(&r.f32(&format!("{prefix}lora.{l}.{}.A", t.name()))).unwrap(),
-                b: be.upload(&r.f32(&format!("{prefix}lora.{l}.{}.B", t.name()))).unwrap(),
+                a: be
+                    .upload(&r.f32(&format!("{prefix}lora.{l}.{}.A", t.name())))
+                    .unwrap(),
+                b: be
+                    .upload(&r.f32(&format!("{prefix}lora.{l}.{}.B", t.name())))
+                    .unwrap(),
             });
         }
     }
@@ -88,7 +99,12 @@ fn jobs(b: &Batch, layers: usize, output: impl Fn(usize) -> (Output, f32)) -> Ve
 
 fn check_hidden(name: &str, out: &[SeqResult], want: &[Vec<f32>]) {
     for (i, (o, w)) in out.iter().zip(want).enumerate() {
-        assert_close(&format!("{name} seq {i}"), o.hidden.as_ref().unwrap(), w, 1e-4);
+        assert_close(
+            &format!("{name} seq {i}"),
+            o.hidden.as_ref().unwrap(),
+            w,
+            1e-4,
+        );
     }
 }
 
@@ -99,8 +115,18 @@ fn check_grads(r: &Reference, m: &Model<Cpu>, g: &AdapterSet<Cpu>) {
         for t in Target::ALL {
             if let Some(p) = g.pair(l, t) {
                 let n = format!("grad.lora.{l}.{}", t.name());
-                assert_close(&format!("{n}.A"), &be.download(&p.a).unwrap(), &r.f32(&format!("{n}.A")), 1e-3);
-                assert_close(&format!("{n}.B"), &be.download(&p.b).unwrap(), &r.f32(&format!("{n}.B")), 1e-3);
+                assert_close(
+                    &format!("{n}.A"),
+                    &be.download(&p.a).unwrap(),
+                    &r.f32(&format!("{n}.A")),
+                    1e-3,
+                );
+                assert_close(
+                    &format!("{n}.B"),
+                    &be.download(&p.b).unwrap(),
+                    &r.f32(&format!("{n}.B")),
+                    1e-3,
+                );
                 checked += 2;
             }
         }
@@ -120,11 +146,23 @@ fn run_family(family: &str) {
     let exec = Executor::new(&be, &m);
 
     let none = AdapterSet::<Cpu>::empty(LoraConfig::default_for(&m.config), layers);
-    let (out, _) = exec.forward(&[&none], &jobs(&b, layers, |_| (Output::Hidden, 1.0)), false).unwrap();
+    let (out, _) = exec
+        .forward(
+            &[&none],
+            &jobs(&b, layers, |_| (Output::Hidden, 1.0)),
+            false,
+        )
+        .unwrap();
     check_hidden("hidden_base", &out, &valid_rows(&r, "hidden_base", &lens));
 
     let mut lora = lora_from_reference(&be, &m, &r, "");
-    let (out, _) = exec.forward(&[&lora], &jobs(&b, layers, |_| (Output::Hidden, 1.0)), false).unwrap();
+    let (out, _) = exec
+        .forward(
+            &[&lora],
+            &jobs(&b, layers, |_| (Output::Hidden, 1.0)),
+            false,
+        )
+        .unwrap();
     check_hidden("hidden (LoRA)", &out, &valid_rows(&r, "hidden", &lens));
 
     let want_loss = r.f32("loss")[0];
@@ -137,7 +175,14 @@ fn run_family(family: &str) {
             pooling: Pooling::Mean,
         });
         let n = b.seqs.len() as f32;
-        let js = jobs(&b, layers, |i| (Output::Class { label: Some(labels[i] as usize) }, 1.0 / n));
+        let js = jobs(&b, layers, |i| {
+            (
+                Output::Class {
+                    label: Some(labels[i] as usize),
+                },
+                1.0 / n,
+            )
+        });
         let (out, tape) = exec.forward(&[&lora], &js, true).unwrap();
         let logits: Vec<f32> = out.iter().flat_map(|o| o.logits.clone().unwrap()).collect();
         assert_close("class logits", &logits, &r.f32("logits"), 1e-4);
@@ -147,14 +192,30 @@ fn run_family(family: &str) {
         let js = jobs(&b, layers, |i| {
             let ids = &b.seqs[i];
             let labels: Vec<i64> = (0..ids.len())
-                .map(|t| if t + 1 < ids.len() { ids[t + 1] as i64 } else { -100 })
+                .map(|t| {
+                    if t + 1 < ids.len() {
+                        ids[t + 1] as i64
+                    } else {
+                        -100
+                    }
+                })
                 .collect();
-            (Output::Lm { labels: Some(labels) }, (ids.len() - 1) as f32 / total as f32)
+            (
+                Output::Lm {
+                    labels: Some(labels),
+                },
+                (ids.len() - 1) as f32 / total as f32,
+            )
         });
         let (out, tape) = exec.forward(&[&lora], &js, true).unwrap();
         let want = valid_rows(&r, "logits", &lens);
         for (i, o) in out.iter().enumerate() {
-            assert_close(&format!("LM logits seq {i}"), o.logits.as_ref().unwrap(), &want[i], 1e-4);
+            assert_close(
+                &format!("LM logits seq {i}"),
+                o.logits.as_ref().unwrap(),
+                &want[i],
+                1e-4,
+            );
         }
         (out, tape, false)
     };
@@ -176,12 +237,23 @@ fn run_family(family: &str) {
 
     let mut grads = vec![lora.zeros_like(&be).unwrap()];
     let none_grads = vec![None; b.seqs.len()];
-    exec.backward(tape.unwrap(), &[&lora], &mut grads, &none_grads).unwrap();
+    exec.backward(tape.unwrap(), &[&lora], &mut grads, &none_grads)
+        .unwrap();
     check_grads(&r, &m, &grads[0]);
     if head_grads {
         let h = grads[0].head.as_ref().unwrap();
-        assert_close("grad.head.weight", &be.download(&h.weight).unwrap(), &r.f32("grad.head.weight"), 1e-3);
-        assert_close("grad.head.bias", &be.download(&h.bias).unwrap(), &r.f32("grad.head.bias"), 1e-3);
+        assert_close(
+            "grad.head.weight",
+            &be.download(&h.weight).unwrap(),
+            &r.f32("grad.head.weight"),
+            1e-3,
+        );
+        assert_close(
+            "grad.head.bias",
+            &be.download(&h.bias).unwrap(),
+            &r.f32("grad.head.bias"),
+            1e-3,
+        );
     }
 }
 

@@ -15,7 +15,14 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Checks `grad` = d/dx Σ w·f(x) along random directions and single coordinates.
-fn fd_check(name: &str, x: &[f32], w: &[f32], grad: &[f32], f: impl Fn(&[f32]) -> Vec<f32>, tol: f64) {
+fn fd_check(
+    name: &str,
+    x: &[f32],
+    w: &[f32],
+    grad: &[f32],
+    f: impl Fn(&[f32]) -> Vec<f32>,
+    tol: f64,
+) {
     let mut rng = Rng::new(99);
     let loss = |x: &[f32]| dot(&f(x), w);
     let mut dirs: Vec<Vec<f32>> = (0..3).map(|_| rng.vec_range(x.len(), -1.0, 1.0)).collect();
@@ -32,7 +39,10 @@ fn fd_check(name: &str, x: &[f32], w: &[f32], grad: &[f32], f: impl Fn(&[f32]) -
         let ana = dot(grad, u);
         let unorm: f64 = u.iter().map(|v| v.abs() as f64).sum();
         let err = (num - ana).abs() / (ana.abs() + gscale * unorm * 1e-2).max(1e-6);
-        assert!(err < tol, "{name}: direction {k}: numeric {num:.6e} analytic {ana:.6e} (rel {err:.2e})");
+        assert!(
+            err < tol,
+            "{name}: direction {k}: numeric {num:.6e} analytic {ana:.6e} (rel {err:.2e})"
+        );
     }
 }
 
@@ -61,7 +71,10 @@ fn matmul_all_transposes_match_naive() {
                                 let bv = if tb { b[j * k + p] } else { b[p * n + j] };
                                 s += av as f64 * bv as f64;
                             }
-                            assert!((c[i * n + j] as f64 - s).abs() < 1e-4 * (1.0 + s.abs()), "({m},{n},{k},{ta},{tb},{acc})");
+                            assert!(
+                                (c[i * n + j] as f64 - s).abs() < 1e-4 * (1.0 + s.abs()),
+                                "({m},{n},{k},{ta},{tb},{acc})"
+                            );
                         }
                     }
                 }
@@ -69,7 +82,19 @@ fn matmul_all_transposes_match_naive() {
         }
     }
     let mut small = vec![0.0; 2];
-    assert!(be.matmul(&mut small, &vec![0.0; 4], &vec![0.0; 4], 2, 2, 2, false, false, false).is_err());
+    assert!(be
+        .matmul(
+            &mut small,
+            &vec![0.0; 4],
+            &vec![0.0; 4],
+            2,
+            2,
+            2,
+            false,
+            false,
+            false
+        )
+        .is_err());
 }
 
 #[test]
@@ -83,13 +108,22 @@ fn layer_norm_backward_matches_finite_differences() {
         let w = rand(&mut rng, rows * d);
         let fwd = |x: &[f32]| {
             let (mut y, mut mu, mut rs) = (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows]);
-            be.layer_norm_forward(&mut y, &mut mu, &mut rs, &x.to_vec(), &g, &b, rows, d, 1e-5).unwrap();
+            be.layer_norm_forward(&mut y, &mut mu, &mut rs, &x.to_vec(), &g, &b, rows, d, 1e-5)
+                .unwrap();
             (y, mu, rs)
         };
         let (_, mu, rs) = fwd(&x);
         let mut dx = vec![0.0; rows * d];
-        be.layer_norm_backward(&mut dx, &w, &x, &g, &mu, &rs, rows, d).unwrap();
-        fd_check(&format!("layer_norm {rows}x{d}"), &x, &w, &dx, |x| fwd(x).0, 2e-3);
+        be.layer_norm_backward(&mut dx, &w, &x, &g, &mu, &rs, rows, d)
+            .unwrap();
+        fd_check(
+            &format!("layer_norm {rows}x{d}"),
+            &x,
+            &w,
+            &dx,
+            |x| fwd(x).0,
+            2e-3,
+        );
         // Forward against the definition.
         let y = fwd(&x).0;
         for r in 0..rows {
@@ -114,7 +148,8 @@ fn rms_norm_backward_matches_finite_differences() {
         let w = rand(&mut rng, rows * d);
         let fwd = |x: &[f32]| {
             let (mut y, mut rs) = (vec![0.0; rows * d], vec![0.0; rows]);
-            be.rms_norm_forward(&mut y, &mut rs, &x.to_vec(), &g, rows, d, 1e-6).unwrap();
+            be.rms_norm_forward(&mut y, &mut rs, &x.to_vec(), &g, rows, d, 1e-6)
+                .unwrap();
             (y, rs)
         };
         let (y, rs) = fwd(&x);
@@ -127,8 +162,16 @@ fn rms_norm_backward_matches_finite_differences() {
             }
         }
         let mut dx = vec![0.0; rows * d];
-        be.rms_norm_backward(&mut dx, &w, &x, &g, &rs, rows, d).unwrap();
-        fd_check(&format!("rms_norm {rows}x{d}"), &x, &w, &dx, |x| fwd(x).0, 2e-3);
+        be.rms_norm_backward(&mut dx, &w, &x, &g, &rs, rows, d)
+            .unwrap();
+        fd_check(
+            &format!("rms_norm {rows}x{d}"),
+            &x,
+            &w,
+            &dx,
+            |x| fwd(x).0,
+            2e-3,
+        );
     }
 }
 
@@ -140,7 +183,12 @@ fn activations_match_definitions_and_finite_differences() {
     let x: Vec<f32> = rng.vec_range(n, -4.0, 4.0);
     let w = rand(&mut rng, n);
     let erf = |v: f64| libm::erf(v);
-    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu, Activation::Relu] {
+    for act in [
+        Activation::GeluErf,
+        Activation::GeluTanh,
+        Activation::Silu,
+        Activation::Relu,
+    ] {
         let fwd = |x: &[f32]| {
             let mut y = vec![0.0; n];
             be.activation_forward(&mut y, &x.to_vec(), act, n).unwrap();
@@ -151,14 +199,26 @@ fn activations_match_definitions_and_finite_differences() {
             let v = x[i] as f64;
             let want = match act {
                 Activation::GeluErf => 0.5 * v * (1.0 + erf(v / 2f64.sqrt())),
-                Activation::GeluTanh => 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh()),
+                Activation::GeluTanh => {
+                    0.5 * v
+                        * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3)))
+                                .tanh())
+                }
                 Activation::Silu => v / (1.0 + (-v).exp()),
                 Activation::Relu => v.max(0.0),
             };
-            assert!((y[i] as f64 - want).abs() < 1e-5, "{act:?}({v}) = {} want {want}", y[i]);
+            assert!(
+                (y[i] as f64 - want).abs() < 1e-5,
+                "{act:?}({v}) = {} want {want}",
+                y[i]
+            );
         }
         // ReLU's kink: keep inputs away from 0 for the finite difference.
-        let x2: Vec<f32> = x.iter().map(|v| if v.abs() < 0.05 { 0.5 } else { *v }).collect();
+        let x2: Vec<f32> = x
+            .iter()
+            .map(|v| if v.abs() < 0.05 { 0.5 } else { *v })
+            .collect();
         let mut dx = vec![0.0; n];
         be.activation_backward(&mut dx, &w, &x2, act, n).unwrap();
         fd_check(&format!("{act:?}"), &x2, &w, &dx, fwd, 2e-3);
@@ -178,7 +238,8 @@ fn swiglu_backward_matches_finite_differences() {
     be.swiglu_backward(&mut dg, &mut du, &w, &g, &u, n).unwrap();
     let fwd = |g: &[f32], u: &[f32]| {
         let mut y = vec![0.0; n];
-        be.swiglu_forward(&mut y, &g.to_vec(), &u.to_vec(), n).unwrap();
+        be.swiglu_forward(&mut y, &g.to_vec(), &u.to_vec(), n)
+            .unwrap();
         y
     };
     fd_check("swiglu d/dgate", &g, &w, &dg, |g| fwd(g, &u), 2e-3);
@@ -194,7 +255,8 @@ fn rope_rotates_pairs_and_inverse_is_the_transpose() {
     let rows = positions.len();
     let x = rand(&mut rng, rows * heads * hd);
     let mut y = x.clone();
-    be.rope(&mut y, &positions, heads, hd, 10000.0, false).unwrap();
+    be.rope(&mut y, &positions, heads, hd, 10000.0, false)
+        .unwrap();
     // Definition: pair (i, i + hd/2) rotated by pos * theta^(-2i/hd).
     for (r, &p) in positions.iter().enumerate() {
         for h in 0..heads {
@@ -203,19 +265,26 @@ fn rope_rotates_pairs_and_inverse_is_the_transpose() {
                 let b = r * heads * hd + h * hd;
                 let (x1, x2) = (x[b + i] as f64, x[b + i + hd / 2] as f64);
                 assert!((y[b + i] as f64 - (x1 * ang.cos() - x2 * ang.sin())).abs() < 1e-5);
-                assert!((y[b + i + hd / 2] as f64 - (x2 * ang.cos() + x1 * ang.sin())).abs() < 1e-5);
+                assert!(
+                    (y[b + i + hd / 2] as f64 - (x2 * ang.cos() + x1 * ang.sin())).abs() < 1e-5
+                );
             }
         }
     }
     // The inverse undoes it, and <R x, w> = <x, R^T w> (the backward is the inverse rotation).
     let mut back = y.clone();
-    be.rope(&mut back, &positions, heads, hd, 10000.0, true).unwrap();
+    be.rope(&mut back, &positions, heads, hd, 10000.0, true)
+        .unwrap();
     common::assert_close("rope inverse", &back, &x, 1e-5);
     let w = rand(&mut rng, x.len());
     let mut rt_w = w.clone();
-    be.rope(&mut rt_w, &positions, heads, hd, 10000.0, true).unwrap();
+    be.rope(&mut rt_w, &positions, heads, hd, 10000.0, true)
+        .unwrap();
     assert!((dot(&y, &w) - dot(&x, &rt_w)).abs() < 1e-4);
-    assert!(be.rope(&mut vec![0.0; 5], &[0], 1, 5, 1e4, false).is_err(), "odd head_dim must be refused");
+    assert!(
+        be.rope(&mut vec![0.0; 5], &[0], 1, 5, 1e4, false).is_err(),
+        "odd head_dim must be refused"
+    );
 }
 
 #[test]
@@ -227,20 +296,30 @@ fn cross_entropy_matches_definition_and_finite_differences() {
     let labels = vec![3i64, -100, 0, 10, 7];
     let weights = vec![0.5f32, 1.0, 0.25, 2.0, 1.0];
     let mut dl = vec![0.0; rows * c];
-    let losses = be.cross_entropy(&mut dl, &logits, &labels, &weights, c).unwrap();
+    let losses = be
+        .cross_entropy(&mut dl, &logits, &labels, &weights, c)
+        .unwrap();
     for r in 0..rows {
         let row = &logits[r * c..(r + 1) * c];
         let lse = row.iter().map(|v| (*v as f64).exp()).sum::<f64>().ln();
-        let want = if labels[r] < 0 { 0.0 } else { lse - row[labels[r] as usize] as f64 };
+        let want = if labels[r] < 0 {
+            0.0
+        } else {
+            lse - row[labels[r] as usize] as f64
+        };
         assert!((losses[r] as f64 - want).abs() < 1e-5, "row {r}");
     }
     let total = |lg: &[f32]| -> Vec<f32> {
         let mut d = vec![0.0; rows * c];
-        let l = be.cross_entropy(&mut d, &lg.to_vec(), &labels, &weights, c).unwrap();
+        let l = be
+            .cross_entropy(&mut d, &lg.to_vec(), &labels, &weights, c)
+            .unwrap();
         l.iter().zip(&weights).map(|(a, b)| a * b).collect()
     };
     fd_check("cross_entropy", &logits, &vec![1.0; rows], &dl, total, 2e-3);
-    assert!(be.cross_entropy(&mut dl, &logits, &[11, 0, 0, 0, 0], &weights, c).is_err());
+    assert!(be
+        .cross_entropy(&mut dl, &logits, &[11, 0, 0, 0, 0], &weights, c)
+        .is_err());
 }
 
 #[test]
@@ -248,7 +327,11 @@ fn segment_mean_backward_is_the_adjoint() {
     let be = Cpu;
     let mut rng = Rng::new(8);
     let d = 5;
-    let spans = [Span { start: 0, len: 3 }, Span { start: 3, len: 1 }, Span { start: 4, len: 6 }];
+    let spans = [
+        Span { start: 0, len: 3 },
+        Span { start: 3, len: 1 },
+        Span { start: 4, len: 6 },
+    ];
     let x = rand(&mut rng, 10 * d);
     let mut out = vec![0.0; 3 * d];
     be.segment_mean(&mut out, &x, &spans, d).unwrap();
@@ -267,26 +350,48 @@ fn segment_mean_backward_is_the_adjoint() {
         },
         1e-2,
     );
-    assert!((out[d] - x[3 * d]).abs() < 1e-7, "a length-1 span's mean is its row");
+    assert!(
+        (out[d] - x[3 * d]).abs() < 1e-7,
+        "a length-1 span's mean is its row"
+    );
 }
 
 #[test]
 fn grouped_lora_matches_naive_and_finite_differences() {
     let be = Cpu;
     let mut rng = Rng::new(9);
-    let s = LoraShape { d_in: 13, d_out: 7, rank: 3, scale: 1.5 };
-    let spans = [Span { start: 0, len: 4 }, Span { start: 4, len: 1 }, Span { start: 7, len: 5 }];
+    let s = LoraShape {
+        d_in: 13,
+        d_out: 7,
+        rank: 3,
+        scale: 1.5,
+    };
+    let spans = [
+        Span { start: 0, len: 4 },
+        Span { start: 4, len: 1 },
+        Span { start: 7, len: 5 },
+    ];
     let rows = 12;
     let ab: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
-        .map(|_| (rand(&mut rng, s.rank * s.d_in), rand(&mut rng, s.d_out * s.rank)))
+        .map(|_| {
+            (
+                rand(&mut rng, s.rank * s.d_in),
+                rand(&mut rng, s.d_out * s.rank),
+            )
+        })
         .collect();
     let x = rand(&mut rng, rows * s.d_in);
     let y0 = rand(&mut rng, rows * s.d_out);
     let fwd = |x: &[f32], ab: &[(Vec<f32>, Vec<f32>)]| -> (Vec<f32>, Vec<f32>) {
-        let segs: Vec<LoraSeg<'_, Cpu>> = spans.iter().zip(ab).map(|(r, (a, b))| LoraSeg { rows: *r, a, b }).collect();
+        let segs: Vec<LoraSeg<'_, Cpu>> = spans
+            .iter()
+            .zip(ab)
+            .map(|(r, (a, b))| LoraSeg { rows: *r, a, b })
+            .collect();
         let mut y = y0.clone();
         let mut u = vec![0.0; rows * s.rank];
-        be.lora_forward(&mut y, &x.to_vec(), &mut u, &segs, s).unwrap();
+        be.lora_forward(&mut y, &x.to_vec(), &mut u, &segs, s)
+            .unwrap();
         (y, u)
     };
     let (y, u) = fwd(&x, &ab);
@@ -296,7 +401,9 @@ fn grouped_lora_matches_naive_and_finite_differences() {
             for o in 0..s.d_out {
                 let mut acc = 0.0f64;
                 for k in 0..s.rank {
-                    let xa: f64 = (0..s.d_in).map(|i| x[r * s.d_in + i] as f64 * a[k * s.d_in + i] as f64).sum();
+                    let xa: f64 = (0..s.d_in)
+                        .map(|i| x[r * s.d_in + i] as f64 * a[k * s.d_in + i] as f64)
+                        .sum();
                     acc += xa * b[o * s.rank + k] as f64;
                 }
                 let want = y0[r * s.d_out + o] as f64 + s.scale as f64 * acc;
@@ -307,16 +414,26 @@ fn grouped_lora_matches_naive_and_finite_differences() {
     assert_eq!(y[5 * s.d_out..7 * s.d_out], y0[5 * s.d_out..7 * s.d_out]);
 
     let w = rand(&mut rng, rows * s.d_out);
-    let mut grads: Vec<(Vec<f32>, Vec<f32>)> = ab.iter().map(|(a, b)| (vec![0.0; a.len()], vec![0.0; b.len()])).collect();
+    let mut grads: Vec<(Vec<f32>, Vec<f32>)> = ab
+        .iter()
+        .map(|(a, b)| (vec![0.0; a.len()], vec![0.0; b.len()]))
+        .collect();
     let mut dx = vec![0.0; rows * s.d_in];
     {
         let mut gsegs: Vec<LoraGradSeg<'_, Cpu>> = spans
             .iter()
             .zip(&ab)
             .zip(grads.iter_mut())
-            .map(|((r, (a, b)), (da, db))| LoraGradSeg { rows: *r, a, b, da, db })
+            .map(|((r, (a, b)), (da, db))| LoraGradSeg {
+                rows: *r,
+                a,
+                b,
+                da,
+                db,
+            })
             .collect();
-        be.lora_backward(&mut dx, &w, &x, &u, &mut gsegs, s).unwrap();
+        be.lora_backward(&mut dx, &w, &x, &u, &mut gsegs, s)
+            .unwrap();
     }
     fd_check("lora dx", &x, &w, &dx, |x| fwd(x, &ab).0, 2e-3);
     for g in 0..3 {
@@ -325,20 +442,40 @@ fn grouped_lora_matches_naive_and_finite_differences() {
             ab2[g].0 = a.to_vec();
             fwd(&x, &ab2).0
         };
-        fd_check(&format!("lora dA[{g}]"), &ab[g].0, &w, &grads[g].0, a_fn, 2e-3);
+        fd_check(
+            &format!("lora dA[{g}]"),
+            &ab[g].0,
+            &w,
+            &grads[g].0,
+            a_fn,
+            2e-3,
+        );
         let b_fn = |b: &[f32]| {
             let mut ab2 = ab.clone();
             ab2[g].1 = b.to_vec();
             fwd(&x, &ab2).0
         };
-        fd_check(&format!("lora dB[{g}]"), &ab[g].1, &w, &grads[g].1, b_fn, 2e-3);
+        fd_check(
+            &format!("lora dB[{g}]"),
+            &ab[g].1,
+            &w,
+            &grads[g].1,
+            b_fn,
+            2e-3,
+        );
     }
 }
 
 #[test]
 fn adamw_matches_pytorch_update_rule() {
     let be = Cpu;
-    let hp = AdamW { lr: 0.01, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let hp = AdamW {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut p = vec![0.5f32, -1.0, 2.0];
     let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
     let mut pr: Vec<f64> = p.iter().map(|x| *x as f64).collect();
@@ -357,7 +494,12 @@ fn adamw_matches_pytorch_update_rule() {
         }
     }
     for i in 0..3 {
-        assert!((p[i] as f64 - pr[i]).abs() < 1e-6, "param {i}: {} vs {}", p[i], pr[i]);
+        assert!(
+            (p[i] as f64 - pr[i]).abs() < 1e-6,
+            "param {i}: {} vs {}",
+            p[i],
+            pr[i]
+        );
     }
 }
 
@@ -370,7 +512,10 @@ fn gather_scatter_embedding_roundtrip() {
     assert_eq!(out, vec![9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
     be.embedding(&mut out, &table, &[1, 1], 3, true).unwrap();
     assert_eq!(out, vec![12.0, 14.0, 16.0, 3.0, 5.0, 7.0]);
-    assert!(be.embedding(&mut out, &table, &[4], 3, false).is_err(), "id past the table");
+    assert!(
+        be.embedding(&mut out, &table, &[4], 3, false).is_err(),
+        "id past the table"
+    );
     let mut g = vec![0.0; 6];
     be.gather_rows(&mut g, &table, &[2, 1], 3).unwrap();
     assert_eq!(g, vec![6.0, 7.0, 8.0, 3.0, 4.0, 5.0]);

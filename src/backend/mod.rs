@@ -170,10 +170,21 @@ pub trait Backend: Send + Sync {
     /// `y = x` over the first `len` elements.
     fn copy(&self, y: &mut Self::Buf, x: &Self::Buf, len: usize) -> Result<()>;
     /// `dst[i,:] = src[rows[i],:]`.
-    fn gather_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[u32], dim: usize) -> Result<()>;
+    fn gather_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows: &[u32],
+        dim: usize,
+    ) -> Result<()>;
     /// `dst[rows[i],:] = src[i,:]`.
-    fn scatter_rows(&self, dst: &mut Self::Buf, src: &Self::Buf, rows: &[u32], dim: usize)
-        -> Result<()>;
+    fn scatter_rows(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        rows: &[u32],
+        dim: usize,
+    ) -> Result<()>;
     /// `out[i,:] (+)= table[ids[i],:]`; accumulates when `accumulate`.
     fn embedding(
         &self,
@@ -292,8 +303,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     /// `y = act(x)` over `len` elements.
-    fn activation_forward(&self, y: &mut Self::Buf, x: &Self::Buf, act: Activation, len: usize)
-        -> Result<()>;
+    fn activation_forward(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()>;
     /// `dx = act'(x) · dy` over `len` elements (in place on `dy` is not allowed).
     fn activation_backward(
         &self,
@@ -304,8 +320,13 @@ pub trait Backend: Send + Sync {
         len: usize,
     ) -> Result<()>;
     /// SwiGLU: `y = silu(gate) · up`.
-    fn swiglu_forward(&self, y: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize)
-        -> Result<()>;
+    fn swiglu_forward(
+        &self,
+        y: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        len: usize,
+    ) -> Result<()>;
     /// SwiGLU backward: writes `dgate`, `dup`.
     fn swiglu_backward(
         &self,
@@ -332,8 +353,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     /// Mean of the rows of each span: `out[i,:] = mean(x[span_i,:])`.
-    fn segment_mean(&self, out: &mut Self::Buf, x: &Self::Buf, spans: &[Span], dim: usize)
-        -> Result<()>;
+    fn segment_mean(
+        &self,
+        out: &mut Self::Buf,
+        x: &Self::Buf,
+        spans: &[Span],
+        dim: usize,
+    ) -> Result<()>;
     /// Backward of [`Backend::segment_mean`]: `dx[span_i,:] += dout[i,:] / len_i`.
     fn segment_mean_backward(
         &self,

@@ -50,7 +50,17 @@ pub(crate) fn norm_forward<B: Backend>(
     let mean = match (cfg.norm, &n.beta) {
         (NormKind::LayerNorm, Some(beta)) => {
             let mut mean = be.zeros(rows)?;
-            be.layer_norm_forward(&mut y, &mut mean, &mut rstd, &x, &n.gamma, beta, rows, d, cfg.norm_eps)?;
+            be.layer_norm_forward(
+                &mut y,
+                &mut mean,
+                &mut rstd,
+                &x,
+                &n.gamma,
+                beta,
+                rows,
+                d,
+                cfg.norm_eps,
+            )?;
             Some(mean)
         }
         _ => {
@@ -73,7 +83,9 @@ pub(crate) fn norm_backward<B: Backend>(
     let d = cfg.hidden;
     let mut dx = be.zeros(rows * d)?;
     match &t.mean {
-        Some(mean) => be.layer_norm_backward(&mut dx, dy, &t.x, &n.gamma, mean, &t.rstd, rows, d)?,
+        Some(mean) => {
+            be.layer_norm_backward(&mut dx, dy, &t.x, &n.gamma, mean, &t.rstd, rows, d)?
+        }
         None => be.rms_norm_backward(&mut dx, dy, &t.x, &n.gamma, &t.rstd, rows, d)?,
     }
     Ok(dx)
@@ -126,11 +138,14 @@ impl<B: Backend> BlockCtx<'_, B> {
         let be = self.backend;
         let n = act.rows;
         let mut y = be.zeros(n * lin.d_out)?;
-        be.matmul(&mut y, x, &lin.w, n, lin.d_out, lin.d_in, false, true, false)?;
+        be.matmul(
+            &mut y, x, &lin.w, n, lin.d_out, lin.d_in, false, true, false,
+        )?;
         if let Some(b) = &lin.b {
             be.add_bias(&mut y, b, n, lin.d_out)?;
         }
-        let segs: Vec<LoraSeg<'_, B>> = self.lora_segs(act, t).into_iter().map(|(_, s)| s).collect();
+        let segs: Vec<LoraSeg<'_, B>> =
+            self.lora_segs(act, t).into_iter().map(|(_, s)| s).collect();
         if segs.is_empty() {
             return Ok((y, None));
         }
@@ -154,11 +169,16 @@ impl<B: Backend> BlockCtx<'_, B> {
         grads: &mut [AdapterSet<B>],
     ) -> Result<()> {
         let be = self.backend;
-        be.matmul(dx, dy, &lin.w, act.rows, lin.d_in, lin.d_out, false, false, true)?;
+        be.matmul(
+            dx, dy, &lin.w, act.rows, lin.d_in, lin.d_out, false, false, true,
+        )?;
         let Some(u) = u else { return Ok(()) };
         let segs = self.lora_segs(act, t);
         let shape = self.adapters[act.runs[0].adapter].shape(self.cfg, t);
-        let mut slots: Vec<_> = grads.iter_mut().map(|g| g.pair_mut(self.layer, t)).collect();
+        let mut slots: Vec<_> = grads
+            .iter_mut()
+            .map(|g| g.pair_mut(self.layer, t))
+            .collect();
         let mut gsegs = Vec::with_capacity(segs.len());
         for (run, seg) in segs {
             let g = slots
@@ -206,12 +226,34 @@ impl<B: Backend> BlockCtx<'_, B> {
         let (v, uv) = self.linear(&attn_in, &w.v, act, Target::V)?;
         (u[0], u[1], u[2]) = (uq, uk, uv);
         if let PositionKind::Rotary { theta } = self.cfg.positions {
-            be.rope(&mut q, &act.positions, self.cfg.heads, self.cfg.head_dim, theta, false)?;
-            be.rope(&mut k, &act.positions, self.cfg.kv_heads, self.cfg.head_dim, theta, false)?;
+            be.rope(
+                &mut q,
+                &act.positions,
+                self.cfg.heads,
+                self.cfg.head_dim,
+                theta,
+                false,
+            )?;
+            be.rope(
+                &mut k,
+                &act.positions,
+                self.cfg.kv_heads,
+                self.cfg.head_dim,
+                theta,
+                false,
+            )?;
         }
         let mut attn = be.zeros(n * self.cfg.q_dim())?;
         let mut lse = be.zeros(n * self.cfg.heads)?;
-        be.attention_forward(&mut attn, &mut lse, &q, &k, &v, &act.spans, self.attn_shape())?;
+        be.attention_forward(
+            &mut attn,
+            &mut lse,
+            &q,
+            &k,
+            &v,
+            &act.spans,
+            self.attn_shape(),
+        )?;
         let (mut h, uo) = self.linear(&attn, &w.o, act, Target::O)?;
         u[3] = uo;
         be.add_assign(&mut h, &x_res, n * d)?;
@@ -219,7 +261,12 @@ impl<B: Backend> BlockCtx<'_, B> {
             let mut hr = be.zeros(n * d)?;
             be.copy(&mut hr, &h, n * d)?;
             let (m, t) = norm_forward(be, self.cfg, h, &w.norm2, n)?;
-            (m, hr, norm1_pre.ok_or_else(|| Error::Backend("pre-norm tape".into()))?, Some(t))
+            (
+                m,
+                hr,
+                norm1_pre.ok_or_else(|| Error::Backend("pre-norm tape".into()))?,
+                Some(t),
+            )
         } else {
             let (hn, t1) = norm_forward(be, self.cfg, h, &w.norm1, n)?;
             let mut hr = be.zeros(n * d)?;
@@ -243,7 +290,9 @@ impl<B: Backend> BlockCtx<'_, B> {
                 be.activation_forward(&mut a, &up, f, n * ff)?;
                 None
             }
-            (MlpKind::SwiGlu, None) => return Err(Error::Backend("SwiGLU block without gate".into())),
+            (MlpKind::SwiGlu, None) => {
+                return Err(Error::Backend("SwiGLU block without gate".into()))
+            }
         };
         let (mut y, ud) = self.linear(&a, &w.down, act, Target::Down)?;
         u[6] = ud;
@@ -287,16 +336,38 @@ impl<B: Backend> BlockCtx<'_, B> {
         let pre = self.cfg.placement == NormPlacement::Pre;
 
         // Gradient at the MLP residual sum.
-        let dsum = if pre { dy } else { norm_backward(be, self.cfg, &dy, &w.norm2, &t.norm2, n)? };
+        let dsum = if pre {
+            dy
+        } else {
+            norm_backward(be, self.cfg, &dy, &w.norm2, &t.norm2, n)?
+        };
         let mut da = be.zeros(n * ff)?;
-        self.linear_backward(&mut da, &dsum, &t.act, t.u[6].as_ref(), &w.down, act, Target::Down, grads)?;
+        self.linear_backward(
+            &mut da,
+            &dsum,
+            &t.act,
+            t.u[6].as_ref(),
+            &w.down,
+            act,
+            Target::Down,
+            grads,
+        )?;
         let mut dmlp_in = be.zeros(n * d)?;
         let mut dup = be.zeros(n * ff)?;
         match (&t.gate, &w.gate) {
             (Some(g), Some(gw)) => {
                 let mut dg = be.zeros(n * ff)?;
                 be.swiglu_backward(&mut dg, &mut dup, &da, g, &t.up, n * ff)?;
-                self.linear_backward(&mut dmlp_in, &dg, &t.mlp_in, t.u[4].as_ref(), gw, act, Target::Gate, grads)?;
+                self.linear_backward(
+                    &mut dmlp_in,
+                    &dg,
+                    &t.mlp_in,
+                    t.u[4].as_ref(),
+                    gw,
+                    act,
+                    Target::Gate,
+                    grads,
+                )?;
             }
             _ => {
                 let MlpKind::Plain(f) = self.cfg.mlp else {
@@ -305,7 +376,16 @@ impl<B: Backend> BlockCtx<'_, B> {
                 be.activation_backward(&mut dup, &da, &t.up, f, n * ff)?;
             }
         }
-        self.linear_backward(&mut dmlp_in, &dup, &t.mlp_in, t.u[5].as_ref(), &w.up, act, Target::Up, grads)?;
+        self.linear_backward(
+            &mut dmlp_in,
+            &dup,
+            &t.mlp_in,
+            t.u[5].as_ref(),
+            &w.up,
+            act,
+            Target::Up,
+            grads,
+        )?;
 
         // Gradient at the attention residual sum.
         let dh = if pre {
@@ -318,22 +398,82 @@ impl<B: Backend> BlockCtx<'_, B> {
             norm_backward(be, self.cfg, &dhn, &w.norm1, &t.norm1, n)?
         };
         let mut dattn = be.zeros(n * self.cfg.q_dim())?;
-        self.linear_backward(&mut dattn, &dh, &t.attn, t.u[3].as_ref(), &w.o, act, Target::O, grads)?;
+        self.linear_backward(
+            &mut dattn,
+            &dh,
+            &t.attn,
+            t.u[3].as_ref(),
+            &w.o,
+            act,
+            Target::O,
+            grads,
+        )?;
         let kvd = self.cfg.kv_dim();
         let mut dq = be.zeros(n * self.cfg.q_dim())?;
         let mut dk = be.zeros(n * kvd)?;
         let mut dv = be.zeros(n * kvd)?;
         be.attention_backward(
-            &mut dq, &mut dk, &mut dv, &dattn, &t.q, &t.k, &t.v, &t.attn, &t.lse, &act.spans, self.attn_shape(),
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &dattn,
+            &t.q,
+            &t.k,
+            &t.v,
+            &t.attn,
+            &t.lse,
+            &act.spans,
+            self.attn_shape(),
         )?;
         if let PositionKind::Rotary { theta } = self.cfg.positions {
-            be.rope(&mut dq, &act.positions, self.cfg.heads, self.cfg.head_dim, theta, true)?;
-            be.rope(&mut dk, &act.positions, self.cfg.kv_heads, self.cfg.head_dim, theta, true)?;
+            be.rope(
+                &mut dq,
+                &act.positions,
+                self.cfg.heads,
+                self.cfg.head_dim,
+                theta,
+                true,
+            )?;
+            be.rope(
+                &mut dk,
+                &act.positions,
+                self.cfg.kv_heads,
+                self.cfg.head_dim,
+                theta,
+                true,
+            )?;
         }
         let mut dattn_in = be.zeros(n * d)?;
-        self.linear_backward(&mut dattn_in, &dq, &t.attn_in, t.u[0].as_ref(), &w.q, act, Target::Q, grads)?;
-        self.linear_backward(&mut dattn_in, &dk, &t.attn_in, t.u[1].as_ref(), &w.k, act, Target::K, grads)?;
-        self.linear_backward(&mut dattn_in, &dv, &t.attn_in, t.u[2].as_ref(), &w.v, act, Target::V, grads)?;
+        self.linear_backward(
+            &mut dattn_in,
+            &dq,
+            &t.attn_in,
+            t.u[0].as_ref(),
+            &w.q,
+            act,
+            Target::Q,
+            grads,
+        )?;
+        self.linear_backward(
+            &mut dattn_in,
+            &dk,
+            &t.attn_in,
+            t.u[1].as_ref(),
+            &w.k,
+            act,
+            Target::K,
+            grads,
+        )?;
+        self.linear_backward(
+            &mut dattn_in,
+            &dv,
+            &t.attn_in,
+            t.u[2].as_ref(),
+            &w.v,
+            act,
+            Target::V,
+            grads,
+        )?;
         if pre {
             let mut dx = norm_backward(be, self.cfg, &dattn_in, &w.norm1, &t.norm1, n)?;
             be.add_assign(&mut dx, &dh, n * d)?;

@@ -100,17 +100,19 @@ pub(crate) fn forward<B: Backend>(
     for &i in &lay.order {
         if let Output::Class { .. } = seqs[i].output {
             let (a, s) = (seqs[i].adapter, seqs[i].grad_slot);
-            let sp = final_span[i].ok_or_else(|| Error::Job("class output before the last block".into()))?;
+            let sp = final_span[i]
+                .ok_or_else(|| Error::Job("class output before the last block".into()))?;
             match classes.last_mut() {
                 Some(g) if g.adapter == a && g.slot == s => {
                     g.spans.push(sp);
-                    members.last_mut().map(|v| v.push(i));
+                    if let Some(v) = members.last_mut() {
+                        v.push(i);
+                    }
                 }
                 _ => {
-                    let head = adapters[a]
-                        .head
-                        .as_ref()
-                        .ok_or_else(|| Error::Job(format!("adapter set {a} has no classification head")))?;
+                    let head = adapters[a].head.as_ref().ok_or_else(|| {
+                        Error::Job(format!("adapter set {a} has no classification head"))
+                    })?;
                     classes.push(ClassGroup {
                         adapter: a,
                         slot: s,
@@ -140,12 +142,24 @@ pub(crate) fn forward<B: Backend>(
         }
         let c = g.classes;
         let mut logits = be.zeros(n * c)?;
-        be.matmul(&mut logits, &pooled, &head.weight, n, c, d, false, true, false)?;
+        be.matmul(
+            &mut logits,
+            &pooled,
+            &head.weight,
+            n,
+            c,
+            d,
+            false,
+            true,
+            false,
+        )?;
         be.add_bias(&mut logits, &head.bias, n, c)?;
         let mut labels = Vec::with_capacity(n);
         let mut weights = Vec::with_capacity(n);
         for &i in idx {
-            let Output::Class { label } = &seqs[i].output else { unreachable!("grouped as class") };
+            let Output::Class { label } = &seqs[i].output else {
+                unreachable!("grouped as class")
+            };
             labels.push(label.map_or(-1, |y| y as i64));
             weights.push(seqs[i].loss_weight);
         }
@@ -167,9 +181,16 @@ pub(crate) fn forward<B: Backend>(
     let mut lm_seqs = Vec::new();
     for &i in &lay.order {
         if let Output::Lm { labels } = &seqs[i].output {
-            let sp = final_span[i].ok_or_else(|| Error::Job("LM output before the last block".into()))?;
-            let labelled = labels.as_ref().map_or(0, |y| y.iter().filter(|&&t| t >= 0).count());
-            let w = if labelled > 0 { seqs[i].loss_weight / labelled as f32 } else { 0.0 };
+            let sp = final_span[i]
+                .ok_or_else(|| Error::Job("LM output before the last block".into()))?;
+            let labelled = labels
+                .as_ref()
+                .map_or(0, |y| y.iter().filter(|&&t| t >= 0).count());
+            let w = if labelled > 0 {
+                seqs[i].loss_weight / labelled as f32
+            } else {
+                0.0
+            };
             lm_seqs.push((i, lm_rows.len(), sp.len, labelled));
             lm_rows.extend((sp.start..sp.end()).map(|r| r as u32));
             match labels {
@@ -201,7 +222,10 @@ pub(crate) fn forward<B: Backend>(
                 results[i].loss = Some((sum / labelled as f64) as f32);
             }
         }
-        Some(LmPart { rows: lm_rows, dlogits })
+        Some(LmPart {
+            rows: lm_rows,
+            dlogits,
+        })
     };
 
     Ok((
@@ -255,11 +279,31 @@ pub(crate) fn backward<B: Backend>(
             .head
             .as_mut()
             .ok_or_else(|| Error::Job(format!("gradient slot {} has no head", g.slot)))?;
-        be.matmul(&mut gh.weight, &g.dlogits, &g.pooled, c, d, n, true, false, true)?;
+        be.matmul(
+            &mut gh.weight,
+            &g.dlogits,
+            &g.pooled,
+            c,
+            d,
+            n,
+            true,
+            false,
+            true,
+        )?;
         let ones = be.upload(&vec![1.0; n])?;
         be.matmul(&mut gh.bias, &ones, &g.dlogits, 1, c, n, false, false, true)?;
         let mut dpooled = be.zeros(n * d)?;
-        be.matmul(&mut dpooled, &g.dlogits, &head.weight, n, d, c, false, false, false)?;
+        be.matmul(
+            &mut dpooled,
+            &g.dlogits,
+            &head.weight,
+            n,
+            d,
+            c,
+            false,
+            false,
+            false,
+        )?;
         match g.pooling {
             Pooling::Mean => be.segment_mean_backward(&mut df, &dpooled, &g.spans, d)?,
             Pooling::First | Pooling::Last => {
@@ -273,7 +317,17 @@ pub(crate) fn backward<B: Backend>(
         let n = lm.rows.len();
         let v = m.config.vocab_size;
         let mut dx = be.zeros(n * d)?;
-        be.matmul(&mut dx, &lm.dlogits, m.lm_head(), n, d, v, false, false, false)?;
+        be.matmul(
+            &mut dx,
+            &lm.dlogits,
+            m.lm_head(),
+            n,
+            d,
+            v,
+            false,
+            false,
+            false,
+        )?;
         be.scatter_rows(&mut df, &dx, &lm.rows, d)?;
     }
 

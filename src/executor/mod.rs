@@ -80,7 +80,10 @@ pub enum SeqInput {
 impl SeqInput {
     /// Token input without token types.
     pub fn tokens(ids: Vec<u32>) -> Self {
-        SeqInput::Tokens { ids, type_ids: None }
+        SeqInput::Tokens {
+            ids,
+            type_ids: None,
+        }
     }
 }
 
@@ -246,14 +249,23 @@ impl<'a, B: Backend> Executor<'a, B> {
                 )));
             }
             let a = adapters.get(s.adapter).ok_or_else(|| {
-                bad(format!("adapter {} does not exist ({} given)", s.adapter, adapters.len()))
+                bad(format!(
+                    "adapter {} does not exist ({} given)",
+                    s.adapter,
+                    adapters.len()
+                ))
             })?;
             if a.blocks.len() != l {
-                return Err(bad(format!("adapter set has {} blocks, model has {l}", a.blocks.len())));
+                return Err(bad(format!(
+                    "adapter set has {} blocks, model has {l}",
+                    a.blocks.len()
+                )));
             }
             let key = (a.lora.rank, a.lora.alpha.to_bits());
             if *lora.get_or_insert(key) != key {
-                return Err(bad("all adapter sets of one job must share LoRA rank and alpha".into()));
+                return Err(bad(
+                    "all adapter sets of one job must share LoRA rank and alpha".into(),
+                ));
             }
             if !s.loss_weight.is_finite() {
                 return Err(bad(format!("loss weight {} is not finite", s.loss_weight)));
@@ -263,14 +275,19 @@ impl<'a, B: Backend> Executor<'a, B> {
                     return Err(bad("token input must start at block 0".into()));
                 }
                 if let Some(&t) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-                    return Err(bad(format!("token id {t} outside the vocabulary of {}", cfg.vocab_size)));
+                    return Err(bad(format!(
+                        "token id {t} outside the vocabulary of {}",
+                        cfg.vocab_size
+                    )));
                 }
                 if let Some(tt) = type_ids {
                     if tt.len() != ids.len() {
                         return Err(bad("type_ids and ids differ in length".into()));
                     }
                     if tt.iter().any(|&t| t as usize >= cfg.type_vocab_size.max(1)) {
-                        return Err(bad("token type id outside the model's type vocabulary".into()));
+                        return Err(bad(
+                            "token type id outside the model's type vocabulary".into()
+                        ));
                     }
                 }
             }
@@ -278,18 +295,29 @@ impl<'a, B: Backend> Executor<'a, B> {
                 Output::Hidden => {}
                 Output::Class { label } => {
                     if s.blocks.end != l {
-                        return Err(bad("a classification output needs the range to end at the last block".into()));
+                        return Err(bad(
+                            "a classification output needs the range to end at the last block"
+                                .into(),
+                        ));
                     }
-                    let head = a.head.as_ref().ok_or_else(|| bad("its adapter set has no classification head".into()))?;
+                    let head = a
+                        .head
+                        .as_ref()
+                        .ok_or_else(|| bad("its adapter set has no classification head".into()))?;
                     if let Some(y) = label {
                         if *y >= head.classes {
-                            return Err(bad(format!("label {y} outside the head's {} classes", head.classes)));
+                            return Err(bad(format!(
+                                "label {y} outside the head's {} classes",
+                                head.classes
+                            )));
                         }
                     }
                 }
                 Output::Lm { labels } => {
                     if s.blocks.end != l {
-                        return Err(bad("an LM output needs the range to end at the last block".into()));
+                        return Err(bad(
+                            "an LM output needs the range to end at the last block".into()
+                        ));
                     }
                     if let Some(y) = labels {
                         if y.len() != len {
@@ -349,7 +377,10 @@ impl<'a, B: Backend> Executor<'a, B> {
                 continue;
             }
             let g = lay.spans[i];
-            let span = Span { start: rows, len: g.len };
+            let span = Span {
+                start: rows,
+                len: g.len,
+            };
             gather.extend((g.start..g.end()).map(|r| r as u32));
             positions.extend(0..g.len as u32);
             spans.push(span);
@@ -419,7 +450,11 @@ impl<'a, B: Backend> Executor<'a, B> {
         }
 
         let (results, heads) = heads::forward(self, adapters, seqs, &lay, &h)?;
-        let tape = keep_tape.then(|| Tape { layout: lay, blocks, heads });
+        let tape = keep_tape.then(|| Tape {
+            layout: lay,
+            blocks,
+            heads,
+        });
         Ok((results, tape))
     }
 
@@ -472,7 +507,17 @@ impl<'a, B: Backend> Executor<'a, B> {
                 .beta
                 .as_ref()
                 .ok_or_else(|| Error::Backend("embedding LayerNorm without bias".into()))?;
-            be.layer_norm_forward(&mut y, &mut mean, &mut rstd, &e, &norm.gamma, beta, n, d, m.config.norm_eps)?;
+            be.layer_norm_forward(
+                &mut y,
+                &mut mean,
+                &mut rstd,
+                &e,
+                &norm.gamma,
+                beta,
+                n,
+                d,
+                m.config.norm_eps,
+            )?;
             e = y;
         }
         be.scatter_rows(h, &e, &rows, d)
@@ -503,13 +548,20 @@ impl<'a, B: Backend> Executor<'a, B> {
         }
         for (i, JobInfo { adapter, slot, .. }) in lay.jobs.iter().enumerate() {
             let g = grads.get(*slot).ok_or_else(|| {
-                Error::Job(format!("sequence {i}: gradient slot {slot} does not exist ({} given)", grads.len()))
+                Error::Job(format!(
+                    "sequence {i}: gradient slot {slot} does not exist ({} given)",
+                    grads.len()
+                ))
             })?;
             if adapters.get(*adapter).is_none() {
-                return Err(Error::Job(format!("sequence {i}: adapter {adapter} does not exist")));
+                return Err(Error::Job(format!(
+                    "sequence {i}: adapter {adapter} does not exist"
+                )));
             }
             if g.blocks.len() != self.model.layers() {
-                return Err(Error::Job(format!("gradient slot {slot} has the wrong number of blocks")));
+                return Err(Error::Job(format!(
+                    "gradient slot {slot} has the wrong number of blocks"
+                )));
             }
         }
         let mut dh = be.zeros(lay.rows * d)?;
@@ -556,7 +608,10 @@ fn seq_len(s: &SeqJob, hidden: usize) -> std::result::Result<usize, String> {
         SeqInput::Tokens { ids, .. } => Ok(ids.len()),
         SeqInput::Hidden(x) => {
             if x.len() % hidden != 0 {
-                Err(format!("hidden input of {} values is not a multiple of hidden size {hidden}", x.len()))
+                Err(format!(
+                    "hidden input of {} values is not a multiple of hidden size {hidden}",
+                    x.len()
+                ))
             } else if let Some(v) = x.iter().find(|v| !v.is_finite()) {
                 Err(format!("hidden input contains a non-finite value ({v})"))
             } else {

@@ -26,7 +26,13 @@ impl<B: Backend> AdamWState<B> {
     }
 
     /// One AdamW update of `params` with `grads` (same structure).
-    pub fn update(&mut self, backend: &B, params: &mut AdapterSet<B>, grads: &AdapterSet<B>, hp: AdamW) -> Result<()> {
+    pub fn update(
+        &mut self,
+        backend: &B,
+        params: &mut AdapterSet<B>,
+        grads: &AdapterSet<B>,
+        hp: AdamW,
+    ) -> Result<()> {
         let g = grads.tensors();
         let p = params.tensors_mut();
         let m = self.m.tensors_mut();

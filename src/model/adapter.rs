@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
+/// A named host tensor: name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// A projection of a block that can carry a LoRA adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -329,7 +332,7 @@ impl<B: Backend> AdapterSet<B> {
     /// Named host copies of every tensor, with PEFT-style names where the model has a PEFT
     /// module path (`base_model.model.<module>.lora_A.weight`), and `classifier.weight/bias` for
     /// the head.
-    pub fn named_tensors(&self, backend: &B, cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn named_tensors(&self, backend: &B, cfg: &ModelConfig) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         for (l, b) in self.blocks.iter().enumerate() {
             for t in Target::ALL {
@@ -355,7 +358,11 @@ impl<B: Backend> AdapterSet<B> {
                 vec![h.classes, cfg.hidden],
                 backend.download(&h.weight)?,
             ));
-            out.push(("classifier.bias".into(), vec![h.classes], backend.download(&h.bias)?));
+            out.push((
+                "classifier.bias".into(),
+                vec![h.classes],
+                backend.download(&h.bias)?,
+            ));
         }
         Ok(out)
     }
@@ -383,7 +390,10 @@ impl<B: Backend> AdapterSet<B> {
         let targets: Vec<&str> = self.lora.targets.iter().map(|t| t.name()).collect();
         meta.insert("targets".to_string(), targets.join(","));
         if let Some(h) = &self.head {
-            meta.insert("pooling".to_string(), format!("{:?}", h.pooling).to_lowercase());
+            meta.insert(
+                "pooling".to_string(),
+                format!("{:?}", h.pooling).to_lowercase(),
+            );
         }
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Backend(format!("serialising adapters: {e:?}")))?;
@@ -397,28 +407,53 @@ impl<B: Backend> AdapterSet<B> {
             path: path.into(),
             reason,
         };
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("{e:?}")))?;
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(format!("{e:?}")))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("{e:?}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| corrupt(format!("{e:?}")))?;
         let md = meta.metadata().clone().unwrap_or_default();
-        let get = |k: &str| md.get(k).cloned().ok_or_else(|| corrupt(format!("metadata `{k}` missing")));
-        let rank: usize = get("rank")?.parse().map_err(|_| corrupt("bad rank".into()))?;
-        let alpha: f32 = get("alpha")?.parse().map_err(|_| corrupt("bad alpha".into()))?;
+        let get = |k: &str| {
+            md.get(k)
+                .cloned()
+                .ok_or_else(|| corrupt(format!("metadata `{k}` missing")))
+        };
+        let rank: usize = get("rank")?
+            .parse()
+            .map_err(|_| corrupt("bad rank".into()))?;
+        let alpha: f32 = get("alpha")?
+            .parse()
+            .map_err(|_| corrupt("bad alpha".into()))?;
         let targets = get("targets")?
             .split(',')
             .filter(|s| !s.is_empty())
             .map(Target::parse)
             .collect::<Result<Vec<_>>>()?;
-        let mut set = Self::empty(LoraConfig { rank, alpha, targets }, cfg.layers);
+        let mut set = Self::empty(
+            LoraConfig {
+                rank,
+                alpha,
+                targets,
+            },
+            cfg.layers,
+        );
         let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = st.tensor(name).map_err(|e| corrupt(format!("{name}: {e:?}")))?;
+            let t = st
+                .tensor(name)
+                .map_err(|e| corrupt(format!("{name}: {e:?}")))?;
             if t.shape() != shape || t.dtype() != safetensors::Dtype::F32 {
                 return Err(Error::BadTensor {
                     name: name.into(),
-                    reason: format!("expected F32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape()),
+                    reason: format!(
+                        "expected F32 {shape:?}, found {:?} {:?}",
+                        t.dtype(),
+                        t.shape()
+                    ),
                 });
             }
-            Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
         };
         for l in 0..cfg.layers {
             for t in Target::ALL {
@@ -427,7 +462,10 @@ impl<B: Backend> AdapterSet<B> {
                 if st.names().iter().any(|n| **n == an) {
                     let (d_in, d_out) = t.dims(cfg);
                     let a = read(&an, &[rank, d_in])?;
-                    let b = read(&format!("base_model.model.{m}.lora_B.weight"), &[d_out, rank])?;
+                    let b = read(
+                        &format!("base_model.model.{m}.lora_B.weight"),
+                        &[d_out, rank],
+                    )?;
                     set.blocks[l][t.index()] = Some(LoraPair {
                         a: backend.upload(&a)?,
                         b: backend.upload(&b)?,
@@ -435,13 +473,15 @@ impl<B: Backend> AdapterSet<B> {
                 }
             }
         }
-        if st.names().iter().any(|n| *n == "classifier.weight") {
+        if st.names().contains(&"classifier.weight") {
             let bias_shape = st
                 .tensor("classifier.bias")
                 .map_err(|e| corrupt(format!("classifier.bias: {e:?}")))?
                 .shape()
                 .to_vec();
-            let classes = *bias_shape.first().ok_or_else(|| corrupt("classifier.bias is a scalar".into()))?;
+            let classes = *bias_shape
+                .first()
+                .ok_or_else(|| corrupt("classifier.bias is a scalar".into()))?;
             let pooling = match md.get("pooling").map(String::as_str) {
                 Some("first") => Pooling::First,
                 Some("last") => Pooling::Last,

@@ -27,7 +27,10 @@ impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
-            shard_files(&index)?.into_iter().map(|f| dir.join(f)).collect()
+            shard_files(&index)?
+                .into_iter()
+                .map(|f| dir.join(f))
+                .collect()
         } else {
             let single = dir.join("model.safetensors");
             if !single.exists() {
@@ -67,7 +70,10 @@ impl Checkpoint {
 
     /// The first of `candidates` present in the checkpoint.
     pub fn resolve<'a>(&self, candidates: &'a [String]) -> Option<&'a str> {
-        candidates.iter().find(|c| self.contains(c)).map(String::as_str)
+        candidates
+            .iter()
+            .find(|c| self.contains(c))
+            .map(String::as_str)
     }
 
     /// Reads tensor `name` as f32, checking it has `shape`.
@@ -81,7 +87,12 @@ impl Checkpoint {
     }
 
     /// Reads the first of `candidates` that exists, reporting the canonical `what` if none does.
-    pub fn tensor_any(&self, what: &str, candidates: &[String], shape: &[usize]) -> Result<Vec<f32>> {
+    pub fn tensor_any(
+        &self,
+        what: &str,
+        candidates: &[String],
+        shape: &[usize],
+    ) -> Result<Vec<f32>> {
         match self.resolve(candidates) {
             Some(name) => self.tensor(name, shape),
             None => Err(Error::MissingTensor {

@@ -159,7 +159,10 @@ impl ModelConfig {
             ));
         }
         if matches!(self.positions, PositionKind::Rotary { .. }) && self.head_dim % 2 != 0 {
-            return Err(format!("rotary positions need an even head_dim, got {}", self.head_dim));
+            return Err(format!(
+                "rotary positions need an even head_dim, got {}",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -187,7 +190,9 @@ fn opt_usize(v: &Value, key: &str) -> Option<usize> {
 }
 
 fn get_f32(v: &Value, key: &str, default: f32) -> f32 {
-    v.get(key).and_then(Value::as_f64).map_or(default, |x| x as f32)
+    v.get(key)
+        .and_then(Value::as_f64)
+        .map_or(default, |x| x as f32)
 }
 
 fn activation(name: &str) -> std::result::Result<Activation, String> {
@@ -204,7 +209,9 @@ fn activation(name: &str) -> std::result::Result<Activation, String> {
 
 fn head_dim(hidden: usize, heads: usize) -> std::result::Result<usize, String> {
     if heads == 0 || hidden % heads != 0 {
-        return Err(format!("hidden size {hidden} is not divisible by {heads} heads"));
+        return Err(format!(
+            "hidden size {hidden} is not divisible by {heads} heads"
+        ));
     }
     Ok(hidden / heads)
 }
@@ -212,10 +219,15 @@ fn head_dim(hidden: usize, heads: usize) -> std::result::Result<usize, String> {
 fn bert(v: &Value) -> std::result::Result<ModelConfig, String> {
     let hidden = get_usize(v, "hidden_size")?;
     let heads = get_usize(v, "num_attention_heads")?;
-    let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+    let act = v
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or("gelu");
     if let Some(p) = v.get("position_embedding_type").and_then(Value::as_str) {
         if p != "absolute" {
-            return Err(format!("unsupported position_embedding_type `{p}`; supported: absolute"));
+            return Err(format!(
+                "unsupported position_embedding_type `{p}`; supported: absolute"
+            ));
         }
     }
     Ok(ModelConfig {
@@ -289,21 +301,34 @@ fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
     // top-level `rope_theta`.
     let mut theta = get_f32(v, "rope_theta", 10000.0);
     if let Some(p) = v.get("rope_parameters").filter(|p| !p.is_null()) {
-        let kind = p.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+        let kind = p
+            .get("rope_type")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         if kind != "default" {
-            return Err(format!("rope_type `{kind}` is not supported (only `default`)"));
+            return Err(format!(
+                "rope_type `{kind}` is not supported (only `default`)"
+            ));
         }
         theta = get_f32(p, "rope_theta", theta);
     }
-    let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+    let act = v
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or("silu");
     if act != "silu" {
-        return Err(format!("llama MLP with activation `{act}` is not supported; supported: silu"));
+        return Err(format!(
+            "llama MLP with activation `{act}` is not supported; supported: silu"
+        ));
     }
     let head_dim = match opt_usize(v, "head_dim") {
         Some(d) => d,
         None => head_dim(hidden, heads)?,
     };
-    let bias = v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+    let bias = v
+        .get("attention_bias")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(ModelConfig {
         family: Family::Llama,
         vocab_size: get_usize(v, "vocab_size")?,
@@ -318,9 +343,7 @@ fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
         norm: NormKind::RmsNorm,
         norm_eps: get_f32(v, "rms_norm_eps", 1e-6),
         placement: NormPlacement::Pre,
-        positions: PositionKind::Rotary {
-            theta,
-        },
+        positions: PositionKind::Rotary { theta },
         mlp: MlpKind::SwiGlu,
         causal: true,
         attn_bias: bias,

@@ -21,8 +21,9 @@ pub fn load_model<B: Backend>(backend: &B, dir: &Path) -> Result<Model<B>> {
     if !dir.is_dir() {
         return Err(Error::Checkpoint {
             path: dir.into(),
-            reason: "not a folder (expected a checkpoint folder with config.json and *.safetensors)"
-                .into(),
+            reason:
+                "not a folder (expected a checkpoint folder with config.json and *.safetensors)"
+                    .into(),
         });
     }
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -34,11 +35,18 @@ pub fn load_model<B: Backend>(backend: &B, dir: &Path) -> Result<Model<B>> {
 /// over the target, so a crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| Error::Input(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;

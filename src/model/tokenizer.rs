@@ -57,12 +57,10 @@ impl Tokenizer {
         }
         // Padding is never needed (batches are packed); truncation is applied per call.
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+        inner.with_truncation(None).map_err(|e| Error::Tokenizer {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         Ok(Tokenizer {
             inner,
             path: path.into(),

@@ -122,7 +122,8 @@ impl<B: Backend> Loader<'_, B> {
 
     /// Reads a tensor by any of its aliases, with any of the family's prefixes.
     fn read(&self, names: &[&str], shape: &[usize]) -> Result<Vec<f32>> {
-        self.ckpt.tensor_any(names[0], &self.candidates(names), shape)
+        self.ckpt
+            .tensor_any(names[0], &self.candidates(names), shape)
     }
 
     fn buf(&self, names: &[&str], shape: &[usize]) -> Result<B::Buf> {
@@ -148,12 +149,14 @@ impl<B: Backend> Loader<'_, B> {
 
     fn norm(&self, base: &str, dim: usize, kind: NormKind) -> Result<Norm<B>> {
         // Old BERT checkpoints call the LayerNorm parameters gamma/beta.
-        let gamma = self.buf(&[&format!("{base}.weight"), &format!("{base}.gamma")], &[dim])?;
+        let gamma = self.buf(
+            &[&format!("{base}.weight"), &format!("{base}.gamma")],
+            &[dim],
+        )?;
         let beta = match kind {
-            NormKind::LayerNorm => Some(self.buf(
-                &[&format!("{base}.bias"), &format!("{base}.beta")],
-                &[dim],
-            )?),
+            NormKind::LayerNorm => {
+                Some(self.buf(&[&format!("{base}.bias"), &format!("{base}.beta")], &[dim])?)
+            }
             NormKind::RmsNorm => None,
         };
         Ok(Norm { gamma, beta })
@@ -279,16 +282,17 @@ impl<B: Backend> Loader<'_, B> {
         debug_assert!(matches!(c.positions, PositionKind::Rotary { .. }));
         // `lm_head.weight` sits outside the `model.` prefix; a checkpoint that ships it uses it
         // even when the config says tied (they are then equal).
-        let lm_head = if !c.tie_embeddings || self.exists(&["lm_head.weight"]) {
-            let names = vec!["lm_head.weight".to_string()];
-            Some(self.backend.upload(&self.ckpt.tensor_any(
-                "lm_head.weight",
-                &names,
-                &[c.vocab_size, d],
-            )?)?)
-        } else {
-            None
-        };
+        let lm_head =
+            if !c.tie_embeddings || self.exists(&["lm_head.weight"]) {
+                let names = vec!["lm_head.weight".to_string()];
+                Some(self.backend.upload(&self.ckpt.tensor_any(
+                    "lm_head.weight",
+                    &names,
+                    &[c.vocab_size, d],
+                )?)?)
+            } else {
+                None
+            };
         Ok(Model {
             word_emb: self.buf(&["embed_tokens.weight"], &[c.vocab_size, d])?,
             pos_emb: None,
@@ -298,6 +302,87 @@ impl<B: Backend> Loader<'_, B> {
             final_norm: Some(self.norm("norm", d, c.norm)?),
             lm_head,
             config: c,
+        })
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// A model of `config` with random weights (normal, std 0.02; norm scales 1): for benchmarks
+    /// and tests that need a model's shape but not its knowledge.
+    pub fn random(backend: &B, config: ModelConfig, rng: &mut crate::rng::Rng) -> Result<Self> {
+        let c = &config;
+        let mut t = |n: usize| -> Result<B::Buf> {
+            let v: Vec<f32> = (0..n).map(|_| 0.02 * rng.normal()).collect();
+            backend.upload(&v)
+        };
+        let (d, ff, qd, kvd) = (c.hidden, c.intermediate, c.q_dim(), c.kv_dim());
+        let ln = c.norm == NormKind::LayerNorm;
+        let mut blocks = Vec::with_capacity(c.layers);
+        let lin = |t: &mut dyn FnMut(usize) -> Result<B::Buf>,
+                   i: usize,
+                   o: usize,
+                   bias: bool|
+         -> Result<Linear<B>> {
+            Ok(Linear {
+                w: t(i * o)?,
+                b: if bias { Some(t(o)?) } else { None },
+                d_in: i,
+                d_out: o,
+            })
+        };
+        let norm = |be: &B| -> Result<Norm<B>> {
+            Ok(Norm {
+                gamma: be.upload(&vec![1.0; d])?,
+                beta: if ln { Some(be.zeros(d)?) } else { None },
+            })
+        };
+        for _ in 0..c.layers {
+            blocks.push(Block {
+                norm1: norm(backend)?,
+                q: lin(&mut t, d, qd, c.attn_bias)?,
+                k: lin(&mut t, d, kvd, c.attn_bias)?,
+                v: lin(&mut t, d, kvd, c.attn_bias)?,
+                o: lin(&mut t, qd, d, c.attn_bias)?,
+                norm2: norm(backend)?,
+                gate: if matches!(c.mlp, MlpKind::SwiGlu) {
+                    Some(lin(&mut t, d, ff, c.mlp_bias)?)
+                } else {
+                    None
+                },
+                up: lin(&mut t, d, ff, c.mlp_bias)?,
+                down: lin(&mut t, ff, d, c.mlp_bias)?,
+            });
+        }
+        let learned = matches!(c.positions, PositionKind::Learned);
+        Ok(Model {
+            word_emb: t(c.vocab_size * d)?,
+            pos_emb: if learned {
+                Some(t(c.max_positions * d)?)
+            } else {
+                None
+            },
+            type_emb: if c.type_vocab_size > 0 {
+                Some(t(c.type_vocab_size * d)?)
+            } else {
+                None
+            },
+            emb_norm: if c.embedding_norm {
+                Some(norm(backend)?)
+            } else {
+                None
+            },
+            blocks,
+            final_norm: if c.final_norm {
+                Some(norm(backend)?)
+            } else {
+                None
+            },
+            lm_head: if c.tie_embeddings {
+                None
+            } else {
+                Some(t(c.vocab_size * d)?)
+            },
+            config,
         })
     }
 }

@@ -31,18 +31,25 @@ impl Reference {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.st().names().iter().any(|n| *n == name)
+        self.st().names().contains(&name)
     }
 
     pub fn shape(&self, name: &str) -> Vec<usize> {
-        self.st().tensor(name).unwrap_or_else(|_| panic!("no {name}")).shape().to_vec()
+        self.st()
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no {name}"))
+            .shape()
+            .to_vec()
     }
 
     pub fn f32(&self, name: &str) -> Vec<f32> {
         let st = self.st();
         let t = st.tensor(name).unwrap_or_else(|_| panic!("no {name}"));
         assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 
     pub fn i64(&self, name: &str) -> Vec<i64> {
@@ -59,7 +66,11 @@ impl Reference {
 /// max |a-b| / max |b|: the error relative to the reference's scale.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let scale = b.iter().map(|x| x.abs() as f64).fold(0.0, f64::max).max(1e-30);
+    let scale = b
+        .iter()
+        .map(|x| x.abs() as f64)
+        .fold(0.0, f64::max)
+        .max(1e-30);
     let diff = a
         .iter()
         .zip(b)

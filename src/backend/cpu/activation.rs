@@ -30,7 +30,8 @@ fn act_grad(a: Activation, x: f32) -> f32 {
         }
         Activation::GeluTanh => {
             let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+            0.5 * (1.0 + t)
+                + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
         }
         Activation::Silu => {
             let s = sigmoid(x);
@@ -74,7 +75,13 @@ pub(crate) fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
         });
 }
 
-pub(crate) fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dy: &[f32], gate: &[f32], up: &[f32]) {
+pub(crate) fn swiglu_backward(
+    dgate: &mut [f32],
+    dup: &mut [f32],
+    dy: &[f32],
+    gate: &[f32],
+    up: &[f32],
+) {
     dgate
         .par_chunks_mut(CHUNK)
         .zip(dup.par_chunks_mut(CHUNK))

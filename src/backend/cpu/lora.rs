@@ -26,9 +26,33 @@ pub(crate) fn forward<B: Backend<Buf = Vec<f32>> + ?Sized>(
             let n = g.rows.len;
             let xs = &x[g.rows.start * s.d_in..g.rows.end() * s.d_in];
             // u = x · aᵀ   [n, rank]
-            sgemm(us, xs, g.a, n, s.rank, s.d_in, false, true, false, 1.0, inner_parallel)?;
+            sgemm(
+                us,
+                xs,
+                g.a,
+                n,
+                s.rank,
+                s.d_in,
+                false,
+                true,
+                false,
+                1.0,
+                inner_parallel,
+            )?;
             // y += scale · u · bᵀ   [n, out]
-            sgemm(ys, us, g.b, n, s.d_out, s.rank, false, true, true, s.scale, inner_parallel)
+            sgemm(
+                ys,
+                us,
+                g.b,
+                n,
+                s.d_out,
+                s.rank,
+                false,
+                true,
+                true,
+                s.scale,
+                inner_parallel,
+            )
         })
 }
 
@@ -52,13 +76,61 @@ pub(crate) fn backward<B: Backend<Buf = Vec<f32>> + ?Sized>(
             let xs = &x[r.start * s.d_in..r.end() * s.d_in];
             let us = &u[r.start * s.rank..r.end() * s.rank];
             // db += scale · dyᵀ · u   [out, rank]
-            sgemm(g.db, dys, us, s.d_out, s.rank, n, true, false, true, s.scale, inner_parallel)?;
+            sgemm(
+                g.db,
+                dys,
+                us,
+                s.d_out,
+                s.rank,
+                n,
+                true,
+                false,
+                true,
+                s.scale,
+                inner_parallel,
+            )?;
             // du = scale · dy · b   [n, rank]
             let mut du = vec![0.0f32; n * s.rank];
-            sgemm(&mut du, dys, g.b, n, s.rank, s.d_out, false, false, false, s.scale, inner_parallel)?;
+            sgemm(
+                &mut du,
+                dys,
+                g.b,
+                n,
+                s.rank,
+                s.d_out,
+                false,
+                false,
+                false,
+                s.scale,
+                inner_parallel,
+            )?;
             // da += duᵀ · x   [rank, in]
-            sgemm(g.da, &du, xs, s.rank, s.d_in, n, true, false, true, 1.0, inner_parallel)?;
+            sgemm(
+                g.da,
+                &du,
+                xs,
+                s.rank,
+                s.d_in,
+                n,
+                true,
+                false,
+                true,
+                1.0,
+                inner_parallel,
+            )?;
             // dx += du · a   [n, in]
-            sgemm(dxs, &du, g.a, n, s.d_in, s.rank, false, false, true, 1.0, inner_parallel)
+            sgemm(
+                dxs,
+                &du,
+                g.a,
+                n,
+                s.d_in,
+                s.rank,
+                false,
+                false,
+                true,
+                1.0,
+                inner_parallel,
+            )
         })
 }

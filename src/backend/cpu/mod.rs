@@ -109,9 +109,9 @@ impl Backend for Cpu {
     fn add_bias(&self, y: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, dim: usize) -> Result<()> {
         check("add_bias y", y.len(), rows * dim)?;
         check("add_bias bias", bias.len(), dim)?;
-        y[..rows * dim].par_chunks_mut(dim).for_each(|r| {
-            r.iter_mut().zip(bias.iter()).for_each(|(a, b)| *a += b)
-        });
+        y[..rows * dim]
+            .par_chunks_mut(dim)
+            .for_each(|r| r.iter_mut().zip(bias.iter()).for_each(|(a, b)| *a += b));
         Ok(())
     }
     fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>, len: usize) -> Result<()> {
@@ -129,7 +129,13 @@ impl Backend for Cpu {
         y[..len].copy_from_slice(&x[..len]);
         Ok(())
     }
-    fn gather_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, rows: &[u32], dim: usize) -> Result<()> {
+    fn gather_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: &[u32],
+        dim: usize,
+    ) -> Result<()> {
         check("gather dst", dst.len(), rows.len() * dim)?;
         for &r in rows {
             check("gather src", src.len(), (r as usize + 1) * dim)?;
@@ -140,11 +146,18 @@ impl Backend for Cpu {
             .for_each(|(d, &r)| d.copy_from_slice(&src[r as usize * dim..(r as usize + 1) * dim]));
         Ok(())
     }
-    fn scatter_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, rows: &[u32], dim: usize) -> Result<()> {
+    fn scatter_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        rows: &[u32],
+        dim: usize,
+    ) -> Result<()> {
         check("scatter src", src.len(), rows.len() * dim)?;
         for (i, &r) in rows.iter().enumerate() {
             check("scatter dst", dst.len(), (r as usize + 1) * dim)?;
-            dst[r as usize * dim..(r as usize + 1) * dim].copy_from_slice(&src[i * dim..(i + 1) * dim]);
+            dst[r as usize * dim..(r as usize + 1) * dim]
+                .copy_from_slice(&src[i * dim..(i + 1) * dim]);
         }
         Ok(())
     }
@@ -297,7 +310,11 @@ impl Backend for Cpu {
         for (w, l) in [("dx", dx.len()), ("dy", dy.len()), ("x", x.len())] {
             check(&format!("layer_norm_backward {w}"), l, rows * dim)?;
         }
-        check("layer_norm_backward stats", mean.len().min(rstd.len()), rows)?;
+        check(
+            "layer_norm_backward stats",
+            mean.len().min(rstd.len()),
+            rows,
+        )?;
         check("layer_norm_backward gamma", gamma.len(), dim)?;
         norm::layer_norm_backward(
             &mut dx[..rows * dim],
@@ -360,7 +377,13 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn activation_forward(&self, y: &mut Vec<f32>, x: &Vec<f32>, act: Activation, len: usize) -> Result<()> {
+    fn activation_forward(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
         check("activation y", y.len(), len)?;
         check("activation x", x.len(), len)?;
         activation::forward(&mut y[..len], &x[..len], act);
@@ -380,7 +403,13 @@ impl Backend for Cpu {
         activation::backward(&mut dx[..len], &dy[..len], &x[..len], act);
         Ok(())
     }
-    fn swiglu_forward(&self, y: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) -> Result<()> {
+    fn swiglu_forward(
+        &self,
+        y: &mut Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        len: usize,
+    ) -> Result<()> {
         for (w, l) in [("y", y.len()), ("gate", gate.len()), ("up", up.len())] {
             check(&format!("swiglu {w}"), l, len)?;
         }
@@ -405,7 +434,13 @@ impl Backend for Cpu {
         ] {
             check(&format!("swiglu_backward {w}"), l, len)?;
         }
-        activation::swiglu_backward(&mut dgate[..len], &mut dup[..len], &dy[..len], &gate[..len], &up[..len]);
+        activation::swiglu_backward(
+            &mut dgate[..len],
+            &mut dup[..len],
+            &dy[..len],
+            &gate[..len],
+            &up[..len],
+        );
         Ok(())
     }
 
@@ -421,13 +456,21 @@ impl Backend for Cpu {
         let n = positions.len() * heads * head_dim;
         check("rope x", x.len(), n)?;
         if head_dim % 2 != 0 {
-            return Err(Error::Backend(format!("rope needs an even head_dim, got {head_dim}")));
+            return Err(Error::Backend(format!(
+                "rope needs an even head_dim, got {head_dim}"
+            )));
         }
         rope::rope(&mut x[..n], positions, heads, head_dim, theta, inverse);
         Ok(())
     }
 
-    fn segment_mean(&self, out: &mut Vec<f32>, x: &Vec<f32>, spans: &[Span], dim: usize) -> Result<()> {
+    fn segment_mean(
+        &self,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        spans: &[Span],
+        dim: usize,
+    ) -> Result<()> {
         check("segment_mean out", out.len(), spans.len() * dim)?;
         check("segment_mean x", x.len(), spans_rows(spans) * dim)?;
         out[..spans.len() * dim]
@@ -436,21 +479,36 @@ impl Backend for Cpu {
             .for_each(|(o, s)| {
                 o.fill(0.0);
                 for r in s.start..s.end() {
-                    o.iter_mut().zip(&x[r * dim..(r + 1) * dim]).for_each(|(a, b)| *a += b);
+                    o.iter_mut()
+                        .zip(&x[r * dim..(r + 1) * dim])
+                        .for_each(|(a, b)| *a += b);
                 }
                 let inv = 1.0 / s.len.max(1) as f32;
                 o.iter_mut().for_each(|a| *a *= inv);
             });
         Ok(())
     }
-    fn segment_mean_backward(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, spans: &[Span], dim: usize) -> Result<()> {
+    fn segment_mean_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        spans: &[Span],
+        dim: usize,
+    ) -> Result<()> {
         check("segment_mean_backward dout", dout.len(), spans.len() * dim)?;
-        check("segment_mean_backward dx", dx.len(), spans_rows(spans) * dim)?;
+        check(
+            "segment_mean_backward dx",
+            dx.len(),
+            spans_rows(spans) * dim,
+        )?;
         for (i, s) in spans.iter().enumerate() {
             let inv = 1.0 / s.len.max(1) as f32;
             let d = &dout[i * dim..(i + 1) * dim];
             for r in s.start..s.end() {
-                dx[r * dim..(r + 1) * dim].iter_mut().zip(d).for_each(|(a, b)| *a += b * inv);
+                dx[r * dim..(r + 1) * dim]
+                    .iter_mut()
+                    .zip(d)
+                    .for_each(|(a, b)| *a += b * inv);
             }
         }
         Ok(())
@@ -469,7 +527,9 @@ impl Backend for Cpu {
         check("cross_entropy dlogits", dlogits.len(), rows * classes)?;
         check("cross_entropy weights", weights.len(), rows)?;
         if let Some(&bad) = labels.iter().find(|&&l| l >= classes as i64) {
-            return Err(Error::Backend(format!("label {bad} out of range for {classes} classes")));
+            return Err(Error::Backend(format!(
+                "label {bad} out of range for {classes} classes"
+            )));
         }
         Ok(loss::cross_entropy(
             &mut dlogits[..rows * classes],
@@ -498,11 +558,28 @@ impl Backend for Cpu {
     }
 }
 
-fn check_attention(s: AttnShape, seqs: &[Span], q_like: &[usize], kv_like: &[usize], lse: usize) -> Result<()> {
+fn check_attention(
+    s: AttnShape,
+    seqs: &[Span],
+    q_like: &[usize],
+    kv_like: &[usize],
+    lse: usize,
+) -> Result<()> {
     if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
         return Err(Error::Backend(format!(
             "attention heads {} not a multiple of kv heads {}",
             s.heads, s.kv_heads
+        )));
+    }
+    let mut sorted: Vec<Span> = seqs.to_vec();
+    sorted.sort_by_key(|s| s.start);
+    if let Some(w) = sorted.windows(2).find(|w| w[0].end() > w[1].start) {
+        return Err(Error::Backend(format!(
+            "attention sequences overlap: rows {}..{} and {}..{}",
+            w[0].start,
+            w[0].end(),
+            w[1].start,
+            w[1].end()
         )));
     }
     let rows = spans_rows(seqs);

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 /// Rows per rayon task: large enough to amortise scheduling, small enough to balance 2-64 threads.
 const ROWS_PER_TASK: usize = 16;
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm_forward(
     y: &mut [f32],
     mean: &mut [f32],

@@ -2,7 +2,14 @@
 
 use crate::backend::AdamW;
 
-pub(crate) fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamW, step: u64) {
+pub(crate) fn adamw_step(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    hp: AdamW,
+    step: u64,
+) {
     let t = step.max(1) as i32;
     let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
     let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
