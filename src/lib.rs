@@ -14,9 +14,11 @@
 //! [`embed`] is the sentence-embedding pipeline behind `flexp-run embed`.
 
 pub mod backend;
+pub mod data;
 pub mod embed;
 pub mod error;
 pub mod executor;
+pub mod federated;
 pub mod model;
 pub mod rng;
 

@@ -1,0 +1,1 @@
+//! Data sets: loading, partitioning across clients, train/test splits.

@@ -1,0 +1,1 @@
+//! Clients: resource profiles, the per-block cost model, and the split planner.
