@@ -81,7 +81,7 @@ fn block_fwd_bwd(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
             b.iter(|| {
                 let (_, tape) = exec.forward(&[&set], &jobs, true).unwrap();
-                exec.backward(tape.unwrap(), &[&set], &mut grads, &dy)
+                exec.backward(&tape.unwrap(), &[&set], &mut grads, &dy)
                     .unwrap()
             })
         });

@@ -176,7 +176,7 @@ fn run_packed_vs_alone(family: &str, lm: bool) {
     let (packed, tape) = exec.forward(&refs, &c.jobs, true).unwrap();
     let mut packed_grads = zero_grads();
     let packed_dx = exec
-        .backward(tape.unwrap(), &refs, &mut packed_grads, &c.out_grads)
+        .backward(&tape.unwrap(), &refs, &mut packed_grads, &c.out_grads)
         .unwrap();
 
     let mut alone_grads = zero_grads();
@@ -184,7 +184,7 @@ fn run_packed_vs_alone(family: &str, lm: bool) {
         let (out, tape) = exec.forward(&refs, std::slice::from_ref(j), true).unwrap();
         let dx = exec
             .backward(
-                tape.unwrap(),
+                &tape.unwrap(),
                 &refs,
                 &mut alone_grads,
                 &c.out_grads[i..i + 1],
@@ -264,11 +264,11 @@ fn gradient_slots_split_a_shared_adapter() {
     let exec = Executor::new(&be, &m);
     let mut g_split = vec![set.zeros_like(&be).unwrap(), set.zeros_like(&be).unwrap()];
     let (_, t) = exec.forward(&[&set], &split, true).unwrap();
-    exec.backward(t.unwrap(), &[&set], &mut g_split, &[None, None])
+    exec.backward(&t.unwrap(), &[&set], &mut g_split, &[None, None])
         .unwrap();
     let mut g_joint = vec![set.zeros_like(&be).unwrap()];
     let (_, t) = exec.forward(&[&set], &joint, true).unwrap();
-    exec.backward(t.unwrap(), &[&set], &mut g_joint, &[None, None])
+    exec.backward(&t.unwrap(), &[&set], &mut g_joint, &[None, None])
         .unwrap();
     let (a, b, j) = (
         host(&be, &g_split[0]),

@@ -237,7 +237,7 @@ fn run_family(family: &str) {
 
     let mut grads = vec![lora.zeros_like(&be).unwrap()];
     let none_grads = vec![None; b.seqs.len()];
-    exec.backward(tape.unwrap(), &[&lora], &mut grads, &none_grads)
+    exec.backward(&tape.unwrap(), &[&lora], &mut grads, &none_grads)
         .unwrap();
     check_grads(&r, &m, &grads[0]);
     if head_grads {

@@ -40,11 +40,11 @@
 //! let (out, server_tape) = exec.forward(&[&server], &[job], true)?;
 //! println!("loss {:?}", out[0].loss);
 //! let mut server_grads = vec![server.zeros_like(&be)?];
-//! let dh = exec.backward(server_tape.unwrap(), &[&server], &mut server_grads, &[None])?;
+//! let dh = exec.backward(&server_tape.unwrap(), &[&server], &mut server_grads, &[None])?;
 //!
 //! // Back on the client: its segment's backward from the returned gradient.
 //! let mut client_grads = vec![client.zeros_like(&be)?];
-//! exec.backward(tape.unwrap(), &[&client], &mut client_grads, &[dh[0].clone()])?;
+//! exec.backward(&tape.unwrap(), &[&client], &mut client_grads, &[dh[0].clone()])?;
 //! # Ok(()) }
 //! ```
 
@@ -523,14 +523,16 @@ impl<'a, B: Backend> Executor<'a, B> {
         be.scatter_rows(h, &e, &rows, d)
     }
 
-    /// Backward pass of a forward made with `keep_tape`. `out_grads[i]` is the gradient of the
+    /// Backward pass of a forward made with `keep_tape`. The tape is only read, so one forward
+    /// can be differentiated for several output gradients (e.g. a loss and an alignment term
+    /// kept apart). `out_grads[i]` is the gradient of the
     /// loss with respect to sequence i's [`Output::Hidden`] output (`None` = zero). Adapter and
     /// head gradients accumulate into `grads[job.grad_slot]` (build them with
     /// [`AdapterSet::zeros_like`]). Returns, for each sequence with a hidden-state input, the
     /// gradient with respect to that input.
     pub fn backward(
         &self,
-        tape: Tape<B>,
+        tape: &Tape<B>,
         adapters: &[&AdapterSet<B>],
         grads: &mut [AdapterSet<B>],
         out_grads: &[Option<Vec<f32>>],
