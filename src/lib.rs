@@ -13,6 +13,7 @@
 //!
 //! [`embed`] is the sentence-embedding pipeline behind `flexp-run embed`.
 
+pub mod algorithms;
 pub mod backend;
 pub mod data;
 pub mod embed;

@@ -5,7 +5,7 @@ mod common;
 
 use common::fixture;
 use flexp::backend::cpu::Cpu;
-use flexp::backend::{AdamW, Backend};
+use flexp::backend::AdamW;
 use flexp::executor::AdamWState;
 use flexp::model::{load_model, AdapterSet, LoraConfig, Pooling, Target};
 use flexp::rng::Rng;
