@@ -21,6 +21,8 @@ pub mod error;
 pub mod executor;
 pub mod federated;
 pub mod model;
+pub mod report;
 pub mod rng;
+pub mod run;
 
 pub use error::{Error, Result};

@@ -1,24 +1,33 @@
-//! `flexp-run`: the command-line front end.
+//! `flexp-run`: the command-line front end. Thin: parsing, progress display, exit codes.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flexp::backend::cpu::Cpu;
 use flexp::embed::{embed_file, EmbedOptions, Embedder};
 use flexp::model::tokenizer::LongText;
-use std::path::PathBuf;
+use flexp::model::ModelConfig;
+use flexp::run::{LogProgress, Progress, RawConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "flexp-run",
     version,
-    about = "Personalized split federated fine-tuning engine"
+    about = "Personalized split federated fine-tuning engine",
+    long_about = "Personalized split federated fine-tuning engine.\n\nWith no command, runs the default \
+                  experiment: FlexP-SFL on all-MiniLM-L6-v2 with Rotten Tomatoes, 10 clients with mixed \
+                  device profiles, dirichlet:0.5 (assets are fetched on first use)."
 )]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Plain log lines instead of progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -31,6 +40,36 @@ enum LongTextArg {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune with a federated / split algorithm and write a run folder.
+    Train {
+        /// Experiment configuration (TOML); every key has a default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a configuration key (repeatable), e.g. --set rounds=20 --set algorithm=fedavg.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue a killed run from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+    },
+    /// Print the split plan (client, profile, cut, memory, predicted latency).
+    Plan {
+        /// Experiment configuration (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a configuration key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// One table and one plot across run folders.
+    Compare {
+        /// Run folders.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Markdown file to write (an .svg and a .csv are written beside it).
+        #[arg(long, default_value = "comparison.md")]
+        output: PathBuf,
+    },
     /// Sentence embeddings: one text per input line, JSON lines out.
     Embed {
         /// Checkpoint folder (config.json, model.safetensors, tokenizer.json).
@@ -62,7 +101,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    match run(cli.command) {
+    let command = cli.command.unwrap_or(Command::Train {
+        config: None,
+        set: Vec::new(),
+        resume: None,
+    });
+    match run(command, cli.quiet) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -76,8 +120,159 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cmd: Command) -> flexp::Result<()> {
+/// Progress bars: one for rounds with loss, accuracy and ETA.
+struct BarProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress for BarProgress {
+    fn message(&mut self, text: &str) {
+        match &self.bar {
+            Some(b) => b.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+    fn round(&mut self, round: usize, rounds: usize, loss: f64, eval: Option<&serde_json::Value>) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(rounds as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "rounds {bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        bar.set_position(round as u64);
+        let acc = eval
+            .and_then(|m| m["personalized_acc_mean"].as_f64())
+            .map_or(String::new(), |a| {
+                format!(", personalized acc {:.1}%", 100.0 * a)
+            });
+        bar.set_message(format!("loss {loss:.4}{acc}"));
+        if round == rounds {
+            bar.finish();
+        }
+    }
+}
+
+fn load_raw(config: Option<&Path>, set: &[String]) -> flexp::Result<RawConfig> {
+    let mut raw = match config {
+        Some(p) => RawConfig::from_file(p)?,
+        None => RawConfig::default(),
+    };
+    for s in set {
+        raw.set(s)?;
+    }
+    Ok(raw)
+}
+
+/// Fetches a default asset through its tools/ script when it is missing.
+fn ensure_asset(path: &Path, default: &str, script: &str) -> flexp::Result<()> {
+    if path.exists() || path != Path::new(default) {
+        return Ok(());
+    }
+    eprintln!(
+        "{} is missing: fetching it with {script} (first use only)",
+        path.display()
+    );
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .status()
+        .map_err(|e| flexp::Error::io(script, e))?;
+    if !status.success() {
+        return Err(flexp::Error::Input(format!(
+            "{script} failed; run it by hand to see why"
+        )));
+    }
+    Ok(())
+}
+
+fn run(cmd: Command, quiet: bool) -> flexp::Result<()> {
     match cmd {
+        Command::Train {
+            config,
+            set,
+            resume,
+        } => {
+            let (cfg, text, resuming) = match resume {
+                Some(dir) => {
+                    let path = dir.join("config.toml");
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|e| flexp::Error::io(&path, e))?;
+                    let mut cfg = RawConfig::from_toml(&text)?.resolve()?;
+                    cfg.out = dir;
+                    (cfg, text, true)
+                }
+                None => {
+                    let mut raw = load_raw(config.as_deref(), &set)?;
+                    let cfg = raw.resolve()?;
+                    // Record the run folder actually used, so that --resume finds the same text.
+                    raw.set(&format!(
+                        "out={}",
+                        toml_string(&cfg.out.display().to_string())
+                    ))?;
+                    (cfg, raw.resolved_toml(), false)
+                }
+            };
+            ensure_asset(
+                &cfg.model,
+                "models/all-MiniLM-L6-v2",
+                "tools/fetch_minilm.sh",
+            )?;
+            ensure_asset(
+                &cfg.data_path,
+                "data/rotten_tomatoes.csv",
+                "tools/fetch_rotten_tomatoes.sh",
+            )?;
+            eprintln!(
+                "flexp-run train: {} on {} ({} clients, {} rounds) -> {}",
+                cfg.algorithm.name(),
+                cfg.model.display(),
+                cfg.clients,
+                cfg.rounds,
+                cfg.out.display()
+            );
+            let out = if quiet {
+                flexp::run::run(&Cpu, &cfg, &text, resuming, &mut LogProgress)?
+            } else {
+                flexp::run::run(&Cpu, &cfg, &text, resuming, &mut BarProgress { bar: None })?
+            };
+            let s = &out.report["summary"];
+            let pct = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map_or("-".into(), |x| format!("{:.1}%", 100.0 * x))
+            };
+            println!(
+                "personalized acc {} ± {} (min {}), global acc {}, global model acc {}; report: {}",
+                pct(&s["personalized_acc_mean"]),
+                pct(&s["personalized_acc_std"]),
+                pct(&s["personalized_acc_min"]),
+                pct(&s["global_acc_mean"]),
+                pct(&s["global_model_acc"]),
+                out.dir.join("report.md").display()
+            );
+            Ok(())
+        }
+        Command::Plan { config, set } => {
+            let cfg = load_raw(config.as_deref(), &set)?.resolve()?;
+            let mc = ModelConfig::from_file(&cfg.model.join("config.json"))?;
+            let classes = if cfg.labels.is_empty() {
+                2
+            } else {
+                cfg.labels.len()
+            };
+            let (_, plan, _) = flexp::run::runner::plan(&cfg, &mc, classes)?;
+            println!("{}", plan.table());
+            Ok(())
+        }
+        Command::Compare { runs, output } => {
+            let c = flexp::report::compare(&runs)?;
+            flexp::report::write_comparison(&c, &output)?;
+            println!("{}", c.markdown);
+            eprintln!("wrote {}", output.display());
+            Ok(())
+        }
         Command::Embed {
             model,
             input,
@@ -112,4 +307,8 @@ fn run(cmd: Command) -> flexp::Result<()> {
             Ok(())
         }
     }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }

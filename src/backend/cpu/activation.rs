@@ -1,5 +1,6 @@
 //! Element-wise activations and their derivatives.
 
+use super::math::{erf, exp};
 use crate::backend::Activation;
 use rayon::prelude::*;
 
@@ -9,12 +10,12 @@ const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 fn act(a: Activation, x: f32) -> f32 {
     match a {
-        Activation::GeluErf => 0.5 * x * (1.0 + libm::erff(x * INV_SQRT_2)),
+        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * INV_SQRT_2)),
         Activation::GeluTanh => {
             0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
         }
@@ -26,7 +27,7 @@ fn act(a: Activation, x: f32) -> f32 {
 fn act_grad(a: Activation, x: f32) -> f32 {
     match a {
         Activation::GeluErf => {
-            0.5 * (1.0 + libm::erff(x * INV_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+            0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
         }
         Activation::GeluTanh => {
             let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();

@@ -30,6 +30,7 @@
 //! `O(TILE · len)` per thread (2 MiB for a 8192-token sequence in the forward, 4 MiB in the
 //! backward).
 
+use super::math::exp;
 use crate::backend::{AttnShape, Span};
 use rayon::prelude::*;
 
@@ -53,35 +54,6 @@ impl SharedMut {
     fn get(self) -> *mut f32 {
         self.0
     }
-}
-
-/// `e^x`, branch-free so that the softmax loops over it vectorise (a libm call per score was a
-/// quarter of the run time). Cephes' `expf` scheme: `x = n·ln2 + r` with `|r| ≤ ln2/2` (the
-/// rounding done by adding 1.5·2²³), a degree-6 polynomial for `e^r`, and `2ⁿ` assembled from
-/// exponent bits. Relative error below 3e-7 on `[-87, 88]` (tested); arguments are clamped to that
-/// range (softmax arguments are `≤ 0`, and `e^-87 ≈ 1.6e-38` is as good as 0 next to the row's
-/// `e^0 = 1`); NaN propagates.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
-    const LN2_HI: f32 = 0.693_359_4; // 0.693359375: few mantissa bits, so n·LN2_HI is exact
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Comparisons rather than `clamp`/`max`, which would turn NaN into a bound.
-    let x = if x < -87.0 { -87.0 } else { x };
-    let x = if x > 88.0 { 88.0 } else { x };
-    let t = x * std::f32::consts::LOG2_E + SHIFTER;
-    let n = t - SHIFTER;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    // n ∈ [-126, 127], so n + 127 is a normal exponent.
-    let ni = t.to_bits() as i32 - SHIFTER.to_bits() as i32;
-    er * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
 /// Maximum of a non-empty row, with 8 independent lanes so the loop vectorises.

@@ -6,6 +6,7 @@ mod attention;
 mod gemm;
 mod lora;
 mod loss;
+mod math;
 mod norm;
 mod optim;
 mod rope;

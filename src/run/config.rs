@@ -1,0 +1,399 @@
+//! Experiment configuration: a TOML file plus `--set key=value` overrides, resolved into a
+//! [`RunConfig`] with every default filled in. The key names are a stable interface.
+
+use crate::algorithms::{
+    parse_choice, AlgorithmKind, Align, Granularity, Hyper, Negative, ServerAgg, ServerUpdate,
+};
+use crate::data::Partition;
+use crate::error::{Error, Result};
+use crate::model::Target;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Value;
+
+/// How client cut layers are chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SplitSpec {
+    /// The resource-aware planner.
+    Auto,
+    /// One cut per client (a single value applies to every client).
+    Manual(Vec<usize>),
+}
+
+/// A fully resolved experiment configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    /// Checkpoint folder.
+    pub model: PathBuf,
+    /// Data file (CSV or JSONL).
+    pub data_path: PathBuf,
+    /// Text column.
+    pub text_column: String,
+    /// Label column.
+    pub label_column: String,
+    /// Labels kept (empty: all).
+    pub labels: Vec<String>,
+    /// Cap on the number of examples used (0: all), drawn at random with the seed.
+    pub max_examples: usize,
+    /// Client partition.
+    pub partition: Partition,
+    /// Number of clients.
+    pub clients: usize,
+    /// Communication rounds.
+    pub rounds: usize,
+    /// Longest tokenised sequence.
+    pub seq_len: usize,
+    /// LoRA rank.
+    pub lora_rank: usize,
+    /// LoRA alpha.
+    pub lora_alpha: f32,
+    /// LoRA targets.
+    pub lora_targets: Vec<Target>,
+    /// Algorithm.
+    pub algorithm: AlgorithmKind,
+    /// Cut layers.
+    pub split: SplitSpec,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Run folder.
+    pub out: PathBuf,
+    /// Hyper-parameters.
+    pub hyper: Hyper,
+    /// Per-client test fraction.
+    pub test_fraction: f64,
+    /// Evaluate every this many rounds (and after the last).
+    pub eval_every: usize,
+    /// Cap on global-test examples used for `global_acc_mean` (0: all).
+    pub global_eval_max: usize,
+    /// Client resource profiles: `mixed` or a list of preset names / custom specs.
+    pub profiles: Vec<String>,
+    /// Server throughput for latency predictions (FLOP/s).
+    pub server_flops: f64,
+    /// Save a checkpoint every this many rounds (0: never).
+    pub checkpoint_every: usize,
+    /// Accuracy whose first simulated-time crossing is reported.
+    pub target_acc: f64,
+}
+
+/// Every key with its default, in the order the resolved file lists them.
+const KEYS: &[(&str, &str)] = &[
+    ("model", "\"models/all-MiniLM-L6-v2\""),
+    ("data.path", "\"data/rotten_tomatoes.csv\""),
+    ("data.text_column", "\"text\""),
+    ("data.label_column", "\"category\""),
+    ("data.labels", "[\"fresh\", \"rotten\"]"),
+    ("data.max_examples", "3000"),
+    ("partition", "\"dirichlet:0.5\""),
+    ("clients", "10"),
+    ("rounds", "10"),
+    ("local_steps", "4"),
+    ("batch_size", "8"),
+    ("seq_len", "64"),
+    ("lora.rank", "8"),
+    ("lora.alpha", "16.0"),
+    (
+        "lora.targets",
+        "[\"q\", \"k\", \"v\", \"o\", \"up\", \"down\"]",
+    ),
+    ("algorithm", "\"flexp-sfl\""),
+    ("split", "\"auto\""),
+    ("seed", "0"),
+    ("out", "\"\""),
+    ("lr", "0.002"),
+    ("weight_decay", "0.0"),
+    ("client_fraction", "1.0"),
+    ("align", "\"proj\""),
+    ("align_lambda", "0.25"),
+    ("proj_granularity", "\"block\""),
+    ("server_update", "\"sync\""),
+    ("server_agg", "\"mean\""),
+    ("u_tail", "0"),
+    ("fedbip.negative", "\"clip\""),
+    ("pfedme.lambda", "0.05"),
+    ("pfedme.inner_steps", "3"),
+    ("pfedme.eta", "10.0"),
+    ("pfedme.beta", "1.0"),
+    ("ditto.lambda", "0.1"),
+    ("test_fraction", "0.2"),
+    ("eval_every", "5"),
+    ("eval.global_max", "200"),
+    ("profiles", "\"mixed\""),
+    ("server_flops", "1e13"),
+    ("checkpoint_every", "1"),
+    ("target_acc", "0.75"),
+];
+
+/// The raw key/value map of a configuration (TOML tables flattened to dotted keys).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawConfig {
+    values: BTreeMap<String, Value>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Input(m) => Error::Input(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::Input(format!("invalid TOML: {e}")))?;
+        let mut raw = RawConfig::default();
+        flatten("", &table, &mut raw.values);
+        Ok(raw)
+    }
+
+    /// Applies `key=value` (value parsed as TOML, else taken as a string).
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (k, v) = assignment
+            .split_once('=')
+            .ok_or_else(|| Error::Input(format!("`--set {assignment}`: expected key=value")))?;
+        let (k, v) = (k.trim(), v.trim());
+        let value = format!("x = {v}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("x"))
+            .unwrap_or_else(|| Value::String(v.to_string()));
+        self.values.insert(k.to_string(), value);
+        Ok(())
+    }
+
+    /// Resolves against the defaults, refusing unknown keys and invalid values.
+    pub fn resolve(&self) -> Result<RunConfig> {
+        for k in self.values.keys() {
+            if !KEYS.iter().any(|(n, _)| n == k) {
+                let names: Vec<&str> = KEYS.iter().map(|(n, _)| *n).collect();
+                return Err(Error::Input(format!(
+                    "unknown configuration key `{k}`; valid keys: {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        let v = |k: &str| -> Value {
+            self.values.get(k).cloned().unwrap_or_else(|| {
+                let d = KEYS
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, d)| *d)
+                    .unwrap_or("\"\"");
+                format!("x = {d}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("x"))
+                    .unwrap_or(Value::String(String::new()))
+            })
+        };
+        let bad = |k: &str, want: &str, got: &Value| {
+            Error::Input(format!("`{k}` must be {want}, got {got}"))
+        };
+        let s = |k: &str| -> Result<String> {
+            let x = v(k);
+            x.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad(k, "a string", &x))
+        };
+        let u = |k: &str| -> Result<usize> {
+            let x = v(k);
+            x.as_integer()
+                .filter(|i| *i >= 0)
+                .map(|i| i as usize)
+                .ok_or_else(|| bad(k, "a non-negative integer", &x))
+        };
+        let f = |k: &str| -> Result<f64> {
+            let x = v(k);
+            x.as_float()
+                .or_else(|| x.as_integer().map(|i| i as f64))
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| bad(k, "a number", &x))
+        };
+        let list = |k: &str| -> Result<Vec<String>> {
+            let x = v(k);
+            match &x {
+                Value::Array(a) => a
+                    .iter()
+                    .map(|e| {
+                        e.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| bad(k, "a list of strings", &x))
+                    })
+                    .collect(),
+                Value::String(one) => Ok(vec![one.clone()]),
+                _ => Err(bad(k, "a list of strings", &x)),
+            }
+        };
+        let positive = |k: &str, n: usize| -> Result<usize> {
+            if n == 0 {
+                Err(Error::Input(format!("`{k}` must be at least 1")))
+            } else {
+                Ok(n)
+            }
+        };
+
+        let algorithm = AlgorithmKind::parse(&s("algorithm")?)?;
+        let split = match v("split") {
+            Value::String(x) if x == "auto" => SplitSpec::Auto,
+            Value::Integer(i) if i > 0 => SplitSpec::Manual(vec![i as usize]),
+            Value::Array(a) => SplitSpec::Manual(
+                a.iter()
+                    .map(|e| e.as_integer().filter(|i| *i > 0).map(|i| i as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        Error::Input(
+                            "`split` must be \"auto\" or a list of positive integers".into(),
+                        )
+                    })?,
+            ),
+            other => {
+                return Err(bad(
+                    "split",
+                    "\"auto\", a positive integer or a list of them",
+                    &other,
+                ))
+            }
+        };
+        let targets = list("lora.targets")?
+            .iter()
+            .map(|t| Target::parse(t))
+            .collect::<Result<Vec<_>>>()?;
+        let hyper = Hyper {
+            lr: f("lr")? as f32,
+            weight_decay: f("weight_decay")? as f32,
+            local_steps: positive("local_steps", u("local_steps")?)?,
+            batch_size: positive("batch_size", u("batch_size")?)?,
+            client_fraction: f("client_fraction")?,
+            align: parse_choice(
+                "align",
+                &s("align")?,
+                &[
+                    ("none", Align::None),
+                    ("kl", Align::Kl),
+                    ("proj", Align::Proj),
+                ],
+            )?,
+            align_lambda: f("align_lambda")? as f32,
+            proj_granularity: parse_choice(
+                "proj_granularity",
+                &s("proj_granularity")?,
+                &[
+                    ("tensor", Granularity::Tensor),
+                    ("block", Granularity::Block),
+                    ("all", Granularity::All),
+                ],
+            )?,
+            server_update: parse_choice(
+                "server_update",
+                &s("server_update")?,
+                &[
+                    ("sync", ServerUpdate::Sync),
+                    ("sequential", ServerUpdate::Sequential),
+                ],
+            )?,
+            server_agg: parse_choice(
+                "server_agg",
+                &s("server_agg")?,
+                &[("mean", ServerAgg::Mean), ("proj", ServerAgg::Proj)],
+            )?,
+            u_tail: u("u_tail")?,
+            negative: parse_choice(
+                "fedbip.negative",
+                &s("fedbip.negative")?,
+                &[("clip", Negative::Clip), ("keep", Negative::Keep)],
+            )?,
+            pfedme_lambda: f("pfedme.lambda")? as f32,
+            pfedme_inner_steps: positive("pfedme.inner_steps", u("pfedme.inner_steps")?)?,
+            pfedme_eta: f("pfedme.eta")? as f32,
+            pfedme_beta: f("pfedme.beta")? as f32,
+            ditto_lambda: f("ditto.lambda")? as f32,
+        };
+        if !(hyper.client_fraction > 0.0 && hyper.client_fraction <= 1.0) {
+            return Err(Error::Input(format!(
+                "`client_fraction` must be in (0, 1], got {}",
+                hyper.client_fraction
+            )));
+        }
+        if hyper.lr <= 0.0 {
+            return Err(Error::Input("`lr` must be positive".into()));
+        }
+        let seed = u("seed")? as u64;
+        let out = match s("out")? {
+            o if o.is_empty() => PathBuf::from(format!("runs/{}-seed{seed}", algorithm.name())),
+            o => PathBuf::from(o),
+        };
+        let profiles = list("profiles")?;
+        let test_fraction = f("test_fraction")?;
+        crate::data::validate_test_fraction(test_fraction)?;
+        Ok(RunConfig {
+            model: PathBuf::from(s("model")?),
+            data_path: PathBuf::from(s("data.path")?),
+            text_column: s("data.text_column")?,
+            label_column: s("data.label_column")?,
+            labels: list("data.labels")?,
+            max_examples: u("data.max_examples")?,
+            partition: Partition::parse(&s("partition")?)?,
+            clients: positive("clients", u("clients")?)?,
+            rounds: positive("rounds", u("rounds")?)?,
+            seq_len: positive("seq_len", u("seq_len")?)?,
+            lora_rank: positive("lora.rank", u("lora.rank")?)?,
+            lora_alpha: f("lora.alpha")? as f32,
+            lora_targets: targets,
+            algorithm,
+            split,
+            seed,
+            out,
+            hyper,
+            test_fraction,
+            eval_every: positive("eval_every", u("eval_every")?)?,
+            global_eval_max: u("eval.global_max")?,
+            profiles,
+            server_flops: f("server_flops")?,
+            checkpoint_every: u("checkpoint_every")?,
+            target_acc: f("target_acc")?,
+        })
+    }
+
+    /// The configuration with every default filled in, as TOML (what the run folder records).
+    pub fn resolved_toml(&self) -> String {
+        let mut out =
+            String::from("# Resolved flexp-run configuration (every key, defaults included)\n");
+        for (k, d) in KEYS {
+            let val = self
+                .values
+                .get(*k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| d.to_string());
+            out.push_str(&format!("{} = {val}\n", quote_key(k)));
+        }
+        out
+    }
+}
+
+fn quote_key(k: &str) -> String {
+    // Dotted keys are written quoted so the file reads back into the same flat map.
+    if k.contains('.') {
+        format!("\"{k}\"")
+    } else {
+        k.to_string()
+    }
+}
+
+fn flatten(prefix: &str, t: &toml::Table, out: &mut BTreeMap<String, Value>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Table(inner) => flatten(&key, inner, out),
+            other => {
+                out.insert(key, other.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Experiments: configuration, the training loop with evaluation and accounting, checkpoints.
+//! `flexp-run` is a thin front end over this module.
+
+pub mod checkpoint;
+pub mod config;
+pub mod runner;
+
+pub use config::{RawConfig, RunConfig, SplitSpec};
+pub use runner::{run, LogProgress, Progress, RunOutcome};

@@ -1,0 +1,604 @@
+//! One experiment from configuration to run folder: data, partition, plan, training rounds,
+//! evaluation, accounting, checkpoints, report.
+
+use super::checkpoint::{self, Meta};
+use super::config::{RunConfig, SplitSpec};
+use crate::algorithms::{self, evaluate, Chain, ClientData, Example, Federation};
+use crate::backend::Backend;
+use crate::data::{self, DataSpec, Dataset};
+use crate::error::{Error, Result};
+use crate::federated::{
+    mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
+};
+use crate::model::{load_model, write_atomic, LoraConfig, Model, ModelConfig, Pooling, Tokenizer};
+use crate::rng::Rng;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How the run reports progress.
+pub trait Progress {
+    /// A message line (setup steps, warnings, the plan table).
+    fn message(&mut self, text: &str);
+    /// A round finished.
+    fn round(&mut self, round: usize, rounds: usize, loss: f64, eval: Option<&Value>);
+}
+
+/// Progress that prints plain log lines to stderr.
+pub struct LogProgress;
+
+impl Progress for LogProgress {
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+    fn round(&mut self, round: usize, rounds: usize, loss: f64, eval: Option<&Value>) {
+        match eval {
+            Some(m) => eprintln!(
+                "round {round}/{rounds}: train loss {loss:.4}, personalized acc {:.4}, global model acc {}",
+                m["personalized_acc_mean"].as_f64().unwrap_or(f64::NAN),
+                m["global_model_acc"].as_f64().map_or("-".to_string(), |v| format!("{v:.4}"))
+            ),
+            None => eprintln!("round {round}/{rounds}: train loss {loss:.4}"),
+        }
+    }
+}
+
+/// What a finished run produced.
+pub struct RunOutcome {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The report.json contents.
+    pub report: Value,
+}
+
+/// Prepared inputs of a run: data per client and the plan.
+pub struct Prepared {
+    /// Per-client data.
+    pub clients: Vec<ClientData>,
+    /// The union of the clients' test sets.
+    pub global_test: Vec<Example>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Client profiles.
+    pub profiles: Vec<ResourceProfile>,
+    /// The split plan.
+    pub plan: Plan,
+    /// The cost model.
+    pub cost: CostModel,
+}
+
+/// Resolves the client profiles of a configuration.
+pub fn profiles(cfg: &RunConfig) -> Result<Vec<ResourceProfile>> {
+    if cfg.profiles.len() == 1 && cfg.profiles[0] == "mixed" {
+        return Ok(mixed_profiles(cfg.clients));
+    }
+    let parsed = cfg
+        .profiles
+        .iter()
+        .map(|p| ResourceProfile::parse(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((0..cfg.clients)
+        .map(|k| parsed[k % parsed.len()].clone())
+        .collect())
+}
+
+/// The cost model and split plan of a configuration for a model.
+pub fn plan(
+    cfg: &RunConfig,
+    model: &ModelConfig,
+    classes: usize,
+) -> Result<(CostModel, Plan, Vec<ResourceProfile>)> {
+    let lora = lora_config(cfg);
+    let cost = CostModel::new(model, &lora, cfg.seq_len, cfg.hyper.batch_size)?
+        .with_head(TaskHead::Classes(classes))?
+        .with_u_shaped_tail(cfg.hyper.u_tail)?;
+    let profiles = profiles(cfg)?;
+    let plan = match &cfg.split {
+        SplitSpec::Auto => plan_auto(&cost, &profiles, cfg.server_flops)?,
+        SplitSpec::Manual(s) => {
+            let s = if s.len() == 1 {
+                vec![s[0]; cfg.clients]
+            } else {
+                s.clone()
+            };
+            plan_manual(&cost, &profiles, &s, cfg.server_flops)?
+        }
+    };
+    Ok((cost, plan, profiles))
+}
+
+fn lora_config(cfg: &RunConfig) -> LoraConfig {
+    LoraConfig {
+        rank: cfg.lora_rank,
+        alpha: cfg.lora_alpha,
+        targets: cfg.lora_targets.clone(),
+    }
+}
+
+/// Loads, filters, caps, partitions, splits and tokenises the data.
+pub fn prepare<B: Backend>(
+    cfg: &RunConfig,
+    model: &Model<B>,
+    progress: &mut dyn Progress,
+) -> Result<Prepared> {
+    let tok = Tokenizer::from_file(&cfg.model.join("tokenizer.json"), model.config.vocab_size)?;
+    let spec = DataSpec {
+        path: cfg.data_path.clone(),
+        text_column: cfg.text_column.clone(),
+        label_column: cfg.label_column.clone(),
+        group_column: cfg.partition.group_column().map(str::to_string),
+    };
+    let (mut ds, skipped) = Dataset::load_skipping_empty(&spec)?;
+    if !skipped.is_empty() {
+        progress.message(&format!(
+            "data: skipped {} rows with an empty text or label (file lines {:?}{})",
+            skipped.len(),
+            &skipped[..skipped.len().min(5)],
+            if skipped.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    if !cfg.labels.is_empty() {
+        let keep: Vec<&str> = cfg.labels.iter().map(String::as_str).collect();
+        ds = ds.filter_labels(&keep)?;
+    }
+    let mut rng = Rng::new(cfg.seed ^ 0xDA7A);
+    let mut order: Vec<usize> = (0..ds.len()).collect();
+    if cfg.max_examples > 0 && cfg.max_examples < ds.len() {
+        data::shuffle(&mut order, &mut rng);
+        order.truncate(cfg.max_examples);
+        order.sort_unstable();
+        ds = subset(&ds, &order);
+    }
+    if ds.len() < cfg.clients {
+        return Err(Error::Input(format!(
+            "{} examples cannot be split over {} clients",
+            ds.len(),
+            cfg.clients
+        )));
+    }
+    let parts = data::partition(&ds, &cfg.partition, cfg.clients, &mut rng)?;
+    let splits = data::split_clients(&ds, &parts, cfg.test_fraction, &mut rng);
+    let (ids, truncated) =
+        data::encode_dataset(&ds, &tok, cfg.seq_len.min(model.config.max_positions))?;
+    if truncated > 0 {
+        progress.message(&format!(
+            "data: {truncated} texts truncated to {} tokens",
+            cfg.seq_len
+        ));
+    }
+    let ex = |i: usize| Example {
+        ids: ids[i].clone(),
+        label: ds.labels[i],
+    };
+    let clients: Vec<ClientData> = splits
+        .iter()
+        .map(|s| ClientData {
+            train: s.train.iter().map(|&i| ex(i)).collect(),
+            test: s.test.iter().map(|&i| ex(i)).collect(),
+        })
+        .collect();
+    if let Some(k) = clients.iter().position(|c| c.train.is_empty()) {
+        return Err(Error::Input(format!(
+            "client {k} has no training examples; use fewer clients or more data"
+        )));
+    }
+    let global_test = data::global_test(&splits).into_iter().map(ex).collect();
+    let classes = ds.label_names.clone();
+    let (cost, plan, profiles) = plan(cfg, &model.config, classes.len())?;
+    Ok(Prepared {
+        clients,
+        global_test,
+        classes,
+        profiles,
+        plan,
+        cost,
+    })
+}
+
+fn subset(ds: &Dataset, idx: &[usize]) -> Dataset {
+    Dataset {
+        texts: idx.iter().map(|&i| ds.texts[i].clone()).collect(),
+        labels: idx.iter().map(|&i| ds.labels[i]).collect(),
+        label_names: ds.label_names.clone(),
+        groups: ds
+            .groups
+            .as_ref()
+            .map(|g| idx.iter().map(|&i| g[i].clone()).collect()),
+    }
+}
+
+/// Per-client accumulated cost.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    up: f64,
+    down: f64,
+    flops: f64,
+}
+
+fn mean_std_min(v: &[f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+    (
+        m,
+        var.sqrt(),
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+    )
+}
+
+/// Evaluation of every client's personalized model and of the global model.
+struct Eval {
+    personal: Vec<f64>,
+    global_of_personal: Vec<f64>,
+    global_model: Option<f64>,
+}
+
+fn run_eval<B: Backend>(
+    fed: &Federation<'_, B>,
+    algo: &dyn algorithms::Algorithm<B>,
+    global_test: &[Example],
+) -> Result<Eval> {
+    let n = fed.num_clients();
+    let chains: Vec<Chain<'_, B>> = (0..n).map(|k| algo.personal(k)).collect();
+    let own: Vec<&[Example]> = fed.clients.iter().map(|c| c.test.as_slice()).collect();
+    let acc = |r: &[(usize, usize)]| -> Vec<f64> {
+        r.iter()
+            .map(|(c, t)| {
+                if *t == 0 {
+                    f64::NAN
+                } else {
+                    *c as f64 / *t as f64
+                }
+            })
+            .collect()
+    };
+    let personal = acc(&evaluate(fed, &chains, &own)?);
+    let sets: Vec<&[Example]> = (0..n).map(|_| global_test).collect();
+    let global_of_personal = acc(&evaluate(fed, &chains, &sets)?);
+    let global_model = match algo.global() {
+        Some(g) => acc(&evaluate(fed, &[g], &[global_test])?).first().copied(),
+        None => None,
+    };
+    Ok(Eval {
+        personal,
+        global_of_personal,
+        global_model,
+    })
+}
+
+/// Runs an experiment. With `resume`, continues from the run folder's last checkpoint.
+pub fn run<B: Backend + 'static>(
+    be: &B,
+    cfg: &RunConfig,
+    resolved_toml: &str,
+    resume: bool,
+    progress: &mut dyn Progress,
+) -> Result<RunOutcome> {
+    let t0 = Instant::now();
+    let dir = cfg.out.clone();
+    let ckpt_dir = dir.join("checkpoint");
+    if resume {
+        if !ckpt_dir.join("meta.json").exists() {
+            return Err(Error::Input(format!(
+                "{}: no checkpoint to resume from",
+                dir.display()
+            )));
+        }
+        let recorded = std::fs::read_to_string(dir.join("config.toml"))
+            .map_err(|e| Error::io(dir.join("config.toml"), e))?;
+        if recorded != resolved_toml {
+            return Err(Error::Input(format!(
+                "{}: the configuration differs from the one the run started with; resume with the same settings",
+                dir.display()
+            )));
+        }
+    } else if dir.join("report.json").exists() || ckpt_dir.exists() {
+        return Err(Error::Input(format!(
+            "{} already holds a run; choose another `out`, delete it, or pass --resume",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    write_atomic(&dir.join("config.toml"), resolved_toml.as_bytes())?;
+
+    progress.message(&format!("model: loading {}", cfg.model.display()));
+    let model = load_model(be, &cfg.model)?;
+    let prep = prepare(cfg, &model, progress)?;
+    progress.message(&format!(
+        "data: {} clients, {} train / {} test examples, classes {:?}",
+        cfg.clients,
+        prep.clients.iter().map(|c| c.train.len()).sum::<usize>(),
+        prep.global_test.len(),
+        prep.classes
+    ));
+    progress.message(&prep.plan.table());
+    write_atomic(
+        &dir.join("plan.json"),
+        prep.plan.to_json().to_string().as_bytes(),
+    )?;
+
+    let fed = Federation {
+        backend: be,
+        model: &model,
+        lora: lora_config(cfg),
+        classes: prep.classes.len(),
+        pooling: Pooling::Mean,
+        clients: prep.clients.clone(),
+        splits: prep.plan.splits.clone(),
+        hyper: cfg.hyper.clone(),
+        cost: prep.cost.clone(),
+    };
+    let mut rng = Rng::new(cfg.seed);
+    let mut algo = algorithms::build(cfg.algorithm, &fed, &mut rng)?;
+    let global_eval: Vec<Example> =
+        if cfg.global_eval_max > 0 && prep.global_test.len() > cfg.global_eval_max {
+            let mut r = Rng::new(cfg.seed ^ 0xE7A1);
+            let mut idx: Vec<usize> = (0..prep.global_test.len()).collect();
+            data::shuffle(&mut idx, &mut r);
+            idx.truncate(cfg.global_eval_max);
+            idx.sort_unstable();
+            idx.into_iter()
+                .map(|i| prep.global_test[i].clone())
+                .collect()
+        } else {
+            prep.global_test.clone()
+        };
+
+    let mut totals = vec![Totals::default(); cfg.clients];
+    let mut sim = 0.0f64;
+    let mut wall_before = 0.0f64;
+    let mut rejected = 0usize;
+    let mut start_round = 0usize;
+    let metrics_path = dir.join("metrics.jsonl");
+    let mut metrics: Vec<Value> = Vec::new();
+    if resume {
+        let meta = checkpoint::load(&ckpt_dir, be, algo.as_mut())?;
+        rng = Rng::new(meta.rng_state);
+        start_round = meta.round;
+        sim = meta.simulated_seconds;
+        wall_before = meta.wall_seconds;
+        rejected = meta.rejected;
+        for (t, (u, d, f)) in totals.iter_mut().zip(&meta.client_totals) {
+            *t = Totals {
+                up: *u,
+                down: *d,
+                flops: *f,
+            };
+        }
+        let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+        metrics = text
+            .lines()
+            .take(meta.metrics_lines)
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::Input(format!("{}: {e}", metrics_path.display())))
+            })
+            .collect::<Result<_>>()?;
+        progress.message(&format!("resuming after round {start_round}"));
+    }
+    rewrite_metrics(&metrics_path, &metrics)?;
+
+    let mut last_eval: Option<Eval> = None;
+    let mut best: Option<(usize, Value)> = metrics
+        .iter()
+        .filter_map(|m| Some((m["round"].as_u64()? as usize, m.clone())))
+        .max_by(|a, b| {
+            a.1["personalized_acc_mean"]
+                .as_f64()
+                .partial_cmp(&b.1["personalized_acc_mean"].as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+    let mut time_to_target: Option<f64> = metrics
+        .iter()
+        .find(|m| {
+            m["personalized_acc_mean"]
+                .as_f64()
+                .is_some_and(|a| a >= cfg.target_acc)
+        })
+        .and_then(|m| m["simulated_seconds"].as_f64());
+
+    for round in start_round..cfg.rounds {
+        let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
+        let log = algo.round(&fed, &participants, &mut rng)?;
+        for (k, why) in &log.rejected {
+            progress.message(&format!(
+                "round {}: client {k} step rejected: {why}",
+                round + 1
+            ));
+        }
+        rejected += log.rejected.len();
+        // The round lasts as long as its slowest participant; the server's work is added.
+        let mut straggler = 0.0f64;
+        for c in &log.clients {
+            let p = &prep.profiles[c.client];
+            let t = c.flops / p.compute_flops
+                + c.bytes_up / p.uplink_bps
+                + c.bytes_down / p.downlink_bps;
+            straggler = straggler.max(t);
+            let tot = &mut totals[c.client];
+            tot.up += c.bytes_up;
+            tot.down += c.bytes_down;
+            tot.flops += c.flops;
+        }
+        sim += straggler + log.server_flops / cfg.server_flops;
+        let r = round + 1;
+        let mut line = None;
+        if r % cfg.eval_every == 0 || r == cfg.rounds {
+            let ev = run_eval(&fed, algo.as_ref(), &global_eval)?;
+            let (pm, ps, pmin) = mean_std_min(&ev.personal);
+            let (gm, _, _) = mean_std_min(&ev.global_of_personal);
+            let m = json!({
+                "round": r,
+                "simulated_seconds": sim,
+                "wall_seconds": wall_before + t0.elapsed().as_secs_f64(),
+                "train_loss": finite_or_null(log.mean_loss()),
+                "personalized_acc_mean": pm,
+                "personalized_acc_std": ps,
+                "personalized_acc_min": pmin,
+                "global_acc_mean": finite_or_null(gm),
+                "global_model_acc": ev.global_model,
+                "bytes_up_total": totals.iter().map(|t| t.up).sum::<f64>(),
+                "bytes_down_total": totals.iter().map(|t| t.down).sum::<f64>(),
+                "client_flops_total": totals.iter().map(|t| t.flops).sum::<f64>(),
+                "rejected": rejected,
+            });
+            if time_to_target.is_none() && pm >= cfg.target_acc {
+                time_to_target = Some(sim);
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| b["personalized_acc_mean"].as_f64().unwrap_or(-1.0) < pm)
+            {
+                best = Some((r, m.clone()));
+            }
+            append_metric(&metrics_path, &m)?;
+            metrics.push(m.clone());
+            line = Some(m);
+            last_eval = Some(ev);
+        }
+        progress.round(r, cfg.rounds, log.mean_loss(), line.as_ref());
+        if cfg.checkpoint_every > 0 && (r % cfg.checkpoint_every == 0 || r == cfg.rounds) {
+            let meta = Meta {
+                round: r,
+                rng_state: rng.state(),
+                counters: checkpoint::counters(algo.as_mut()),
+                client_totals: totals.iter().map(|t| (t.up, t.down, t.flops)).collect(),
+                simulated_seconds: sim,
+                wall_seconds: wall_before + t0.elapsed().as_secs_f64(),
+                metrics_lines: metrics.len(),
+                rejected,
+            };
+            checkpoint::save(&ckpt_dir, be, algo.as_mut(), &meta)?;
+        }
+    }
+
+    let ev = match last_eval {
+        Some(e) => e,
+        None => run_eval(&fed, algo.as_ref(), &global_eval)?,
+    };
+    let wall = wall_before + t0.elapsed().as_secs_f64();
+    let report = build_report(cfg, &prep, &ev, &totals, sim, wall, best, time_to_target);
+    write_atomic(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Backend(e.to_string()))?
+            .as_bytes(),
+    )?;
+    // Adapters of every client's personalized model are in the checkpoint; the report renders
+    // from the JSON files alone.
+    crate::report::write_run_report(&dir)?;
+    Ok(RunOutcome { dir, report })
+}
+
+fn finite_or_null(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+/// Clients of one round: each joins with probability q, at least one (deterministic per seed).
+pub fn sample_participants(n: usize, q: f64, rng: &mut Rng) -> Vec<usize> {
+    if q >= 1.0 {
+        return (0..n).collect();
+    }
+    let m = ((q * n as f64).round() as usize).clamp(1, n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    data::shuffle(&mut idx, rng);
+    idx.truncate(m);
+    idx.sort_unstable();
+    idx
+}
+
+fn rewrite_metrics(path: &Path, lines: &[Value]) -> Result<()> {
+    let mut s = String::new();
+    for l in lines {
+        s.push_str(&l.to_string());
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+fn append_metric(path: &Path, m: &Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{m}").map_err(|e| Error::io(path, e))?;
+    f.sync_data().map_err(|e| Error::io(path, e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    cfg: &RunConfig,
+    prep: &Prepared,
+    ev: &Eval,
+    totals: &[Totals],
+    sim: f64,
+    wall: f64,
+    best: Option<(usize, Value)>,
+    time_to_target: Option<f64>,
+) -> Value {
+    let n = cfg.clients as f64;
+    let (pm, ps, pmin) = mean_std_min(&ev.personal);
+    let (gm, _, _) = mean_std_min(&ev.global_of_personal);
+    let split_algo = cfg.algorithm.is_split();
+    let clients: Vec<Value> = (0..cfg.clients)
+        .map(|k| {
+            let row = &prep.plan.rows[k];
+            json!({
+                "client": k,
+                "profile": prep.profiles[k].name,
+                "split": if split_algo { json!(prep.plan.splits[k]) } else { Value::Null },
+                "train_examples": prep.clients[k].train.len(),
+                "test_examples": prep.clients[k].test.len(),
+                "personalized_acc": finite_or_null(ev.personal[k]),
+                "global_acc": finite_or_null(ev.global_of_personal[k]),
+                "bytes_up": totals[k].up,
+                "bytes_down": totals[k].down,
+                "flops": totals[k].flops,
+                "memory_bytes": if split_algo { json!(row.memory_bytes) } else { json!(prep.cost.client_memory(prep.cost.max_split()) ) },
+            })
+        })
+        .collect();
+    let best = best.map(|(r, m)| {
+        json!({
+            "round": r,
+            "personalized_acc_mean": m["personalized_acc_mean"],
+            "personalized_acc_std": m["personalized_acc_std"],
+            "personalized_acc_min": m["personalized_acc_min"],
+            "global_acc_mean": m["global_acc_mean"],
+            "global_model_acc": m["global_model_acc"],
+        })
+    });
+    json!({
+        "algorithm": cfg.algorithm.name(),
+        "rounds": cfg.rounds,
+        "clients": cfg.clients,
+        "seed": cfg.seed,
+        "partition": cfg.partition.to_string(),
+        "model": cfg.model.display().to_string(),
+        "summary": {
+            "personalized_acc_mean": finite_or_null(pm),
+            "personalized_acc_std": finite_or_null(ps),
+            "personalized_acc_min": finite_or_null(pmin),
+            "global_acc_mean": finite_or_null(gm),
+            "global_model_acc": ev.global_model,
+            "bytes_up_per_client": totals.iter().map(|t| t.up).sum::<f64>() / n,
+            "bytes_down_per_client": totals.iter().map(|t| t.down).sum::<f64>() / n,
+            "client_flops_mean": totals.iter().map(|t| t.flops).sum::<f64>() / n,
+            "simulated_seconds": sim,
+            "wall_seconds": wall,
+            "best": best,
+            "target_acc": cfg.target_acc,
+            "simulated_seconds_to_target": time_to_target,
+            "figures": "summary values are last-round; `best` is the best evaluated round by personalized_acc_mean",
+        },
+        "clients": clients,
+    })
+}
