@@ -1,0 +1,414 @@
+//! `flexp-run train / plan / compare` end to end on the real MiniLM checkpoint with a small
+//! generated data set: the run folder's contents and interface keys, kill-and-resume giving the
+//! same metrics as an uninterrupted run, determinism, and clear errors for bad settings.
+
+mod common;
+
+use common::root;
+use flexp::run::RawConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flexp-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// 90 short reviews of 3 sentiment classes with a natural `movie` key.
+fn write_data(dir: &Path) -> PathBuf {
+    let words = [
+        (
+            "pos",
+            ["great", "wonderful", "brilliant", "moving", "delightful"],
+        ),
+        ("neg", ["awful", "boring", "terrible", "dull", "painful"]),
+        ("mid", ["average", "fine", "passable", "okay", "uneven"]),
+    ];
+    let mut s = String::from("review,label,movie\n");
+    for i in 0..90 {
+        let (label, w) = &words[i % 3];
+        s.push_str(&format!(
+            "\"a {} film, truly {}\",{label},m{}\n",
+            w[i % 5],
+            w[(i / 3) % 5],
+            i % 9
+        ));
+    }
+    let p = dir.join("reviews.csv");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn model() -> PathBuf {
+    let m = root().join("models/all-MiniLM-L6-v2");
+    assert!(
+        m.join("model.safetensors").exists(),
+        "run `bash tools/fetch_minilm.sh` first"
+    );
+    m
+}
+
+fn base_args(data: &Path, out: &Path) -> Vec<String> {
+    let sets = [
+        format!("model={}", toml_str(&model())),
+        format!("data.path={}", toml_str(data)),
+        "data.text_column=\"review\"".into(),
+        "data.label_column=\"label\"".into(),
+        "data.labels=[]".into(),
+        "data.max_examples=0".into(),
+        "partition=\"column:movie\"".into(),
+        "clients=3".into(),
+        "rounds=6".into(),
+        "local_steps=1".into(),
+        "batch_size=4".into(),
+        "seq_len=16".into(),
+        "lora.rank=2".into(),
+        "eval_every=2".into(),
+        "eval.global_max=12".into(),
+        "split=[1, 2, 4]".into(),
+        format!("out={}", toml_str(out)),
+    ];
+    let mut v = vec!["--quiet".to_string(), "train".to_string()];
+    for s in sets {
+        v.push("--set".into());
+        v.push(s);
+    }
+    v
+}
+
+fn toml_str(p: &Path) -> String {
+    format!("\"{}\"", p.display())
+}
+
+fn flexp(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "flexp-run failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// metrics.jsonl without the wall-clock field.
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("wall_seconds");
+            v
+        })
+        .collect()
+}
+
+fn summary_without_wall(dir: &Path) -> Value {
+    let mut r = json(&dir.join("report.json"));
+    r["summary"].as_object_mut().unwrap().remove("wall_seconds");
+    r
+}
+
+#[test]
+fn train_writes_the_documented_run_folder() {
+    let d = tmp("folder");
+    let data = write_data(&d);
+    let out = d.join("run");
+    let o = flexp(&base_args(&data, &out));
+    ok(&o);
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "report.json",
+        "report.md",
+        "plan.json",
+        "acc_vs_round.svg",
+        "acc_vs_time.svg",
+        "clients.svg",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let r = json(&out.join("report.json"));
+    assert_eq!(r["algorithm"], "flexp-sfl");
+    assert_eq!(r["rounds"], 6);
+    let s = &r["summary"];
+    for k in [
+        "personalized_acc_mean",
+        "personalized_acc_std",
+        "personalized_acc_min",
+        "global_acc_mean",
+        "global_model_acc",
+        "bytes_up_per_client",
+        "bytes_down_per_client",
+        "client_flops_mean",
+        "simulated_seconds",
+        "wall_seconds",
+    ] {
+        assert!(s[k].is_number(), "summary.{k} = {}", s[k]);
+    }
+    let clients = r["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 3);
+    assert_eq!(
+        clients
+            .iter()
+            .map(|c| c["split"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 4]
+    );
+    for c in clients {
+        assert!(c["train_examples"].as_u64().unwrap() > 0 && c["personalized_acc"].is_number());
+        assert!(
+            c["bytes_up"].as_f64().unwrap() > 0.0,
+            "split clients send activations"
+        );
+    }
+    // Deeper cuts cost the client more FLOPs.
+    let f: Vec<f64> = clients
+        .iter()
+        .map(|c| c["flops"].as_f64().unwrap())
+        .collect();
+    assert!(f[0] < f[1] && f[1] < f[2], "{f:?}");
+    let m = metrics(&out);
+    assert_eq!(
+        m.iter()
+            .map(|l| l["round"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 4, 6]
+    );
+    // The resolved config reads back to the same configuration.
+    let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let cfg = RawConfig::from_toml(&text).unwrap().resolve().unwrap();
+    assert_eq!(cfg.clients, 3);
+    assert_eq!(cfg.out, out);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("acc_vs_round.svg") && md.contains("flexp-sfl"),
+        "{md}"
+    );
+    // Refuses to overwrite a finished run.
+    let again = flexp(&base_args(&data, &out));
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a run"));
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_metrics() {
+    let d = tmp("resume");
+    let data = write_data(&d);
+    let full = d.join("full");
+    ok(&flexp(&base_args(&data, &full)));
+
+    let cut = d.join("cut");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args(base_args(&data, &cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let meta = cut.join("checkpoint/meta.json");
+    let t0 = Instant::now();
+    let killed_after = loop {
+        if let Ok(t) = std::fs::read_to_string(&meta) {
+            if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                let r = v["round"].as_u64().unwrap_or(0);
+                if r >= 2 {
+                    child.kill().unwrap();
+                    break r;
+                }
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.wait().unwrap();
+    assert!(
+        killed_after < 6,
+        "the run finished before it could be killed"
+    );
+    assert!(!cut.join("report.json").exists(), "killed before the end");
+
+    let o = flexp(&[
+        "--quiet".into(),
+        "train".into(),
+        "--resume".into(),
+        cut.display().to_string(),
+    ]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming after round"));
+    assert_eq!(
+        metrics(&cut),
+        metrics(&full),
+        "resumed metrics differ from the uninterrupted run"
+    );
+    let (a, b) = (summary_without_wall(&cut), summary_without_wall(&full));
+    assert_eq!(a["summary"], b["summary"]);
+    assert_eq!(a["clients"], b["clients"]);
+}
+
+#[test]
+fn resume_without_checkpoint_is_refused() {
+    let d = tmp("nockpt");
+    let data = write_data(&d);
+    let out = d.join("run");
+    let mut args = base_args(&data, &out);
+    args.extend(["--set".into(), "rounds=2".into()]);
+    ok(&flexp(&args));
+    std::fs::remove_dir_all(out.join("checkpoint")).unwrap();
+    let o = flexp(&["train".into(), "--resume".into(), out.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no checkpoint to resume from"));
+}
+
+#[test]
+fn same_seed_gives_identical_metrics_and_other_seed_differs() {
+    let d = tmp("determinism");
+    let data = write_data(&d);
+    let mut runs = Vec::new();
+    for (name, seed) in [("a", 1), ("b", 1), ("c", 2)] {
+        let out = d.join(name);
+        let mut args = base_args(&data, &out);
+        args.extend([
+            "--set".into(),
+            format!("seed={seed}"),
+            "--set".into(),
+            "rounds=2".into(),
+        ]);
+        ok(&flexp(&args));
+        runs.push(metrics(&out));
+    }
+    assert_eq!(
+        runs[0], runs[1],
+        "same config and seed must give bit-identical metrics"
+    );
+    assert_ne!(runs[0], runs[2], "a different seed should change something");
+}
+
+#[test]
+fn every_algorithm_runs_end_to_end_and_compare_tabulates_them() {
+    let d = tmp("algos");
+    let data = write_data(&d);
+    let mut dirs = Vec::new();
+    for algo in [
+        "flexp-sfl",
+        "fedbip",
+        "fedbip-l",
+        "local",
+        "fedavg",
+        "sfl-v1",
+        "sfl-v2",
+        "pfedme",
+        "ditto",
+    ] {
+        let out = d.join(algo);
+        let mut args = base_args(&data, &out);
+        args.extend([
+            "--set".into(),
+            format!("algorithm=\"{algo}\""),
+            "--set".into(),
+            "rounds=2".into(),
+        ]);
+        ok(&flexp(&args));
+        assert_eq!(json(&out.join("report.json"))["algorithm"], algo);
+        dirs.push(out.display().to_string());
+    }
+    let table = d.join("cmp.md");
+    let mut args = vec!["compare".to_string()];
+    args.extend(dirs);
+    args.extend(["--output".into(), table.display().to_string()]);
+    let o = flexp(&args);
+    ok(&o);
+    let md = std::fs::read_to_string(&table).unwrap();
+    for algo in ["flexp-sfl", "fedbip-l", "sfl-v2", "ditto"] {
+        assert!(md.contains(algo), "{algo} missing from the comparison");
+    }
+    assert!(d.join("cmp.svg").exists() && d.join("cmp.csv").exists());
+}
+
+#[test]
+fn bad_settings_are_clear_errors() {
+    let d = tmp("bad");
+    let data = write_data(&d);
+    let run = |extra: &[&str]| -> String {
+        let mut args = base_args(&data, &d.join("never"));
+        for e in extra {
+            args.extend(["--set".into(), e.to_string()]);
+        }
+        let o = flexp(&args);
+        assert_eq!(o.status.code(), Some(2), "should fail: {extra:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = run(&["algorithm=\"fedprox\""]);
+    assert!(
+        e.contains("unknown algorithm `fedprox`") && e.contains("sfl-v1"),
+        "{e}"
+    );
+    let e = run(&["learning_rate=0.1"]);
+    assert!(
+        e.contains("unknown configuration key `learning_rate`") && e.contains("lr"),
+        "{e}"
+    );
+    let e = run(&["split=[1, 6, 2]"]);
+    assert!(e.contains("client 1") && e.contains("valid splits"), "{e}");
+    let e = run(&["align=\"cosine\""]);
+    assert!(
+        e.contains("unknown align `cosine`") && e.contains("proj"),
+        "{e}"
+    );
+    let e = run(&[
+        "split=\"auto\"",
+        "profiles=[\"custom:compute=1e9,memory=1MiB,up=1MB/s,down=1MB/s\"]",
+    ]);
+    assert!(
+        e.contains("cannot hold even one block") && e.contains("client 0"),
+        "{e}"
+    );
+    let e = run(&["data.label_column=\"stars\""]);
+    assert!(
+        e.contains("stars") && e.contains("review"),
+        "missing column must list the columns: {e}"
+    );
+    let e = run(&["clients=200", "partition=\"iid\""]);
+    assert!(
+        e.contains("90 examples cannot be split over 200 clients"),
+        "{e}"
+    );
+    let e = run(&["partition=\"zipf:2\""]);
+    assert!(e.contains("zipf") && e.contains("dirichlet"), "{e}");
+}
+
+#[test]
+fn plan_prints_the_split_table() {
+    let o = flexp(&[
+        "plan".into(),
+        "--set".into(),
+        format!("model={}", toml_str(&model())),
+        "--set".into(),
+        "clients=4".into(),
+    ]);
+    ok(&o);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("weak-phone") && s.contains("deadline"), "{s}");
+    assert_eq!(
+        s.lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        4,
+        "{s}"
+    );
+}
