@@ -400,3 +400,57 @@ fn argmax(v: &[f32]) -> usize {
     }
     best
 }
+
+/// A model that is one adapter set over every block.
+pub fn whole<B: Backend>(set: &AdapterSet<B>) -> Chain<'_, B> {
+    Chain {
+        parts: vec![(0..set.blocks.len(), set)],
+    }
+}
+
+/// One adapter set and its AdamW state per client: the personal state of most algorithms.
+pub struct PersonalSets<B: Backend> {
+    /// Per-client adapter sets.
+    pub sets: Vec<AdapterSet<B>>,
+    /// Their optimizer states.
+    pub opts: Vec<AdamWState<B>>,
+}
+
+impl<B: Backend> PersonalSets<B> {
+    /// `n` copies of `init`, each with fresh optimizer state.
+    pub fn copies(fed: &Federation<'_, B>, init: &AdapterSet<B>, n: usize) -> Result<Self> {
+        Self::from_sets(
+            fed.backend,
+            (0..n).map(|_| fed.duplicate(init)).collect::<Result<_>>()?,
+        )
+    }
+
+    /// The given sets, each with fresh optimizer state.
+    pub fn from_sets(be: &B, sets: Vec<AdapterSet<B>>) -> Result<Self> {
+        let opts = sets
+            .iter()
+            .map(|s| AdamWState::new(be, s))
+            .collect::<Result<_>>()?;
+        Ok(PersonalSets { sets, opts })
+    }
+
+    /// Checkpoint entries `client{k}`, `client{k}.m`, `client{k}.v`.
+    pub fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
+        let mut v: Vec<(String, &mut AdapterSet<B>)> = Vec::new();
+        for (k, (s, o)) in self.sets.iter_mut().zip(self.opts.iter_mut()).enumerate() {
+            v.push((format!("client{k}"), s));
+            v.push((format!("client{k}.m"), &mut o.m));
+            v.push((format!("client{k}.v"), &mut o.v));
+        }
+        v
+    }
+
+    /// Step counters `client{k}`.
+    pub fn counters(&mut self) -> Vec<(String, &mut u64)> {
+        self.opts
+            .iter_mut()
+            .enumerate()
+            .map(|(k, o)| (format!("client{k}"), &mut o.step))
+            .collect()
+    }
+}

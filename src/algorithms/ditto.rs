@@ -1,38 +1,26 @@
 //! `ditto`: a FedAvg global model w, and per client a personal model v_k trained on
 //! CE(v_k) + (lambda/2)·||v_k − w||².
 
-use super::common::{Chain, Federation, RoundLog};
+use super::common::{whole, Chain, Federation, PersonalSets, RoundLog};
 use super::fedavg::fedavg_round;
 use super::{flat, Algorithm};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::executor::AdamWState;
 use crate::model::AdapterSet;
 use crate::rng::Rng;
 
 /// Ditto state.
 pub struct Ditto<B: Backend> {
     global: AdapterSet<B>,
-    personal: Vec<AdapterSet<B>>,
-    opts: Vec<AdamWState<B>>,
+    personal: PersonalSets<B>,
 }
 
 impl<B: Backend> Ditto<B> {
     /// Global and personal models start from the same initialisation.
     pub fn new(fed: &Federation<'_, B>, rng: &mut Rng) -> Result<Self> {
         let global = fed.new_set(0..fed.layers(), true, rng)?;
-        let personal: Vec<AdapterSet<B>> = (0..fed.num_clients())
-            .map(|_| fed.duplicate(&global))
-            .collect::<Result<_>>()?;
-        let opts = personal
-            .iter()
-            .map(|p| AdamWState::new(fed.backend, p))
-            .collect::<Result<_>>()?;
-        Ok(Ditto {
-            global,
-            personal,
-            opts,
-        })
+        let personal = PersonalSets::copies(fed, &global, fed.num_clients())?;
+        Ok(Ditto { global, personal })
     }
 }
 
@@ -63,7 +51,7 @@ impl<B: Backend> Algorithm<B> for Ditto<B> {
                 let items: Vec<_> = live
                     .iter()
                     .zip(batches)
-                    .map(|(&i, b)| (&self.personal[participants[i]], b))
+                    .map(|(&i, b)| (&self.personal.sets[participants[i]], b))
                     .collect();
                 fed.full_step(&items)?
             };
@@ -75,12 +63,12 @@ impl<B: Backend> Algorithm<B> for Ditto<B> {
                     continue;
                 };
                 let mut gf = flat::flatten(be, &g)?;
-                let v = flat::flatten(be, &self.personal[k])?;
+                let v = flat::flatten(be, &self.personal.sets[k])?;
                 for ((gi, vi), wi) in gf.iter_mut().zip(&v).zip(&w) {
                     *gi = (*gi as f64 + lambda * (*vi as f64 - *wi as f64)) as f32;
                 }
                 flat::assign(be, &mut g, &gf)?;
-                fed.apply(&mut self.opts[k], &mut self.personal[k], &g)?;
+                fed.apply(&mut self.personal.opts[k], &mut self.personal.sets[k], &g)?;
                 log.client(k).flops += fed.step_flops(fed.layers(), o.tokens);
             }
         }
@@ -89,37 +77,20 @@ impl<B: Backend> Algorithm<B> for Ditto<B> {
     }
 
     fn personal(&self, k: usize) -> Chain<'_, B> {
-        Chain {
-            parts: vec![(0..self.personal[k].blocks.len(), &self.personal[k])],
-        }
+        whole(&self.personal.sets[k])
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {
-        Some(Chain {
-            parts: vec![(0..self.global.blocks.len(), &self.global)],
-        })
+        Some(whole(&self.global))
     }
 
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
         let mut v: Vec<(String, &mut AdapterSet<B>)> = vec![("global".into(), &mut self.global)];
-        for (k, (p, o)) in self
-            .personal
-            .iter_mut()
-            .zip(self.opts.iter_mut())
-            .enumerate()
-        {
-            v.push((format!("client{k}"), p));
-            v.push((format!("client{k}.m"), &mut o.m));
-            v.push((format!("client{k}.v"), &mut o.v));
-        }
+        v.extend(self.personal.state());
         v
     }
 
     fn counters(&mut self) -> Vec<(String, &mut u64)> {
-        self.opts
-            .iter_mut()
-            .enumerate()
-            .map(|(k, o)| (format!("client{k}"), &mut o.step))
-            .collect()
+        self.personal.counters()
     }
 }

@@ -1,7 +1,7 @@
 //! `fedavg`: clients train all adapters locally from the global ones; the server averages them
 //! weighted by the clients' training-set sizes. The personalized model is the global model.
 
-use super::common::{Chain, Federation, RoundLog};
+use super::common::{whole, Chain, Federation, RoundLog};
 use super::local::train_local;
 use super::{flat, Algorithm};
 use crate::backend::Backend;
@@ -80,9 +80,7 @@ impl<B: Backend> Algorithm<B> for FedAvg<B> {
     }
 
     fn personal(&self, _k: usize) -> Chain<'_, B> {
-        Chain {
-            parts: vec![(0..self.global.blocks.len(), &self.global)],
-        }
+        whole(&self.global)
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {

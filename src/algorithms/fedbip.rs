@@ -2,7 +2,7 @@
 //! aggregate θ̄_i and uploads τ_i = θ_i − θ̄_i; the server sets θ̄_i += Σ_j p_ij τ_j with
 //! p_ij from the cosine similarities of the task vectors (FedBip-L: per block).
 
-use super::common::{Chain, Federation, RoundLog};
+use super::common::{whole, Chain, Federation, RoundLog};
 use super::local::train_local;
 use super::{flat, Algorithm, Granularity, Negative};
 use crate::backend::Backend;
@@ -140,9 +140,7 @@ impl<B: Backend> Algorithm<B> for FedBip<B> {
     }
 
     fn personal(&self, k: usize) -> Chain<'_, B> {
-        Chain {
-            parts: vec![(0..self.aggregates[k].blocks.len(), &self.aggregates[k])],
-        }
+        whole(&self.aggregates[k])
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {

@@ -2,7 +2,7 @@
 //! on its last u blocks and a personal head); the server trains global adapters G on the rest
 //! for all clients in one packed sweep; alignment keeps P_k good on global representations.
 
-use super::common::{check_finite, Chain, Example, Federation, RoundLog};
+use super::common::{check_finite, whole, Chain, Example, Federation, PersonalSets, RoundLog};
 use super::{flat, Algorithm, Align, ServerAgg, ServerUpdate};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -23,8 +23,7 @@ struct ServerState<'s, B: Backend> {
 pub struct FlexpSfl<B: Backend> {
     global: AdapterSet<B>,
     global_opt: AdamWState<B>,
-    personal: Vec<AdapterSet<B>>,
-    personal_opt: Vec<AdamWState<B>>,
+    personal: PersonalSets<B>,
     splits: Vec<usize>,
     tail: usize,
 }
@@ -46,7 +45,6 @@ impl<B: Backend> FlexpSfl<B> {
         let global = fed.new_set(0..l, true, rng)?;
         let global_opt = AdamWState::new(fed.backend, &global)?;
         let mut personal = Vec::new();
-        let mut personal_opt = Vec::new();
         for &s in &fed.splits {
             let mut p = fed.new_set(0..s, u > 0, rng)?;
             if u > 0 {
@@ -56,14 +54,12 @@ impl<B: Backend> FlexpSfl<B> {
                     p.blocks[b] = std::mem::take(&mut tail.blocks[b]);
                 }
             }
-            personal_opt.push(AdamWState::new(fed.backend, &p)?);
             personal.push(p);
         }
         Ok(FlexpSfl {
             global,
             global_opt,
-            personal,
-            personal_opt,
+            personal: PersonalSets::from_sets(fed.backend, personal)?,
             splits: fed.splits.clone(),
             tail: u,
         })
@@ -145,7 +141,8 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
                 active.iter().map(|&k| fed.sample_batch(k, rng)).collect();
 
             // 1. Client forward of every active client, packed: blocks 0..s_k with P_k.
-            let psets: Vec<&AdapterSet<B>> = active.iter().map(|&k| &self.personal[k]).collect();
+            let psets: Vec<&AdapterSet<B>> =
+                active.iter().map(|&k| &self.personal.sets[k]).collect();
             let mut jobs = Vec::new();
             let mut owner = Vec::new();
             for (i, b) in batches.iter().enumerate() {
@@ -200,7 +197,7 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
                 ServerState {
                     global: &mut self.global,
                     opt: &mut self.global_opt,
-                    personal: &self.personal,
+                    personal: &self.personal.sets,
                     splits: &self.splits,
                     tail: self.tail,
                 },
@@ -286,7 +283,7 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
                     excluded[k] = true;
                     continue;
                 }
-                fed.apply(&mut self.personal_opt[k], &mut self.personal[k], &g)?;
+                fed.apply(&mut self.personal.opts[k], &mut self.personal.sets[k], &g)?;
                 let tokens: usize = batches[i].iter().map(|e| e.ids.len()).sum();
                 let s = self.splits[k];
                 let act_bytes = 4.0 * (tokens * d) as f64;
@@ -313,17 +310,15 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
         let l = self.global.blocks.len();
         let s = self.splits[k];
         let u = self.tail;
-        let mut parts = vec![(0..s, &self.personal[k]), (s..l - u, &self.global)];
+        let mut parts = vec![(0..s, &self.personal.sets[k]), (s..l - u, &self.global)];
         if u > 0 {
-            parts.push((l - u..l, &self.personal[k]));
+            parts.push((l - u..l, &self.personal.sets[k]));
         }
         Chain { parts }
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {
-        Some(Chain {
-            parts: vec![(0..self.global.blocks.len(), &self.global)],
-        })
+        Some(whole(&self.global))
     }
 
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
@@ -332,24 +327,13 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
             ("global.m".into(), &mut self.global_opt.m),
             ("global.v".into(), &mut self.global_opt.v),
         ];
-        for (k, (p, o)) in self
-            .personal
-            .iter_mut()
-            .zip(self.personal_opt.iter_mut())
-            .enumerate()
-        {
-            v.push((format!("client{k}"), p));
-            v.push((format!("client{k}.m"), &mut o.m));
-            v.push((format!("client{k}.v"), &mut o.v));
-        }
+        v.extend(self.personal.state());
         v
     }
 
     fn counters(&mut self) -> Vec<(String, &mut u64)> {
         let mut v = vec![("global".to_string(), &mut self.global_opt.step)];
-        for (k, o) in self.personal_opt.iter_mut().enumerate() {
-            v.push((format!("client{k}"), &mut o.step));
-        }
+        v.extend(self.personal.counters());
         v
     }
 }

@@ -1,7 +1,7 @@
 //! `local`: every client trains its own adapters on all blocks and its own head; no
 //! communication.
 
-use super::common::{Chain, Federation, RoundLog};
+use super::common::{whole, Chain, Federation, PersonalSets, RoundLog};
 use super::Algorithm;
 use crate::backend::Backend;
 use crate::error::Result;
@@ -11,22 +11,16 @@ use crate::rng::Rng;
 
 /// Local training state.
 pub struct Local<B: Backend> {
-    sets: Vec<AdapterSet<B>>,
-    opts: Vec<AdamWState<B>>,
+    clients: PersonalSets<B>,
 }
 
 impl<B: Backend> Local<B> {
     /// One full adapter set per client (all start from the same initialisation).
     pub fn new(fed: &Federation<'_, B>, rng: &mut Rng) -> Result<Self> {
         let init = fed.new_set(0..fed.layers(), true, rng)?;
-        let mut sets = Vec::new();
-        let mut opts = Vec::new();
-        for _ in 0..fed.num_clients() {
-            let s = fed.duplicate(&init)?;
-            opts.push(AdamWState::new(fed.backend, &s)?);
-            sets.push(s);
-        }
-        Ok(Local { sets, opts })
+        Ok(Local {
+            clients: PersonalSets::copies(fed, &init, fed.num_clients())?,
+        })
     }
 }
 
@@ -93,8 +87,8 @@ impl<B: Backend> Algorithm<B> for Local<B> {
         train_local(
             fed,
             participants,
-            &mut self.sets,
-            &mut self.opts,
+            &mut self.clients.sets,
+            &mut self.clients.opts,
             |i| participants[i],
             rng,
             &mut log,
@@ -103,9 +97,7 @@ impl<B: Backend> Algorithm<B> for Local<B> {
     }
 
     fn personal(&self, k: usize) -> Chain<'_, B> {
-        Chain {
-            parts: vec![(0..self.sets[k].blocks.len(), &self.sets[k])],
-        }
+        whole(&self.clients.sets[k])
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {
@@ -113,20 +105,10 @@ impl<B: Backend> Algorithm<B> for Local<B> {
     }
 
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
-        let mut v: Vec<(String, &mut AdapterSet<B>)> = Vec::new();
-        for (k, (s, o)) in self.sets.iter_mut().zip(self.opts.iter_mut()).enumerate() {
-            v.push((format!("client{k}"), s));
-            v.push((format!("client{k}.m"), &mut o.m));
-            v.push((format!("client{k}.v"), &mut o.v));
-        }
-        v
+        self.clients.state()
     }
 
     fn counters(&mut self) -> Vec<(String, &mut u64)> {
-        self.opts
-            .iter_mut()
-            .enumerate()
-            .map(|(k, o)| (format!("client{k}"), &mut o.step))
-            .collect()
+        self.clients.counters()
     }
 }

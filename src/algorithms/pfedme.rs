@@ -2,37 +2,25 @@
 //! models w_k: K inner steps on CE(θ) + (λ/2)·||θ − w_k||², then w_k ← w_k − η·λ·(w_k − θ_k);
 //! the server mixes w ← (1 − β)·w + β·mean(w_k).
 
-use super::common::{Chain, Federation, RoundLog};
+use super::common::{whole, Chain, Federation, PersonalSets, RoundLog};
 use super::{flat, Algorithm};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::executor::AdamWState;
 use crate::model::AdapterSet;
 use crate::rng::Rng;
 
 /// pFedMe state.
 pub struct PFedMe<B: Backend> {
     global: AdapterSet<B>,
-    personal: Vec<AdapterSet<B>>,
-    opts: Vec<AdamWState<B>>,
+    personal: PersonalSets<B>,
 }
 
 impl<B: Backend> PFedMe<B> {
     /// θ_k and w start from the same initialisation.
     pub fn new(fed: &Federation<'_, B>, rng: &mut Rng) -> Result<Self> {
         let global = fed.new_set(0..fed.layers(), true, rng)?;
-        let personal: Vec<AdapterSet<B>> = (0..fed.num_clients())
-            .map(|_| fed.duplicate(&global))
-            .collect::<Result<_>>()?;
-        let opts = personal
-            .iter()
-            .map(|p| AdamWState::new(fed.backend, p))
-            .collect::<Result<_>>()?;
-        Ok(PFedMe {
-            global,
-            personal,
-            opts,
-        })
+        let personal = PersonalSets::copies(fed, &global, fed.num_clients())?;
+        Ok(PFedMe { global, personal })
     }
 }
 
@@ -66,7 +54,7 @@ impl<B: Backend> Algorithm<B> for PFedMe<B> {
                     let items: Vec<_> = live
                         .iter()
                         .zip(&batches)
-                        .map(|(&i, b)| (&self.personal[participants[i]], b.clone()))
+                        .map(|(&i, b)| (&self.personal.sets[participants[i]], b.clone()))
                         .collect();
                     fed.full_step(&items)?
                 };
@@ -81,19 +69,19 @@ impl<B: Backend> Algorithm<B> for PFedMe<B> {
                         continue;
                     };
                     let mut gf = flat::flatten(be, &g)?;
-                    let th = flat::flatten(be, &self.personal[k])?;
+                    let th = flat::flatten(be, &self.personal.sets[k])?;
                     for ((gi, ti), wi) in gf.iter_mut().zip(&th).zip(&local[i]) {
                         *gi = (*gi as f64 + lambda * (*ti as f64 - *wi as f64)) as f32;
                     }
                     flat::assign(be, &mut g, &gf)?;
-                    fed.apply(&mut self.opts[k], &mut self.personal[k], &g)?;
+                    fed.apply(&mut self.personal.opts[k], &mut self.personal.sets[k], &g)?;
                     log.loss(k, o.loss);
                     log.client(k).flops += fed.step_flops(fed.layers(), o.tokens);
                 }
             }
             for &i in &live {
                 if ok[i] {
-                    let th = flat::flatten(be, &self.personal[participants[i]])?;
+                    let th = flat::flatten(be, &self.personal.sets[participants[i]])?;
                     for (wi, ti) in local[i].iter_mut().zip(&th) {
                         *wi = (*wi as f64 - eta * lambda * (*wi as f64 - *ti as f64)) as f32;
                     }
@@ -123,37 +111,20 @@ impl<B: Backend> Algorithm<B> for PFedMe<B> {
     }
 
     fn personal(&self, k: usize) -> Chain<'_, B> {
-        Chain {
-            parts: vec![(0..self.personal[k].blocks.len(), &self.personal[k])],
-        }
+        whole(&self.personal.sets[k])
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {
-        Some(Chain {
-            parts: vec![(0..self.global.blocks.len(), &self.global)],
-        })
+        Some(whole(&self.global))
     }
 
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
         let mut v: Vec<(String, &mut AdapterSet<B>)> = vec![("global".into(), &mut self.global)];
-        for (k, (p, o)) in self
-            .personal
-            .iter_mut()
-            .zip(self.opts.iter_mut())
-            .enumerate()
-        {
-            v.push((format!("client{k}"), p));
-            v.push((format!("client{k}.m"), &mut o.m));
-            v.push((format!("client{k}.v"), &mut o.v));
-        }
+        v.extend(self.personal.state());
         v
     }
 
     fn counters(&mut self) -> Vec<(String, &mut u64)> {
-        self.opts
-            .iter_mut()
-            .enumerate()
-            .map(|(k, o)| (format!("client{k}"), &mut o.step))
-            .collect()
+        self.personal.counters()
     }
 }
