@@ -62,6 +62,7 @@ fn federation<'a>(model: &'a Model<Cpu>, hyper: Hyper) -> Federation<'a, Cpu> {
         splits: vec![1, 2, 1, 3],
         hyper,
         cost,
+        on_step: None,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Federation<'a, B: Backend> {
     pub hyper: Hyper,
     /// Cost model of one training step (for FLOP and byte accounting).
     pub cost: CostModel,
+    /// Called with the 1-based local step number as each local step starts (progress display).
+    pub on_step: Option<&'a (dyn Fn(usize) + Sync)>,
 }
 
 /// A model as a chain of (block range, adapter set) segments; the last set carries the head.
@@ -134,6 +136,13 @@ pub struct StepOut<B: Backend> {
 }
 
 impl<'a, B: Backend> Federation<'a, B> {
+    /// Reports the start of local step `step` (1-based) to the progress observer, if any.
+    pub fn step_started(&self, step: usize) {
+        if let Some(f) = self.on_step {
+            f(step);
+        }
+    }
+
     /// An executor over the model.
     pub fn exec(&self) -> Executor<'a, B> {
         Executor::new(self.backend, self.model)

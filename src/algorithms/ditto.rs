@@ -41,7 +41,8 @@ impl<B: Backend> Algorithm<B> for Ditto<B> {
         let w = flat::flatten(be, &self.global)?;
         let lambda = fed.hyper.ditto_lambda as f64;
         let mut ok = vec![true; participants.len()];
-        for _ in 0..fed.hyper.local_steps {
+        for step in 0..fed.hyper.local_steps {
+            fed.step_started(step + 1);
             let live: Vec<usize> = (0..participants.len()).filter(|&i| ok[i]).collect();
             let batches: Vec<_> = live
                 .iter()

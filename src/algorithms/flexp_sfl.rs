@@ -128,7 +128,8 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
         }
         let mut excluded = vec![false; fed.num_clients()];
 
-        for _ in 0..h.local_steps {
+        for step in 0..h.local_steps {
+            fed.step_started(step + 1);
             let active: Vec<usize> = participants
                 .iter()
                 .copied()

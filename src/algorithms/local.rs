@@ -36,7 +36,8 @@ pub(crate) fn train_local<B: Backend>(
     log: &mut RoundLog,
 ) -> Result<Vec<bool>> {
     let mut ok = vec![true; participants.len()];
-    for _ in 0..fed.hyper.local_steps {
+    for step in 0..fed.hyper.local_steps {
+        fed.step_started(step + 1);
         let live: Vec<usize> = (0..participants.len()).filter(|&i| ok[i]).collect();
         if live.is_empty() {
             break;

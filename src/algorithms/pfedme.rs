@@ -42,7 +42,8 @@ impl<B: Backend> Algorithm<B> for PFedMe<B> {
         let w0 = flat::flatten(be, &self.global)?;
         let mut local: Vec<Vec<f32>> = participants.iter().map(|_| w0.clone()).collect();
         let mut ok = vec![true; participants.len()];
-        for _ in 0..h.local_steps {
+        for step in 0..h.local_steps {
+            fed.step_started(step + 1);
             let live: Vec<usize> = (0..participants.len()).filter(|&i| ok[i]).collect();
             let batches: Vec<_> = live
                 .iter()

@@ -87,7 +87,8 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
             .map(|c| AdamWState::new(be, c))
             .collect::<Result<_>>()?;
         let mut ok = vec![true; n];
-        for _ in 0..fed.hyper.local_steps {
+        for step in 0..fed.hyper.local_steps {
+            fed.step_started(step + 1);
             let live: Vec<usize> = (0..n).filter(|&i| ok[i]).collect();
             if live.is_empty() {
                 break;

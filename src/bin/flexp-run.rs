@@ -6,7 +6,7 @@ use flexp::embed::{embed_file, EmbedOptions, Embedder};
 use flexp::model::tokenizer::LongText;
 use flexp::model::ModelConfig;
 use flexp::run::{LogProgress, Progress, RawConfig};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -120,27 +120,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// Progress bars: one for rounds with loss, accuracy and ETA.
+/// Progress bars: rounds (loss, accuracy, ETA) and the local steps of the current round.
 struct BarProgress {
-    bar: Option<ProgressBar>,
+    multi: MultiProgress,
+    rounds: Option<ProgressBar>,
+    steps: Option<ProgressBar>,
+}
+
+impl BarProgress {
+    fn new() -> Self {
+        BarProgress {
+            multi: MultiProgress::new(),
+            rounds: None,
+            steps: None,
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 impl Progress for BarProgress {
     fn message(&mut self, text: &str) {
-        match &self.bar {
+        match &self.rounds {
             Some(b) => b.println(text),
             None => eprintln!("{text}"),
         }
     }
     fn round(&mut self, round: usize, rounds: usize, loss: f64, eval: Option<&serde_json::Value>) {
-        let bar = self.bar.get_or_insert_with(|| {
-            let b = ProgressBar::new(rounds as u64);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "rounds {bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+        let multi = &self.multi;
+        let bar = self.rounds.get_or_insert_with(|| {
+            let b = multi.insert(0, ProgressBar::new(rounds as u64));
+            b.set_style(style(
+                "rounds {bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
+            ));
             b
         });
         bar.set_position(round as u64);
@@ -152,7 +166,16 @@ impl Progress for BarProgress {
         bar.set_message(format!("loss {loss:.4}{acc}"));
         if round == rounds {
             bar.finish();
+            if let Some(s) = &self.steps {
+                s.finish_and_clear();
+            }
         }
+    }
+    fn step_observer(&mut self, steps: usize) -> Option<Box<dyn Fn(usize) + Send + Sync>> {
+        let bar = self.multi.add(ProgressBar::new(steps as u64));
+        bar.set_style(style("  steps {bar:30} {pos}/{len} of this round"));
+        self.steps = Some(bar.clone());
+        Some(Box::new(move |step| bar.set_position(step as u64)))
     }
 }
 
@@ -236,7 +259,7 @@ fn run(cmd: Command, quiet: bool) -> flexp::Result<()> {
             let out = if quiet {
                 flexp::run::run(&Cpu, &cfg, &text, resuming, &mut LogProgress)?
             } else {
-                flexp::run::run(&Cpu, &cfg, &text, resuming, &mut BarProgress { bar: None })?
+                flexp::run::run(&Cpu, &cfg, &text, resuming, &mut BarProgress::new())?
             };
             let s = &out.report["summary"];
             let pct = |v: &serde_json::Value| {

@@ -23,6 +23,11 @@ pub trait Progress {
     fn message(&mut self, text: &str);
     /// A round finished.
     fn round(&mut self, round: usize, rounds: usize, loss: f64, eval: Option<&Value>);
+    /// An observer called with the 1-based number of each local step as it starts (`steps` per
+    /// round), for a step-level display; `None` for none.
+    fn step_observer(&mut self, _steps: usize) -> Option<Box<dyn Fn(usize) + Send + Sync>> {
+        None
+    }
 }
 
 /// Progress that prints plain log lines to stderr.
@@ -320,6 +325,7 @@ pub fn run<B: Backend + 'static>(
         prep.plan.to_json().to_string().as_bytes(),
     )?;
 
+    let observer = progress.step_observer(cfg.hyper.local_steps);
     let fed = Federation {
         backend: be,
         model: &model,
@@ -330,6 +336,7 @@ pub fn run<B: Backend + 'static>(
         splits: prep.plan.splits.clone(),
         hyper: cfg.hyper.clone(),
         cost: prep.cost.clone(),
+        on_step: observer.as_deref().map(|f| f as &(dyn Fn(usize) + Sync)),
     };
     let mut rng = Rng::new(cfg.seed);
     let mut algo = algorithms::build(cfg.algorithm, &fed, &mut rng)?;
