@@ -327,6 +327,57 @@ fn comparison_run(
 }
 
 #[test]
+fn comparison_keeps_differently_named_settings_apart() {
+    // Folders name the setting; a trailing -sN / -seedN names the seed. An ablation of one
+    // algorithm therefore gets one aggregated row per setting.
+    let root = temp_dir("variants");
+    let runs = vec![
+        comparison_run(
+            &root,
+            "align-none-s0",
+            "flexp-sfl",
+            "iid",
+            0,
+            0.8,
+            0.6,
+            1e6,
+            None,
+        ),
+        comparison_run(
+            &root,
+            "align-none-s1",
+            "flexp-sfl",
+            "iid",
+            1,
+            0.9,
+            0.6,
+            1e6,
+            None,
+        ),
+        comparison_run(
+            &root,
+            "align-kl-s0",
+            "flexp-sfl",
+            "iid",
+            0,
+            0.7,
+            0.6,
+            1e6,
+            None,
+        ),
+    ];
+    let md = compare(&runs).unwrap().markdown;
+    assert!(
+        md.contains("| flexp-sfl [align-none] | iid | 2 | 0, 1 | 85.0 ± 7.1 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| flexp-sfl [align-kl] | iid | 1 | 0 | 70.0 |"),
+        "{md}"
+    );
+}
+
+#[test]
 fn comparison_aggregates_seeds_with_mean_and_std() {
     let root = temp_dir("cmp");
     let runs = vec![
@@ -365,7 +416,7 @@ fn comparison_aggregates_seeds_with_mean_and_std() {
         ),
         comparison_run(
             &root,
-            "sfl-s1",
+            "flexp_sfl-s1",
             "flexp_sfl",
             "iid",
             1,
@@ -437,8 +488,18 @@ fn comparison_without_repeats_has_only_the_run_table() {
 fn write_comparison_writes_markdown_svg_and_csv() {
     let root = temp_dir("cmp-write");
     let runs = vec![
-        comparison_run(&root, "a", "fedavg", "iid", 1, 0.7, 0.6, 1e6, None),
-        comparison_run(&root, "b", "fedavg", "iid", 2, 0.8, 0.6, 1e6, None),
+        comparison_run(&root, "fedavg-s1", "fedavg", "iid", 1, 0.7, 0.6, 1e6, None),
+        comparison_run(
+            &root,
+            "fedavg-seed2",
+            "fedavg",
+            "iid",
+            2,
+            0.8,
+            0.6,
+            1e6,
+            None,
+        ),
     ];
     let c = compare(&runs).unwrap();
     let out = root.join("results").join("cmp.md");

@@ -54,5 +54,9 @@ HEAD
   done
   section "FlexP-SFL ablation (dirichlet:0.5)" ablation \
     "$runs"/dirichlet-0.5/flexp-sfl-s* "$runs"/ablation/*
+  if [ -f docs/results_notes.md ]; then
+    printf '## Reading the tables\n\n'
+    cat docs/results_notes.md
+  fi
 } > docs/results.md
 echo "wrote docs/results.md"

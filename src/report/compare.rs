@@ -37,6 +37,20 @@ impl Row {
     fn partition(&self) -> String {
         text(self.run.report.partition.as_deref())
     }
+    /// The run folder's name without a trailing seed suffix (`-s3`, `-seed3`): runs of one
+    /// algorithm with different settings (an ablation) stay apart, seeds of one setting group.
+    fn variant(&self) -> String {
+        let name = self.run.name();
+        for suffix in ["-seed", "-s"] {
+            if let Some(i) = name.rfind(suffix) {
+                let digits = &name[i + suffix.len()..];
+                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return name[..i].to_string();
+                }
+            }
+        }
+        name
+    }
     fn time_to_target(&self) -> Option<f64> {
         self.run
             .report
@@ -53,14 +67,24 @@ impl Row {
     }
 }
 
-/// Runs of one (algorithm, partition) pair; they differ by seed (or by nothing).
+/// Runs of one (algorithm, partition, variant); they differ by seed (or by nothing).
 struct Group<'a> {
     algorithm: String,
     partition: String,
+    variant: String,
     rows: Vec<&'a Row>,
 }
 
 impl Group<'_> {
+    /// The algorithm, with the variant in brackets when the folders name another setting.
+    fn label(&self) -> String {
+        if self.variant == self.algorithm {
+            self.algorithm.clone()
+        } else {
+            format!("{} [{}]", self.algorithm, self.variant)
+        }
+    }
+
     /// Mean and sample std across the group's runs of `f`, over the runs that have it.
     fn stat(&self, f: impl Fn(&Row) -> Option<f64>) -> Option<(f64, Option<f64>)> {
         mean_std(self.rows.iter().map(|r| f(r)))
@@ -102,15 +126,16 @@ pub fn compare(run_dirs: &[PathBuf]) -> Result<Comparison> {
 
     let mut groups: Vec<Group> = Vec::new();
     for r in &rows {
-        let (a, p) = (r.algorithm(), r.partition());
+        let (a, p, v) = (r.algorithm(), r.partition(), r.variant());
         match groups
             .iter_mut()
-            .find(|g| g.algorithm == a && g.partition == p)
+            .find(|g| g.algorithm == a && g.partition == p && g.variant == v)
         {
             Some(g) => g.rows.push(r),
             None => groups.push(Group {
                 algorithm: a,
                 partition: p,
+                variant: v,
                 rows: vec![r],
             }),
         }
@@ -272,7 +297,7 @@ fn groups_table(groups: &[Group]) -> String {
                 }
             };
             vec![
-                cell(&g.algorithm),
+                cell(&g.label()),
                 cell(&g.partition),
                 n.to_string(),
                 seeds.join(", "),
@@ -324,7 +349,7 @@ fn chart(rows: &[Row], groups: &[Group], aggregate: bool) -> BarChart {
         let mut c = BarChart::new("Accuracy, mean over seeds (last round)", "accuracy (%)");
         c.categories = groups
             .iter()
-            .map(|g| format!("{} ({})", g.algorithm, g.partition))
+            .map(|g| format!("{} ({})", g.label(), g.partition))
             .collect();
         for (name, get) in metrics {
             let vals = groups
