@@ -26,7 +26,7 @@ section() { # title, output stem, run folders...
   printf '## %s\n\n%s finished runs. Plot: [%s.svg](results/%s.svg), data: [%s.csv](results/%s.csv).\n\n' \
     "$title" "${#dirs[@]}" "$stem" "$stem" "$stem" "$stem"
   # Drop the markdown's own title and re-point its image link into docs/results/.
-  sed -e '1{/^# /d}' -e "s|($stem.svg)|(results/$stem.svg)|" "$out/$stem.md"
+  sed -e '1{/^# /d}' -e "s|($stem.svg)|(results/$stem.svg)|" -e "s|($stem.csv)|(results/$stem.csv)|" "$out/$stem.md"
   printf '\n'
 }
 
