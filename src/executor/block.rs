@@ -210,16 +210,13 @@ impl<B: Backend> BlockCtx<'_, B> {
         let pre = self.cfg.placement == NormPlacement::Pre;
         let mut u: [Option<B::Buf>; 7] = Default::default();
 
-        // Attention sub-layer.
-        let (attn_in, x_res, norm1_pre) = if pre {
-            let mut xr = be.zeros(n * d)?;
-            be.copy(&mut xr, &x, n * d)?;
+        // Attention sub-layer. Residual inputs are read from buffers the tape keeps anyway (a
+        // norm's input, or a projection's input) rather than copied.
+        let (attn_in, norm1_pre) = if pre {
             let (h, t) = norm_forward(be, self.cfg, x, &w.norm1, n)?;
-            (h, xr, Some(t))
+            (h, Some(t))
         } else {
-            let mut xr = be.zeros(n * d)?;
-            be.copy(&mut xr, &x, n * d)?;
-            (x, xr, None)
+            (x, None)
         };
         let (mut q, uq) = self.linear(&attn_in, &w.q, act, Target::Q)?;
         let (mut k, uk) = self.linear(&attn_in, &w.k, act, Target::K)?;
@@ -256,22 +253,21 @@ impl<B: Backend> BlockCtx<'_, B> {
         )?;
         let (mut h, uo) = self.linear(&attn, &w.o, act, Target::O)?;
         u[3] = uo;
-        be.add_assign(&mut h, &x_res, n * d)?;
-        let (mlp_in, h_res, norm1, norm2_pre) = if pre {
-            let mut hr = be.zeros(n * d)?;
-            be.copy(&mut hr, &h, n * d)?;
+        let x_res = match &norm1_pre {
+            Some(t) => &t.x,
+            None => &attn_in,
+        };
+        be.add_assign(&mut h, x_res, n * d)?;
+        let (mlp_in, norm1, norm2_pre) = if pre {
             let (m, t) = norm_forward(be, self.cfg, h, &w.norm2, n)?;
             (
                 m,
-                hr,
                 norm1_pre.ok_or_else(|| Error::Backend("pre-norm tape".into()))?,
                 Some(t),
             )
         } else {
             let (hn, t1) = norm_forward(be, self.cfg, h, &w.norm1, n)?;
-            let mut hr = be.zeros(n * d)?;
-            be.copy(&mut hr, &hn, n * d)?;
-            (hn, hr, t1, None)
+            (hn, t1, None)
         };
 
         // MLP sub-layer.
@@ -296,7 +292,11 @@ impl<B: Backend> BlockCtx<'_, B> {
         };
         let (mut y, ud) = self.linear(&a, &w.down, act, Target::Down)?;
         u[6] = ud;
-        be.add_assign(&mut y, &h_res, n * d)?;
+        let h_res = match &norm2_pre {
+            Some(t) => &t.x,
+            None => &mlp_in,
+        };
+        be.add_assign(&mut y, h_res, n * d)?;
         let (y, norm2) = match norm2_pre {
             Some(t) => (y, t),
             None => norm_forward(be, self.cfg, y, &w.norm2, n)?,
