@@ -13,6 +13,7 @@
 //! - Ops that write an output overwrite it unless their doc says they accumulate.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 
