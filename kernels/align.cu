@@ -1,0 +1,2 @@
+// kernels/align.cu (being written)
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// kernels/attention.cu (being written)
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// kernels/elementwise.cu (being written)
+#include "common.cuh"

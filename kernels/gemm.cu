@@ -1,0 +1,2 @@
+// kernels/gemm.cu (being written)
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// kernels/lora.cu (being written)
+#include "common.cuh"

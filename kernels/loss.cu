@@ -1,0 +1,2 @@
+// kernels/loss.cu (being written)
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// kernels/norm.cu (being written)
+#include "common.cuh"

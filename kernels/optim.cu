@@ -1,0 +1,2 @@
+// kernels/optim.cu (being written)
+#include "common.cuh"

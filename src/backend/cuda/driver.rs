@@ -1,0 +1,1 @@
+//! The GPU implementation of [`super::Device`] through cudarc (written next).

@@ -1,0 +1,1 @@
+//! NVRTC: compiling the embedded kernel sources to PTX (written next).

@@ -1,0 +1,1 @@
+//! Gradient-projection alignment (kernels/align.cu): being written.

@@ -1,0 +1,50 @@
+//! The kernel sources, embedded in the binary so NVRTC can compile them on the user's machine for
+//! the user's GPU. `common.cuh` is inlined in place of its `#include`, so NVRTC needs no include
+//! path and no CUDA headers.
+
+/// `(file name, source text)` of every kernels/*.cu file that ships to the GPU.
+pub const KERNEL_FILES: &[(&str, &str)] = &[
+    ("align.cu", include_str!("../../../kernels/align.cu")),
+    ("attention.cu", include_str!("../../../kernels/attention.cu")),
+    ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
+    ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
+    ("lora.cu", include_str!("../../../kernels/lora.cu")),
+    ("loss.cu", include_str!("../../../kernels/loss.cu")),
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("optim.cu", include_str!("../../../kernels/optim.cu")),
+];
+
+/// kernels/common.cuh.
+pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// The source NVRTC compiles for `file`: the file with common.cuh inlined.
+pub fn gpu_source(file_text: &str) -> String {
+    file_text.replace("#include \"common.cuh\"", COMMON)
+}
+
+/// Names of the `extern "C" __global__` kernels a source defines, in order.
+pub fn kernel_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("__global__") {
+        rest = &rest[i + "__global__".len()..];
+        // The name is the identifier before the first '(' that is not `__launch_bounds__(`.
+        let mut scan = rest;
+        loop {
+            let Some(open) = scan.find('(') else { return out };
+            let head = &scan[..open];
+            let ident = head.split_whitespace().last().unwrap_or("");
+            if ident == "__launch_bounds__" {
+                let Some(close) = scan[open..].find(')') else { return out };
+                scan = &scan[open + close + 1..];
+                continue;
+            }
+            let name = ident.trim_start_matches('*');
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                out.push(name.to_string());
+            }
+            break;
+        }
+    }
+    out
+}
