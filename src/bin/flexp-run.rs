@@ -1,7 +1,8 @@
 //! `flexp-run`: the command-line front end. Thin: parsing, progress display, exit codes.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flexp::backend::cpu::Cpu;
+use flexp::backend::cuda::{select, BackendChoice, Selected};
+use flexp::backend::Backend;
 use flexp::embed::{embed_file, EmbedOptions, Embedder};
 use flexp::model::tokenizer::LongText;
 use flexp::model::ModelConfig;
@@ -26,8 +27,23 @@ struct Cli {
     /// Plain log lines instead of progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Compute backend: auto picks CUDA when a GPU, its driver and NVRTC are present.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    backend: BackendArg,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// CUDA when available, else the CPU.
+    Auto,
+    /// The CPU backend.
+    Cpu,
+    /// The CUDA backend on GPU 0 (an error without one).
+    Cuda,
+    /// The CUDA kernels on the CPU's SIMT emulator (slow; for testing).
+    Emulator,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,7 +122,13 @@ fn main() -> ExitCode {
         set: Vec::new(),
         resume: None,
     });
-    match run(command, cli.quiet) {
+    let choice = match cli.backend {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::Cpu => BackendChoice::Cpu,
+        BackendArg::Cuda => BackendChoice::Cuda,
+        BackendArg::Emulator => BackendChoice::Emulator,
+    };
+    match run(command, cli.quiet, choice) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -211,7 +233,7 @@ fn ensure_asset(path: &Path, default: &str, script: &str) -> flexp::Result<()> {
     Ok(())
 }
 
-fn run(cmd: Command, quiet: bool) -> flexp::Result<()> {
+fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
     match cmd {
         Command::Train {
             config,
@@ -256,10 +278,11 @@ fn run(cmd: Command, quiet: bool) -> flexp::Result<()> {
                 cfg.rounds,
                 cfg.out.display()
             );
-            let out = if quiet {
-                flexp::run::run(&Cpu, &cfg, &text, resuming, &mut LogProgress)?
-            } else {
-                flexp::run::run(&Cpu, &cfg, &text, resuming, &mut BarProgress::new())?
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            let out = match be {
+                Selected::Cpu(b) => train(&b, &cfg, &text, resuming, quiet)?,
+                Selected::Cuda(b) => train(&b, &cfg, &text, resuming, quiet)?,
             };
             let s = &out.report["summary"];
             let pct = |v: &serde_json::Value| {
@@ -304,7 +327,8 @@ fn run(cmd: Command, quiet: bool) -> flexp::Result<()> {
             long_text,
         } => {
             let t0 = std::time::Instant::now();
-            let embedder = Embedder::load(Cpu, &model)?;
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
             let opts = EmbedOptions {
                 normalize,
                 long_text: match long_text {
@@ -313,23 +337,52 @@ fn run(cmd: Command, quiet: bool) -> flexp::Result<()> {
                 },
                 ..EmbedOptions::default()
             };
-            let emb = embed_file(&embedder, &input, &output, opts)?;
-            for i in &emb.truncated {
-                eprintln!(
-                    "warning: text on line {} was longer than {} tokens and was truncated",
-                    i + 1,
-                    embedder.max_len
-                );
+            match be {
+                Selected::Cpu(b) => embed(b, &model, &input, &output, opts)?,
+                Selected::Cuda(b) => embed(b, &model, &input, &output, opts)?,
             }
             eprintln!(
-                "embedded {} texts in {:.2}s -> {}",
-                emb.vectors.len(),
+                "embedded in {:.2}s -> {}",
                 t0.elapsed().as_secs_f64(),
                 output.display()
             );
             Ok(())
         }
     }
+}
+
+fn train<B: Backend + 'static>(
+    be: &B,
+    cfg: &flexp::run::RunConfig,
+    text: &str,
+    resuming: bool,
+    quiet: bool,
+) -> flexp::Result<flexp::run::RunOutcome> {
+    if quiet {
+        flexp::run::run(be, cfg, text, resuming, &mut LogProgress)
+    } else {
+        flexp::run::run(be, cfg, text, resuming, &mut BarProgress::new())
+    }
+}
+
+fn embed<B: Backend>(
+    be: B,
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    opts: EmbedOptions,
+) -> flexp::Result<()> {
+    let embedder = Embedder::load(be, model)?;
+    let emb = embed_file(&embedder, input, output, opts)?;
+    for i in &emb.truncated {
+        eprintln!(
+            "warning: text on line {} was longer than {} tokens and was truncated",
+            i + 1,
+            embedder.max_len
+        );
+    }
+    eprintln!("embedded {} texts", emb.vectors.len());
+    Ok(())
 }
 
 fn toml_string(s: &str) -> String {

@@ -446,3 +446,66 @@ impl Backend for CudaBackend {
         ops::optim::adamw_step(self, param, grad, m, v, hp, step)
     }
 }
+
+/// Which compute backend to run on (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// CUDA when a driver and a device are present (and NVRTC can be loaded), else the CPU.
+    Auto,
+    /// The CPU backend.
+    Cpu,
+    /// The CUDA backend on GPU 0; an error when there is none.
+    Cuda,
+    /// The CUDA backend on the SIMT emulator (slow; for testing kernels and host code).
+    Emulator,
+}
+
+/// The backend [`select`] chose.
+pub enum Selected {
+    /// The CPU backend.
+    Cpu(super::cpu::Cpu),
+    /// The CUDA backend (on a GPU or on the emulator).
+    Cuda(CudaBackend),
+}
+
+/// Opens the backend `choice` names. Returns it with a line saying what was chosen and why.
+/// Never panics on a machine without CUDA.
+pub fn select(choice: BackendChoice) -> Result<(Selected, String)> {
+    let gpu = || -> Result<CudaBackend> {
+        nvrtc::ensure_nvrtc()?;
+        Ok(CudaBackend::new(Arc::new(driver::CudaDriver::new(0)?)))
+    };
+    match choice {
+        BackendChoice::Cpu => Ok((Selected::Cpu(super::cpu::Cpu), "backend: cpu".into())),
+        BackendChoice::Cuda => {
+            let be = gpu()?;
+            let line = format!("backend: cuda on {}", be.dev.describe());
+            Ok((Selected::Cuda(be), line))
+        }
+        BackendChoice::Emulator => {
+            #[cfg(feature = "emulator")]
+            {
+                Ok((
+                    Selected::Cuda(CudaBackend::emulated()),
+                    "backend: cuda on the SIMT emulator (CPU; slow, for testing)".into(),
+                ))
+            }
+            #[cfg(not(feature = "emulator"))]
+            {
+                Err(Error::Input(
+                    "this build has no SIMT emulator (cargo feature `emulator`)".into(),
+                ))
+            }
+        }
+        BackendChoice::Auto => match gpu() {
+            Ok(be) => {
+                let line = format!("backend: cuda on {} (auto)", be.dev.describe());
+                Ok((Selected::Cuda(be), line))
+            }
+            Err(e) => Ok((
+                Selected::Cpu(super::cpu::Cpu),
+                format!("backend: cpu (auto; no usable GPU: {e})"),
+            )),
+        },
+    }
+}

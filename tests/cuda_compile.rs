@@ -1,0 +1,129 @@
+//! Compile check of every GPU kernel without a GPU: NVRTC compiles each kernels/*.cu file for
+//! compute_80 and compute_90, ptxas assembles the PTX for sm_80 and sm_90, and each kernel's
+//! registers, static shared memory and spills must be within the budget table in
+//! kernels/README.md. Every kernel must also be registered with the SIMT emulator, so nothing
+//! ships to the GPU untested.
+//!
+//! Needs NVRTC and ptxas: tools/fetch_cuda_tools.sh installs them (the README's test command
+//! and .ci/run call it).
+
+use flexp::backend::cuda::nvrtc::{self, KernelResources};
+use flexp::backend::cuda::sources::{kernel_names, KERNEL_FILES};
+use std::collections::BTreeMap;
+
+struct Budget {
+    registers: u32,
+    shared_bytes: u32,
+    spills: u32,
+}
+
+fn budgets() -> BTreeMap<String, Budget> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/README.md"))
+        .expect("kernels/README.md is part of the repository");
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        if cells.len() != 4 {
+            continue;
+        }
+        let nums: Vec<Option<u32>> = cells[1..].iter().map(|c| c.parse().ok()).collect();
+        if let [Some(r), Some(s), Some(p)] = nums[..] {
+            let name = cells[0].trim_matches('`').to_string();
+            assert!(
+                out.insert(
+                    name.clone(),
+                    Budget {
+                        registers: r,
+                        shared_bytes: s,
+                        spills: p
+                    }
+                )
+                .is_none(),
+                "kernel {name} has two budget rows"
+            );
+        }
+    }
+    out
+}
+
+fn check(res: &[KernelResources], file: &str, gpu: &str, budgets: &BTreeMap<String, Budget>) -> Vec<String> {
+    let mut bad = Vec::new();
+    for k in res {
+        let Some(b) = budgets.get(&k.name) else {
+            bad.push(format!("{file}: kernel {} has no budget row in kernels/README.md", k.name));
+            continue;
+        };
+        if k.registers > b.registers {
+            bad.push(format!("{gpu} {}: {} registers > budget {}", k.name, k.registers, b.registers));
+        }
+        if k.shared_bytes > b.shared_bytes {
+            bad.push(format!(
+                "{gpu} {}: {} bytes static shared memory > budget {}",
+                k.name, k.shared_bytes, b.shared_bytes
+            ));
+        }
+        if k.spill_bytes > b.spills {
+            bad.push(format!("{gpu} {}: {} bytes of spills (budget {})", k.name, k.spill_bytes, b.spills));
+        }
+        println!(
+            "{gpu:6} {:32} regs {:4} (≤{:4})  smem {:6} (≤{:6})  spills {}  stack {}",
+            k.name, k.registers, b.registers, k.shared_bytes, b.shared_bytes, k.spill_bytes, k.stack_bytes
+        );
+    }
+    bad
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90_within_budget() {
+    let where_from = nvrtc::ensure_nvrtc().unwrap_or_else(|e| panic!("{e}"));
+    println!("{where_from}, ptxas {}", nvrtc::ptxas_path().display());
+    let budgets = budgets();
+    let mut bad = Vec::new();
+    let mut seen = 0;
+    for (file, text) in KERNEL_FILES {
+        let names = kernel_names(text);
+        for (arch, gpu) in [("compute_80", "sm_80"), ("compute_90", "sm_90")] {
+            let ptx = nvrtc::compile(file, text, arch).unwrap_or_else(|e| panic!("{e}"));
+            let res = nvrtc::ptxas_resources(&ptx, gpu).unwrap_or_else(|e| panic!("{e}"));
+            for n in &names {
+                if !res.iter().any(|r| &r.name == n) {
+                    bad.push(format!("{file}: kernel {n} missing from the ptxas report for {gpu}"));
+                }
+            }
+            seen += res.len();
+            bad.extend(check(&res, file, gpu, &budgets));
+        }
+    }
+    assert!(seen > 0, "no kernels were compiled");
+    assert!(bad.is_empty(), "compile check failed:\n{}", bad.join("\n"));
+}
+
+#[cfg(feature = "emulator")]
+#[test]
+fn every_gpu_kernel_is_registered_with_the_emulator() {
+    let registered = flexp::backend::cuda::emulator::Emulator::kernel_names();
+    let missing: Vec<String> = KERNEL_FILES
+        .iter()
+        .flat_map(|(f, t)| kernel_names(t).into_iter().map(move |n| format!("{f}: {n}")))
+        .filter(|n| !registered.iter().any(|r| n.ends_with(&format!(": {r}"))))
+        .collect();
+    assert!(missing.is_empty(), "kernels without EMU_REGISTER: {missing:?}");
+}
+
+#[test]
+fn ptxas_report_parser_reads_registers_shared_memory_and_spills() {
+    // A verbatim ptxas 12.9 -v report (two kernels, one with spills).
+    let report = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'gemm_f32' for 'sm_80'\n\
+ptxas info    : Function properties for gemm_f32\n\
+    8 bytes stack frame, 12 bytes spill stores, 16 bytes spill loads\n\
+ptxas info    : Used 96 registers, used 1 barriers, 16896 bytes smem, 400 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'ew_add' for 'sm_80'\n\
+ptxas info    : Function properties for ew_add\n\
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 10 registers, 380 bytes cmem[0]\n";
+    let r = nvrtc::parse_ptxas(report);
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[0].name.as_str(), r[0].registers, r[0].shared_bytes, r[0].spill_bytes, r[0].stack_bytes), ("gemm_f32", 96, 16896, 28, 8));
+    assert_eq!((r[1].name.as_str(), r[1].registers, r[1].shared_bytes, r[1].spill_bytes), ("ew_add", 10, 0, 0));
+}
