@@ -22,7 +22,12 @@ fn budgets() -> BTreeMap<String, Budget> {
         .expect("kernels/README.md is part of the repository");
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
         if cells.len() != 4 {
             continue;
         }
@@ -46,15 +51,26 @@ fn budgets() -> BTreeMap<String, Budget> {
     out
 }
 
-fn check(res: &[KernelResources], file: &str, gpu: &str, budgets: &BTreeMap<String, Budget>) -> Vec<String> {
+fn check(
+    res: &[KernelResources],
+    file: &str,
+    gpu: &str,
+    budgets: &BTreeMap<String, Budget>,
+) -> Vec<String> {
     let mut bad = Vec::new();
     for k in res {
         let Some(b) = budgets.get(&k.name) else {
-            bad.push(format!("{file}: kernel {} has no budget row in kernels/README.md", k.name));
+            bad.push(format!(
+                "{file}: kernel {} has no budget row in kernels/README.md",
+                k.name
+            ));
             continue;
         };
         if k.registers > b.registers {
-            bad.push(format!("{gpu} {}: {} registers > budget {}", k.name, k.registers, b.registers));
+            bad.push(format!(
+                "{gpu} {}: {} registers > budget {}",
+                k.name, k.registers, b.registers
+            ));
         }
         if k.shared_bytes > b.shared_bytes {
             bad.push(format!(
@@ -63,11 +79,20 @@ fn check(res: &[KernelResources], file: &str, gpu: &str, budgets: &BTreeMap<Stri
             ));
         }
         if k.spill_bytes > b.spills {
-            bad.push(format!("{gpu} {}: {} bytes of spills (budget {})", k.name, k.spill_bytes, b.spills));
+            bad.push(format!(
+                "{gpu} {}: {} bytes of spills (budget {})",
+                k.name, k.spill_bytes, b.spills
+            ));
         }
         println!(
             "{gpu:6} {:32} regs {:4} (≤{:4})  smem {:6} (≤{:6})  spills {}  stack {}",
-            k.name, k.registers, b.registers, k.shared_bytes, b.shared_bytes, k.spill_bytes, k.stack_bytes
+            k.name,
+            k.registers,
+            b.registers,
+            k.shared_bytes,
+            b.shared_bytes,
+            k.spill_bytes,
+            k.stack_bytes
         );
     }
     bad
@@ -87,7 +112,9 @@ fn every_kernel_compiles_for_sm80_and_sm90_within_budget() {
             let res = nvrtc::ptxas_resources(&ptx, gpu).unwrap_or_else(|e| panic!("{e}"));
             for n in &names {
                 if !res.iter().any(|r| &r.name == n) {
-                    bad.push(format!("{file}: kernel {n} missing from the ptxas report for {gpu}"));
+                    bad.push(format!(
+                        "{file}: kernel {n} missing from the ptxas report for {gpu}"
+                    ));
                 }
             }
             seen += res.len();
@@ -104,10 +131,17 @@ fn every_gpu_kernel_is_registered_with_the_emulator() {
     let registered = flexp::backend::cuda::emulator::Emulator::kernel_names();
     let missing: Vec<String> = KERNEL_FILES
         .iter()
-        .flat_map(|(f, t)| kernel_names(t).into_iter().map(move |n| format!("{f}: {n}")))
+        .flat_map(|(f, t)| {
+            kernel_names(t)
+                .into_iter()
+                .map(move |n| format!("{f}: {n}"))
+        })
         .filter(|n| !registered.iter().any(|r| n.ends_with(&format!(": {r}"))))
         .collect();
-    assert!(missing.is_empty(), "kernels without EMU_REGISTER: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "kernels without EMU_REGISTER: {missing:?}"
+    );
 }
 
 #[test]
@@ -124,6 +158,23 @@ ptxas info    : Function properties for ew_add\n\
 ptxas info    : Used 10 registers, 380 bytes cmem[0]\n";
     let r = nvrtc::parse_ptxas(report);
     assert_eq!(r.len(), 2);
-    assert_eq!((r[0].name.as_str(), r[0].registers, r[0].shared_bytes, r[0].spill_bytes, r[0].stack_bytes), ("gemm_f32", 96, 16896, 28, 8));
-    assert_eq!((r[1].name.as_str(), r[1].registers, r[1].shared_bytes, r[1].spill_bytes), ("ew_add", 10, 0, 0));
+    assert_eq!(
+        (
+            r[0].name.as_str(),
+            r[0].registers,
+            r[0].shared_bytes,
+            r[0].spill_bytes,
+            r[0].stack_bytes
+        ),
+        ("gemm_f32", 96, 16896, 28, 8)
+    );
+    assert_eq!(
+        (
+            r[1].name.as_str(),
+            r[1].registers,
+            r[1].shared_bytes,
+            r[1].spill_bytes
+        ),
+        ("ew_add", 10, 0, 0)
+    );
 }

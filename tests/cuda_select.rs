@@ -68,7 +68,10 @@ fn cli_backend_cuda_without_gpu_exits_2_with_message() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("error:") && stderr.contains("CUDA"), "{stderr}");
+    assert!(
+        stderr.contains("error:") && stderr.contains("CUDA"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!output.exists(), "no output file on failure");
 }

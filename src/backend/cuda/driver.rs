@@ -61,7 +61,9 @@ impl CudaDriver {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| drv("context", e))?;
-        let (major, minor) = ctx.compute_capability().map_err(|e| drv("compute capability", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| drv("compute capability", e))?;
         let arch = match (major, minor) {
             (8, 0) => "compute_80",
             (8, 6) => "compute_86",
@@ -71,8 +73,8 @@ impl CudaDriver {
             (m, _) if m >= 10 => "compute_90",
             _ => {
                 return Err(Error::Backend(format!(
-                    "CUDA device has compute capability {major}.{minor}; the kernels need 8.0 or newer"
-                )))
+                "CUDA device has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+            )))
             }
         };
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
@@ -133,7 +135,9 @@ impl CudaDriver {
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| drv("bind context", e))
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("bind context", e))
     }
 }
 
@@ -199,7 +203,8 @@ impl Device for CudaDriver {
         let f = self.function(name)?;
         let s = self.stream(stream)?;
         let mut slots: Vec<[u8; 8]> = args.iter().map(KArg::bytes).collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: each params[i] points at 8 bytes holding argument i in the layout of the
         // kernel's parameter (KArg matches the kernel signature; the emulator tests check the
         // same calls against the same signatures). The driver copies the arguments at launch.

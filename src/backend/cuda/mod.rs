@@ -79,7 +79,12 @@ pub struct CudaBackend {
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaBackend({}, stream {})", self.dev.describe(), self.stream.0)
+        write!(
+            f,
+            "CudaBackend({}, stream {})",
+            self.dev.describe(),
+            self.stream.0
+        )
     }
 }
 
@@ -176,7 +181,8 @@ pub(crate) fn check_len(what: &str, buf: &CudaBuf, need: usize) -> Result<()> {
 
 /// Converts a size to the `int` the kernels take, refusing sizes a kernel cannot index.
 pub(crate) fn i32_of(what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Backend(format!("{what} = {v} exceeds the kernels' i32 range")))
+    i32::try_from(v)
+        .map_err(|_| Error::Backend(format!("{what} = {v} exceeds the kernels' i32 range")))
 }
 
 impl Backend for CudaBackend {
@@ -240,7 +246,13 @@ impl Backend for CudaBackend {
         }
         self.dev.copy(y.ptr(), x.ptr(), len * 4, self.stream)
     }
-    fn gather_rows(&self, dst: &mut CudaBuf, src: &CudaBuf, rows: &[u32], dim: usize) -> Result<()> {
+    fn gather_rows(
+        &self,
+        dst: &mut CudaBuf,
+        src: &CudaBuf,
+        rows: &[u32],
+        dim: usize,
+    ) -> Result<()> {
         ops::elementwise::gather_rows(self, dst, src, rows, dim)
     }
     fn scatter_rows(
@@ -412,7 +424,13 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         ops::elementwise::rope(self, x, positions, heads, head_dim, theta, inverse)
     }
-    fn segment_mean(&self, out: &mut CudaBuf, x: &CudaBuf, spans: &[Span], dim: usize) -> Result<()> {
+    fn segment_mean(
+        &self,
+        out: &mut CudaBuf,
+        x: &CudaBuf,
+        spans: &[Span],
+        dim: usize,
+    ) -> Result<()> {
         ops::elementwise::segment_mean(self, out, x, spans, dim)
     }
     fn segment_mean_backward(

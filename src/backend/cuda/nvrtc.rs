@@ -93,9 +93,11 @@ pub fn ensure_nvrtc() -> Result<String> {
             if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
                 return Ok("NVRTC from the system library path".into());
             }
-            Err("NVRTC (libnvrtc.so.12) not found: run tools/fetch_cuda_tools.sh, install the \
+            Err(
+                "NVRTC (libnvrtc.so.12) not found: run tools/fetch_cuda_tools.sh, install the \
                  CUDA toolkit, or set FLEXP_NVRTC_LIB to the library's path"
-                .into())
+                    .into(),
+            )
         })
         .clone()
         .map_err(Error::Backend)
@@ -124,8 +126,11 @@ pub fn compile(file_name: &str, file_text: &str, arch: &'static str) -> Result<S
         name: Some(file_name.to_string()),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts)
-        .map_err(|e| Error::Backend(format!("NVRTC failed on kernels/{file_name} for {arch}: {e:?}")))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| {
+        Error::Backend(format!(
+            "NVRTC failed on kernels/{file_name} for {arch}: {e:?}"
+        ))
+    })?;
     Ok(ptx.to_src())
 }
 
@@ -133,11 +138,17 @@ pub fn compile(file_name: &str, file_text: &str, arch: &'static str) -> Result<S
 /// A cache that cannot be read or written is ignored, never an error.
 pub fn compile_cached(file_name: &str, file_text: &str, arch: &'static str) -> Result<String> {
     let (major, minor) = nvrtc_version()?;
-    let key = fnv1a(&format!("{file_text}\0{}\0{arch}\0{major}.{minor}", sources::COMMON));
+    let key = fnv1a(&format!(
+        "{file_text}\0{}\0{arch}\0{major}.{minor}",
+        sources::COMMON
+    ));
     let dir = cache_dir();
-    let path = dir
-        .as_ref()
-        .map(|d| d.join(format!("{}-{arch}-{key:016x}.ptx", file_name.trim_end_matches(".cu"))));
+    let path = dir.as_ref().map(|d| {
+        d.join(format!(
+            "{}-{arch}-{key:016x}.ptx",
+            file_name.trim_end_matches(".cu")
+        ))
+    });
     if let Some(p) = &path {
         if let Ok(s) = std::fs::read_to_string(p) {
             return Ok(s);
@@ -203,8 +214,8 @@ pub fn ptxas_resources(ptx: &str, gpu: &str) -> Result<Vec<KernelResources>> {
         })?;
     let _ = std::fs::remove_file(&input);
     let _ = std::fs::remove_file(&out);
-    let text = String::from_utf8_lossy(&res.stderr).into_owned()
-        + &String::from_utf8_lossy(&res.stdout);
+    let text =
+        String::from_utf8_lossy(&res.stderr).into_owned() + &String::from_utf8_lossy(&res.stdout);
     if !res.status.success() {
         return Err(Error::Backend(format!("ptxas failed for {gpu}:\n{text}")));
     }
@@ -227,8 +238,8 @@ pub fn parse_ptxas(text: &str) -> Vec<KernelResources> {
         let Some(cur) = out.last_mut() else { continue };
         if line.contains("bytes stack frame") {
             cur.stack_bytes = number_before(line, "bytes stack frame");
-            cur.spill_bytes =
-                number_before(line, "bytes spill stores") + number_before(line, "bytes spill loads");
+            cur.spill_bytes = number_before(line, "bytes spill stores")
+                + number_before(line, "bytes spill loads");
         }
         if line.contains("Used") && line.contains("registers") {
             cur.registers = number_before(line, "registers");
