@@ -7,14 +7,16 @@ use flexp::backend::cuda::emulator::Emulator;
 use flexp::backend::cuda::{DevPtr, Device, KArg, LaunchCfg, StreamId};
 
 fn upload(dev: &Emulator, data: &[f32]) -> DevPtr {
-    let p = dev.alloc(data.len() * 4).unwrap();
-    dev.write(p, bytemuck::cast_slice(data), StreamId(0)).unwrap();
+    let p = dev.alloc(data.len() * 4, StreamId(0)).unwrap();
+    dev.write(p, bytemuck::cast_slice(data), StreamId(0))
+        .unwrap();
     p
 }
 
 fn download(dev: &Emulator, p: DevPtr, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
-    dev.read(bytemuck::cast_slice_mut(&mut out), p, StreamId(0)).unwrap();
+    dev.read(bytemuck::cast_slice_mut(&mut out), p, StreamId(0))
+        .unwrap();
     out
 }
 
@@ -29,7 +31,7 @@ fn launch_err(dev: &Emulator, name: &str, cfg: LaunchCfg, args: &[KArg]) -> Stri
 fn out_of_bounds_global_read_is_reported() {
     let dev = Emulator::new();
     let x = upload(&dev, &[1.0; 100]);
-    let y = dev.alloc(400).unwrap();
+    let y = dev.alloc(400, StreamId(0)).unwrap();
     let err = launch_err(
         &dev,
         "fault_oob_read",
@@ -45,7 +47,7 @@ fn out_of_bounds_global_read_is_reported() {
 #[test]
 fn divergent_syncthreads_is_reported() {
     let dev = Emulator::new();
-    let y = dev.alloc(64 * 4).unwrap();
+    let y = dev.alloc(64 * 4, StreamId(0)).unwrap();
     let err = launch_err(
         &dev,
         "fault_divergent_barrier",
@@ -58,15 +60,20 @@ fn divergent_syncthreads_is_reported() {
 #[test]
 fn reading_unwritten_shared_memory_is_reported() {
     let dev = Emulator::new();
-    let y = dev.alloc(64 * 4).unwrap();
-    let err = launch_err(&dev, "fault_uninit_shared", LaunchCfg::linear(1, 64), &[KArg::Ptr(y)]);
+    let y = dev.alloc(64 * 4, StreamId(0)).unwrap();
+    let err = launch_err(
+        &dev,
+        "fault_uninit_shared",
+        LaunchCfg::linear(1, 64),
+        &[KArg::Ptr(y)],
+    );
     assert!(err.contains("no thread of this block has written"), "{err}");
 }
 
 #[test]
 fn shuffle_waiting_for_an_exited_lane_is_reported() {
     let dev = Emulator::new();
-    let y = dev.alloc(32 * 4).unwrap();
+    let y = dev.alloc(32 * 4, StreamId(0)).unwrap();
     let err = launch_err(
         &dev,
         "fault_shuffle_exited_lane",
@@ -80,7 +87,7 @@ fn shuffle_waiting_for_an_exited_lane_is_reported() {
 fn wrong_argument_type_and_count_are_reported() {
     let dev = Emulator::new();
     let x = upload(&dev, &[1.0; 10]);
-    let y = dev.alloc(4).unwrap();
+    let y = dev.alloc(4, StreamId(0)).unwrap();
     let err = launch_err(
         &dev,
         "fault_control_block_sum",
@@ -95,7 +102,7 @@ fn wrong_argument_type_and_count_are_reported() {
         &[KArg::Ptr(x), KArg::Ptr(y)],
     );
     assert!(err.contains("takes 3 arguments"), "{err}");
-    dev.free(x).unwrap();
+    dev.free(x, StreamId(0)).unwrap();
     let err = launch_err(
         &dev,
         "fault_control_block_sum",
@@ -109,10 +116,12 @@ fn wrong_argument_type_and_count_are_reported() {
 fn correct_block_reduction_runs_and_matches() {
     let dev = Emulator::new();
     // 1,000 values over 96 threads: three warps, a strided loop with a ragged tail.
-    let data: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.5 - 20.0).collect();
+    let data: Vec<f32> = (0..1000)
+        .map(|i| ((i * 37) % 101) as f32 * 0.5 - 20.0)
+        .collect();
     let want: f64 = data.iter().map(|&v| v as f64).sum();
     let x = upload(&dev, &data);
-    let y = dev.alloc(4).unwrap();
+    let y = dev.alloc(4, StreamId(0)).unwrap();
     dev.launch(
         "fault_control_block_sum",
         LaunchCfg::linear(1, 96),
@@ -127,6 +136,6 @@ fn correct_block_reduction_runs_and_matches() {
 #[test]
 fn fresh_device_memory_reads_as_nan_not_zero() {
     let dev = Emulator::new();
-    let p = dev.alloc(16).unwrap();
+    let p = dev.alloc(16, StreamId(0)).unwrap();
     assert!(download(&dev, p, 4).iter().all(|v| v.is_nan()));
 }

@@ -29,7 +29,7 @@ struct Outcome {
     correct: Vec<usize>,
 }
 
-fn run<B: Backend>(
+fn run<B: Backend + 'static>(
     be: &B,
     model_json: serde_json::Value,
     kind: AlgorithmKind,
@@ -96,7 +96,7 @@ fn run<B: Backend>(
 
 fn compare(kind: AlgorithmKind, model_json: serde_json::Value, hyper: Hyper) {
     let cpu = run(&Cpu, model_json.clone(), kind, hyper.clone());
-    let gpu = run(&CudaBackend::emulated(), model_json, kind, hyper);
+    let gpu = run(&CudaBackend::emulated_streams(), model_json, kind, hyper);
     for (r, (a, b)) in cpu.losses.iter().zip(&gpu.losses).enumerate() {
         for (k, (x, y)) in a.iter().zip(b).enumerate() {
             assert!(

@@ -14,6 +14,7 @@ fn cuda_choice_matches_what_the_machine_has() {
             let msg = e.to_string();
             assert!(msg.contains("CUDA") || msg.contains("NVRTC"), "{msg}");
         }
+        (Ok((Selected::Cpu(_), _)), _) => panic!("--backend cuda must never give the CPU"),
         (Ok(_), Err(e)) => panic!("cuda selected although the probe failed: {e}"),
         (Err(e), Ok(n)) => {
             // A GPU is present but unusable (e.g. NVRTC missing): the message must say why.

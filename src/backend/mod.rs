@@ -148,6 +148,22 @@ pub trait Backend: Send + Sync {
     /// Sets every element to zero.
     fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
 
+    /// Work queues that may run concurrently (CUDA streams): `n` handles on the same device
+    /// whose work starts after everything issued on `self` so far. Lanes must not write buffers
+    /// that other lanes or `self` use until [`Backend::join`]. The CPU runs everything in issue
+    /// order, so its lanes are copies of itself.
+    fn fork(&self, n: usize) -> Result<Vec<Self>>
+    where
+        Self: Sized;
+    /// Makes work issued on `self` after this call wait for everything issued on `lanes`.
+    fn join(&self, lanes: &[Self]) -> Result<()>
+    where
+        Self: Sized;
+    /// Whether lanes from [`Backend::fork`] can actually overlap on the device.
+    fn concurrent_lanes(&self) -> bool {
+        false
+    }
+
     /// `c[m,n] (+)= op(a) · op(b)` with `op(a)` `[m,k]` (stored `[k,m]` when `trans_a`) and
     /// `op(b)` `[k,n]` (stored `[n,k]` when `trans_b`). Accumulates when `accumulate`.
     #[allow(clippy::too_many_arguments)]

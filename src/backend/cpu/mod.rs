@@ -75,6 +75,12 @@ impl Backend for Cpu {
     fn name(&self) -> &'static str {
         "cpu"
     }
+    fn fork(&self, n: usize) -> Result<Vec<Cpu>> {
+        Ok(vec![Cpu; n])
+    }
+    fn join(&self, _lanes: &[Cpu]) -> Result<()> {
+        Ok(())
+    }
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }

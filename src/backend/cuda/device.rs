@@ -98,10 +98,12 @@ impl LaunchCfg {
 pub trait Device: Send + Sync {
     /// What this device is, for logs ("NVIDIA H100 (sm_90)", "SIMT emulator").
     fn describe(&self) -> String;
-    /// Allocates `bytes` bytes of device memory (contents undefined).
-    fn alloc(&self, bytes: usize) -> Result<DevPtr>;
-    /// Frees an allocation made by [`Device::alloc`].
-    fn free(&self, ptr: DevPtr) -> Result<()>;
+    /// Allocates `bytes` bytes of device memory (contents undefined), ordered on `stream`: work
+    /// on other streams may use it only after waiting for an event recorded after this call.
+    fn alloc(&self, bytes: usize, stream: StreamId) -> Result<DevPtr>;
+    /// Frees an allocation once the work issued on `stream` so far has finished (work on other
+    /// streams that uses it must have been joined into `stream` before).
+    fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()>;
     /// Copies host bytes to `dst` (ordered on `stream`; the host buffer may be reused on return).
     fn write(&self, dst: DevPtr, src: &[u8], stream: StreamId) -> Result<()>;
     /// Copies device bytes to the host after the work issued on `stream` has finished.

@@ -146,20 +146,20 @@ impl Device for CudaDriver {
         self.name.clone()
     }
 
-    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+    fn alloc(&self, bytes: usize, stream: StreamId) -> Result<DevPtr> {
         self.bind()?;
-        let s = self.stream(StreamId(0))?;
+        let s = self.stream(stream)?;
         // SAFETY: the stream belongs to this context, which is bound to the calling thread.
         let p = unsafe { result::malloc_async(s.cu_stream(), bytes) }
             .map_err(|e| drv(&format!("allocating {bytes} bytes"), e))?;
         Ok(DevPtr(p))
     }
 
-    fn free(&self, ptr: DevPtr) -> Result<()> {
+    fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()> {
         self.bind()?;
-        let s = self.stream(StreamId(0))?;
-        // Work on other streams that still reads `ptr` must have been ordered before stream 0
-        // (the backend records and waits on events when it fans work out to other streams).
+        let s = self.stream(stream)?;
+        // Work on other streams that still reads `ptr` has been joined into `stream` (the
+        // backend's fork/join contract).
         // SAFETY: `ptr` came from `alloc` on this context and is freed once (DeviceMem::drop).
         unsafe { result::free_async(ptr.0, s.cu_stream()) }.map_err(|e| drv("free", e))
     }

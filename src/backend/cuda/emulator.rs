@@ -1,12 +1,13 @@
 //! [`Device`] implementation over the SIMT emulator (kernels/emu), which runs the kernels of
-//! kernels/*.cu compiled for the host. Work executes at issue time, so stream order and event
-//! waits hold trivially; the emulator's value is that it checks what a GPU would not (see
-//! kernels/emu/simt.hpp) and runs the backend's host code end to end without a GPU.
+//! kernels/*.cu compiled for the host. It checks what a GPU would not (see kernels/emu/simt.hpp)
+//! and, in its strict-streams mode, the ordering of work across streams; it runs the backend's
+//! host code end to end without a GPU.
 
 use super::device::{DevPtr, Device, EventId, KArg, LaunchCfg, StreamId};
 use crate::error::{Error, Result};
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 extern "C" {
     fn flexp_emu_last_error() -> *const c_char;
@@ -30,18 +31,78 @@ extern "C" {
 }
 
 /// The SIMT emulator as a device.
+///
+/// Two modes. [`Emulator::new`] runs every operation when it is issued, which is simplest for
+/// testing one kernel: a launch returns the kernel's fault directly. [`Emulator::with_streams`]
+/// models stream semantics strictly: operations are queued per stream and run only when the host
+/// synchronises (a read, [`Device::synchronize`]), in the most adversarial order the CUDA rules
+/// allow. Within a stream order is kept; across streams the operation issued last runs first
+/// whenever it is not held back by an event wait. So a missing wait or a buffer freed while
+/// another stream still uses it produces wrong results or a use-after-free fault here, where a
+/// GPU would usually get lucky.
 #[derive(Debug, Default)]
 pub struct Emulator {
-    streams: AtomicUsize,
-    events: AtomicUsize,
+    deferred: bool,
+    state: Mutex<Queues>,
+}
+
+#[derive(Debug, Default)]
+struct Queues {
+    /// Per stream: pending operations with their issue number.
+    pending: Vec<VecDeque<(u64, Op)>>,
+    /// Per stream: operations executed so far.
+    done: Vec<u64>,
+    /// Per stream: operations issued so far.
+    issued: Vec<u64>,
+    /// Per event: (stream, position it waits for).
+    events: Vec<(usize, u64)>,
+    next_issue: u64,
+}
+
+#[derive(Debug)]
+enum Op {
+    Launch {
+        name: String,
+        cfg: LaunchCfg,
+        args: Vec<KArg>,
+    },
+    Write {
+        dst: DevPtr,
+        data: Vec<u8>,
+    },
+    Zero {
+        dst: DevPtr,
+        bytes: usize,
+    },
+    Copy {
+        dst: DevPtr,
+        src: DevPtr,
+        bytes: usize,
+    },
+    Free {
+        ptr: DevPtr,
+    },
+    Wait {
+        event: usize,
+    },
 }
 
 impl Emulator {
-    /// A new emulated device.
+    /// An emulated device that runs each operation when it is issued.
     pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An emulated device with strict, adversarial stream semantics (see the type's docs).
+    pub fn with_streams() -> Self {
         Emulator {
-            streams: AtomicUsize::new(1),
-            events: AtomicUsize::new(0),
+            deferred: true,
+            state: Mutex::new(Queues {
+                pending: vec![VecDeque::new()],
+                done: vec![0],
+                issued: vec![0],
+                ..Default::default()
+            }),
         }
     }
 
@@ -58,6 +119,126 @@ impl Emulator {
                 .collect()
         }
     }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `op` now, or queues it on `stream`.
+    fn issue(&self, stream: StreamId, op: Op) -> Result<()> {
+        if !self.deferred {
+            return execute(&op);
+        }
+        let mut q = self.queues();
+        if stream.0 >= q.pending.len() {
+            return Err(Error::Backend(format!("no emulated stream {}", stream.0)));
+        }
+        let n = q.next_issue;
+        q.next_issue += 1;
+        q.issued[stream.0] += 1;
+        q.pending[stream.0].push_back((n, op));
+        Ok(())
+    }
+
+    /// Runs every queued operation, latest-issued runnable head first. Stops at the first
+    /// failure, which is returned (the remaining queue is dropped, as a faulted CUDA context
+    /// would be unusable).
+    fn drain(&self) -> Result<()> {
+        if !self.deferred {
+            return Ok(());
+        }
+        let mut q = self.queues();
+        loop {
+            // Satisfied waits are no-ops: consume them first, so that what competes across
+            // streams is real work.
+            let mut consumed = true;
+            while consumed {
+                consumed = false;
+                for s in 0..q.pending.len() {
+                    while let Some((_, Op::Wait { event })) = q.pending[s].front() {
+                        let (es, pos) = q.events[*event];
+                        if q.done[es] < pos {
+                            break;
+                        }
+                        q.pending[s].pop_front();
+                        q.done[s] += 1;
+                        consumed = true;
+                    }
+                }
+            }
+            let mut pick: Option<usize> = None;
+            let mut blocked = false;
+            for s in 0..q.pending.len() {
+                let Some((n, op)) = q.pending[s].front() else {
+                    continue;
+                };
+                if matches!(op, Op::Wait { .. }) {
+                    blocked = true;
+                    continue;
+                }
+                if pick.is_none_or(|p| q.pending[p].front().map(|x| x.0) < Some(*n)) {
+                    pick = Some(s);
+                }
+            }
+            let Some(s) = pick else {
+                if blocked {
+                    q.pending.iter_mut().for_each(VecDeque::clear);
+                    return Err(Error::Backend(
+                        "emulator: streams wait on each other's events in a cycle (deadlock)"
+                            .into(),
+                    ));
+                }
+                return Ok(());
+            };
+            let (_, op) = q.pending[s].pop_front().expect("picked a non-empty queue");
+            q.done[s] += 1;
+            if let Err(e) = execute(&op) {
+                q.pending.iter_mut().for_each(VecDeque::clear);
+                let done = q.done.clone();
+                q.issued = done;
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn execute(op: &Op) -> Result<()> {
+    match op {
+        // SAFETY (all arms): pointers refer to live locals of the stated lengths; the emulator
+        // bounds-checks every device address against its allocation table.
+        Op::Write { dst, data } => {
+            check(unsafe { flexp_emu_write(dst.0, data.as_ptr().cast(), data.len()) })
+        }
+        Op::Zero { dst, bytes } => check(unsafe { flexp_emu_memset(dst.0, 0, *bytes) }),
+        Op::Copy { dst, src, bytes } => check(unsafe { flexp_emu_copy(dst.0, src.0, *bytes) }),
+        Op::Free { ptr } => check(unsafe { flexp_emu_free(ptr.0) }),
+        Op::Wait { .. } => Ok(()),
+        Op::Launch { name, cfg, args } => launch_now(name, *cfg, args),
+    }
+}
+
+fn launch_now(name: &str, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
+    let cname = CString::new(name)
+        .map_err(|_| Error::Backend(format!("kernel name {name:?} contains a NUL byte")))?;
+    let mut slots: Vec<[u8; 8]> = args.iter().map(KArg::bytes).collect();
+    let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
+    let tags: Vec<c_int> = args.iter().map(KArg::tag).collect();
+    let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
+    let block = [cfg.block.0, cfg.block.1, cfg.block.2];
+    // SAFETY: every pointer refers to a live local array of the stated length; `ptrs[i]` points
+    // at 8 bytes holding argument i, which the emulator reads with the size its parameter type
+    // has after checking the tag.
+    check(unsafe {
+        flexp_emu_launch(
+            cname.as_ptr(),
+            grid.as_ptr(),
+            block.as_ptr(),
+            cfg.shared_bytes as usize,
+            ptrs.as_mut_ptr(),
+            tags.as_ptr(),
+            args.len() as c_int,
+        )
+    })
 }
 
 fn check(rc: c_int) -> Result<()> {
@@ -74,78 +255,86 @@ fn check(rc: c_int) -> Result<()> {
 
 impl Device for Emulator {
     fn describe(&self) -> String {
-        "SIMT emulator (kernels/emu, CPU)".into()
+        if self.deferred {
+            "SIMT emulator with strict stream ordering (kernels/emu, CPU)".into()
+        } else {
+            "SIMT emulator (kernels/emu, CPU)".into()
+        }
     }
 
-    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+    fn alloc(&self, bytes: usize, _stream: StreamId) -> Result<DevPtr> {
         let mut p = 0u64;
         // SAFETY: `p` is a valid out-pointer for the duration of the call.
         check(unsafe { flexp_emu_alloc(bytes, &mut p) })?;
         Ok(DevPtr(p))
     }
 
-    fn free(&self, ptr: DevPtr) -> Result<()> {
-        // SAFETY: the emulator checks that `ptr` is a live allocation before freeing it.
-        check(unsafe { flexp_emu_free(ptr.0) })
+    fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()> {
+        // Stream-ordered, like cuMemFreeAsync in the driver implementation.
+        self.issue(stream, Op::Free { ptr })
     }
 
-    fn write(&self, dst: DevPtr, src: &[u8], _stream: StreamId) -> Result<()> {
-        // SAFETY: `src` is valid for `src.len()` bytes; the emulator bounds-checks `dst`.
-        check(unsafe { flexp_emu_write(dst.0, src.as_ptr().cast(), src.len()) })
+    fn write(&self, dst: DevPtr, src: &[u8], stream: StreamId) -> Result<()> {
+        self.issue(
+            stream,
+            Op::Write {
+                dst,
+                data: src.to_vec(),
+            },
+        )
     }
 
     fn read(&self, dst: &mut [u8], src: DevPtr, _stream: StreamId) -> Result<()> {
+        self.drain()?;
         // SAFETY: `dst` is valid for writes of `dst.len()` bytes; the emulator bounds-checks `src`.
         check(unsafe { flexp_emu_read(dst.as_mut_ptr().cast(), src.0, dst.len()) })
     }
 
-    fn zero(&self, dst: DevPtr, bytes: usize, _stream: StreamId) -> Result<()> {
-        // SAFETY: the emulator bounds-checks the range against the allocation.
-        check(unsafe { flexp_emu_memset(dst.0, 0, bytes) })
+    fn zero(&self, dst: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
+        self.issue(stream, Op::Zero { dst, bytes })
     }
 
-    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, _stream: StreamId) -> Result<()> {
-        // SAFETY: the emulator bounds-checks both ranges.
-        check(unsafe { flexp_emu_copy(dst.0, src.0, bytes) })
+    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
+        self.issue(stream, Op::Copy { dst, src, bytes })
     }
 
-    fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg], _stream: StreamId) -> Result<()> {
-        let cname = CString::new(name)
-            .map_err(|_| Error::Backend(format!("kernel name {name:?} contains a NUL byte")))?;
-        let mut slots: Vec<[u8; 8]> = args.iter().map(KArg::bytes).collect();
-        let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
-        let tags: Vec<c_int> = args.iter().map(KArg::tag).collect();
-        let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
-        let block = [cfg.block.0, cfg.block.1, cfg.block.2];
-        // SAFETY: every pointer refers to a live local array of the stated length; `ptrs[i]`
-        // points at 8 bytes holding argument i, which the emulator reads with the size its
-        // parameter type has after checking the tag.
-        check(unsafe {
-            flexp_emu_launch(
-                cname.as_ptr(),
-                grid.as_ptr(),
-                block.as_ptr(),
-                cfg.shared_bytes as usize,
-                ptrs.as_mut_ptr(),
-                tags.as_ptr(),
-                args.len() as c_int,
-            )
-        })
+    fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg], stream: StreamId) -> Result<()> {
+        self.issue(
+            stream,
+            Op::Launch {
+                name: name.to_string(),
+                cfg,
+                args: args.to_vec(),
+            },
+        )
     }
 
     fn create_stream(&self) -> Result<StreamId> {
-        Ok(StreamId(self.streams.fetch_add(1, Ordering::Relaxed)))
+        let mut q = self.queues();
+        q.pending.push(VecDeque::new());
+        q.done.push(0);
+        q.issued.push(0);
+        Ok(StreamId(q.pending.len() - 1))
     }
 
-    fn record(&self, _stream: StreamId) -> Result<EventId> {
-        Ok(EventId(self.events.fetch_add(1, Ordering::Relaxed)))
+    fn record(&self, stream: StreamId) -> Result<EventId> {
+        let mut q = self.queues();
+        if self.deferred && stream.0 >= q.issued.len() {
+            return Err(Error::Backend(format!("no emulated stream {}", stream.0)));
+        }
+        let pos = q.issued.get(stream.0).copied().unwrap_or(0);
+        q.events.push((stream.0, pos));
+        Ok(EventId(q.events.len() - 1))
     }
 
-    fn wait(&self, _stream: StreamId, _event: EventId) -> Result<()> {
-        Ok(())
+    fn wait(&self, stream: StreamId, event: EventId) -> Result<()> {
+        if event.0 >= self.queues().events.len() {
+            return Err(Error::Backend(format!("no emulated event {}", event.0)));
+        }
+        self.issue(stream, Op::Wait { event: event.0 })
     }
 
     fn synchronize(&self, _stream: StreamId) -> Result<()> {
-        Ok(())
+        self.drain()
     }
 }

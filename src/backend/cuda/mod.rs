@@ -25,6 +25,8 @@ use std::sync::Arc;
 pub struct DeviceMem {
     ptr: DevPtr,
     bytes: usize,
+    /// The stream it was allocated on, which also orders its release.
+    stream: StreamId,
     dev: Arc<dyn Device>,
 }
 
@@ -42,7 +44,7 @@ impl DeviceMem {
 impl Drop for DeviceMem {
     fn drop(&mut self) {
         // A failed free leaks at worst; there is no caller to report it to from drop.
-        let _ = self.dev.free(self.ptr);
+        let _ = self.dev.free(self.ptr, self.stream);
     }
 }
 
@@ -75,6 +77,8 @@ impl CudaBuf {
 pub struct CudaBackend {
     dev: Arc<dyn Device>,
     stream: StreamId,
+    /// Streams created for [`Backend::fork`], reused across forks (shared by clones).
+    lanes: Arc<std::sync::Mutex<Vec<StreamId>>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -94,13 +98,21 @@ impl CudaBackend {
         CudaBackend {
             dev,
             stream: StreamId(0),
+            lanes: Arc::default(),
         }
     }
 
-    /// The backend over the SIMT emulator.
+    /// The backend over the SIMT emulator (each operation runs when issued).
     #[cfg(feature = "emulator")]
     pub fn emulated() -> Self {
         Self::new(Arc::new(emulator::Emulator::new()))
+    }
+
+    /// The backend over the SIMT emulator with strict, adversarial stream ordering
+    /// ([`emulator::Emulator::with_streams`]).
+    #[cfg(feature = "emulator")]
+    pub fn emulated_streams() -> Self {
+        Self::new(Arc::new(emulator::Emulator::with_streams()))
     }
 
     /// The same device, issuing work on another stream. Work on different streams may overlap;
@@ -109,6 +121,7 @@ impl CudaBackend {
         CudaBackend {
             dev: self.dev.clone(),
             stream,
+            lanes: self.lanes.clone(),
         }
     }
 
@@ -140,10 +153,11 @@ impl CudaBackend {
     /// Allocates `bytes` bytes.
     pub fn alloc_bytes(&self, bytes: usize) -> Result<DeviceMem> {
         // Zero-byte allocations are legal in the API but not on every driver.
-        let ptr = self.dev.alloc(bytes.max(4))?;
+        let ptr = self.dev.alloc(bytes.max(4), self.stream)?;
         Ok(DeviceMem {
             ptr,
             bytes,
+            stream: self.stream,
             dev: self.dev.clone(),
         })
     }
@@ -190,6 +204,36 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+    /// Buffers a lane allocates are released on the lane's stream; buffers that outlive the
+    /// lane's work and are used elsewhere must be dropped only after [`Backend::join`].
+    fn fork(&self, n: usize) -> Result<Vec<CudaBackend>> {
+        let streams = {
+            let mut pool = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            while pool.len() < n {
+                pool.push(self.dev.create_stream()?);
+            }
+            pool[..n].to_vec()
+        };
+        let start = self.record()?;
+        streams
+            .into_iter()
+            .map(|s| {
+                let lane = self.on_stream(s);
+                lane.wait(start)?;
+                Ok(lane)
+            })
+            .collect()
+    }
+    fn join(&self, lanes: &[CudaBackend]) -> Result<()> {
+        for lane in lanes {
+            let done = lane.record()?;
+            self.wait(done)?;
+        }
+        Ok(())
+    }
+    fn concurrent_lanes(&self) -> bool {
+        true
     }
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
         let mem = self.alloc_bytes(len * 4)?;

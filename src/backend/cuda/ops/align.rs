@@ -1,1 +1,253 @@
-//! Gradient-projection alignment (kernels/align.cu): being written.
+//! Host side of kernels/align.cu: gradient-projection alignment (spec flexp-sfl.md section 2)
+//! for all clients of a step in a few launches, instead of downloading every client's adapter
+//! gradients and projecting them on the host one group at a time.
+//!
+//! The results follow [`crate::algorithms::flat`] (`dot`, `project_conflict`, `projected_mean`):
+//! inner products in f64, each update step rounded to f32 like `flat::axpy`. The only difference
+//! is the order of the f64 summation (a tree instead of a left fold), a relative difference of
+//! order 1e-16 in the inner products. Everything is deterministic: no atomics, fixed orders.
+
+use super::super::{check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
+use crate::backend::Span;
+use crate::error::{Error, Result};
+
+/// Threads per block (`ALIGN_THREADS`).
+const THREADS: u32 = 256;
+/// Warps per block (`ALIGN_WARPS`): segments per block of the reduce kernel.
+const WARPS: usize = THREADS as usize / 32;
+/// Elements per chunk of the inner-product pass: 16 per thread, enough work per block to hide
+/// the block's fixed costs while giving tens of thousands of blocks at realistic sizes.
+const CHUNK: usize = 4096;
+/// Upper bound on the blocks of a grid-stride launch (a few waves of an H100).
+const MAX_BLOCKS: usize = 4096;
+
+/// The chunk table of a set of segments, and where each segment's chunks start.
+struct Plan {
+    /// `(segment, start in g, start in a, len)` per chunk, `len <= CHUNK`.
+    chunks: Vec<[i32; 4]>,
+    /// `nseg + 1` offsets into `chunks`.
+    seg_first: Vec<i32>,
+}
+
+impl Plan {
+    /// `segs` yields `(start in g, start in a, len)` per segment.
+    fn new(segs: impl Iterator<Item = (usize, usize, usize)>) -> Result<Plan> {
+        let mut chunks = Vec::new();
+        let mut seg_first = vec![0i32];
+        for (s, (g0, a0, len)) in segs.enumerate() {
+            let s = i32_of("align segments", s)?;
+            for off in (0..len).step_by(CHUNK) {
+                chunks.push([
+                    s,
+                    i32_of("align segment start", g0 + off)?,
+                    i32_of("align segment start", a0 + off)?,
+                    (len - off).min(CHUNK) as i32,
+                ]);
+            }
+            seg_first.push(i32_of("align chunks", chunks.len())?);
+        }
+        Ok(Plan { chunks, seg_first })
+    }
+
+    fn nseg(&self) -> usize {
+        self.seg_first.len() - 1
+    }
+}
+
+/// The uploaded chunk table and the per-segment records `(<g,a>, <a,a>, coefficient)` that
+/// [`CudaBackend::segment_records`] computed from it.
+struct Records {
+    chunks: DeviceMem,
+    nchunks: usize,
+    seg: DeviceMem,
+}
+
+fn grid(blocks: usize) -> LaunchCfg {
+    LaunchCfg::linear(blocks.clamp(1, MAX_BLOCKS) as u32, THREADS)
+}
+
+/// Segments must lie inside both buffers and must not overlap: the apply kernel updates each
+/// segment independently, which is the host's sequential result only for disjoint segments.
+fn check_segments(g: &CudaBuf, a: &CudaBuf, segments: &[Span]) -> Result<()> {
+    let end = segments.iter().map(Span::end).max().unwrap_or(0);
+    check_len("align g", g, end)?;
+    check_len("align a", a, end)?;
+    let mut sorted: Vec<Span> = segments.iter().copied().filter(|s| s.len > 0).collect();
+    sorted.sort_by_key(|s| s.start);
+    if let Some(w) = sorted.windows(2).find(|w| w[0].end() > w[1].start) {
+        return Err(Error::Backend(format!(
+            "align segments overlap: elements {}..{} and {}..{}",
+            w[0].start,
+            w[0].end(),
+            w[1].start,
+            w[1].end()
+        )));
+    }
+    Ok(())
+}
+
+/// Gradient-projection alignment on the device. Segments are [`Span`]s of *elements* of flat
+/// gradient vectors (one per client and group of `proj_granularity`), so one call serves every
+/// client of a step.
+impl CudaBackend {
+    /// Runs the two inner-product passes over `plan` and returns the per-segment records.
+    fn segment_records(&self, g: &CudaBuf, a: &CudaBuf, plan: &Plan) -> Result<Records> {
+        let nseg = plan.nseg();
+        let nchunks = plan.chunks.len();
+        let chunks = self.upload_pod(&plan.chunks)?;
+        let seg_first = self.upload_pod(&plan.seg_first)?;
+        let partials = self.alloc_bytes(nchunks * 2 * 8)?;
+        let seg = self.alloc_bytes(nseg * 3 * 8)?;
+        let nchunks_i = i32_of("align chunks", nchunks)?;
+        if nchunks > 0 {
+            self.launch(
+                "align_seg_partials",
+                grid(nchunks),
+                &[
+                    g.arg(),
+                    a.arg(),
+                    KArg::Ptr(chunks.ptr()),
+                    KArg::I32(nchunks_i),
+                    KArg::Ptr(partials.ptr()),
+                ],
+            )?;
+        }
+        if nseg > 0 {
+            self.launch(
+                "align_seg_reduce",
+                grid(nseg.div_ceil(WARPS)),
+                &[
+                    KArg::Ptr(partials.ptr()),
+                    KArg::Ptr(seg_first.ptr()),
+                    KArg::I32(i32_of("align segments", nseg)?),
+                    KArg::Ptr(seg.ptr()),
+                ],
+            )?;
+        }
+        Ok(Records {
+            chunks,
+            nchunks,
+            seg,
+        })
+    }
+
+    /// `(<g, a>, ||a||²)` over each segment, accumulated in f64 (what `flat::dot` computes for
+    /// the segment's slices, up to the summation order).
+    pub fn align_dots(
+        &self,
+        g: &CudaBuf,
+        a: &CudaBuf,
+        segments: &[Span],
+    ) -> Result<Vec<(f64, f64)>> {
+        check_segments(g, a, segments)?;
+        if segments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = Plan::new(segments.iter().map(|s| (s.start, s.start, s.len)))?;
+        let rec = self.segment_records(g, a, &plan)?;
+        let mut raw = vec![0f64; segments.len() * 3];
+        self.dev.read(
+            bytemuck::cast_slice_mut(&mut raw),
+            rec.seg.ptr(),
+            self.stream,
+        )?;
+        Ok(raw.chunks(3).map(|r| (r[0], r[1])).collect())
+    }
+
+    /// The client rule of `align = proj` for many clients at once: for every segment `s`, if
+    /// `<g_s, a_s> < 0` (and `a_s` is not zero), `g_s -= (<g_s, a_s> / ||a_s||²) · a_s`; then
+    /// `g_s += lambda · a_s`. `g` holds the clients' CE gradients and `a` their alignment
+    /// gradients, at the same offsets. Equal to `flat::project_conflict` per segment followed by
+    /// `flat::axpy(g, lambda, a)` over the segments; elements outside every segment are left
+    /// alone (the groups of `flat::groups` cover a client's whole vector). Segments must not
+    /// overlap.
+    pub fn align_project(
+        &self,
+        g: &mut CudaBuf,
+        a: &CudaBuf,
+        segments: &[Span],
+        lambda: f32,
+    ) -> Result<()> {
+        check_segments(g, a, segments)?;
+        let plan = Plan::new(segments.iter().map(|s| (s.start, s.start, s.len)))?;
+        if plan.chunks.is_empty() {
+            return Ok(());
+        }
+        let rec = self.segment_records(g, a, &plan)?;
+        self.launch(
+            "align_seg_apply",
+            grid(rec.nchunks),
+            &[
+                g.arg(),
+                a.arg(),
+                KArg::Ptr(rec.chunks.ptr()),
+                KArg::I32(rec.nchunks as i32),
+                KArg::Ptr(rec.seg.ptr()),
+                KArg::F32(lambda),
+            ],
+        )
+    }
+
+    /// Checks of the server-rule ops on `grads: [k, n]` and `out: [n]`.
+    fn check_rows(what: &str, grads: &CudaBuf, k: usize, n: usize, out: &CudaBuf) -> Result<()> {
+        if k == 0 && n > 0 {
+            return Err(Error::Backend(format!("{what} of zero gradients")));
+        }
+        check_len(&format!("{what} grads"), grads, k * n)?;
+        check_len(&format!("{what} out"), out, n)?;
+        i32_of(&format!("{what} k·n"), k * n)?;
+        Ok(())
+    }
+
+    fn launch_mean_rows(&self, grads: &CudaBuf, k: usize, n: usize, m: KArg) -> Result<()> {
+        self.launch(
+            "align_mean_rows",
+            grid(n.div_ceil(THREADS as usize)),
+            &[grads.arg(), KArg::I32(k as i32), KArg::I32(n as i32), m],
+        )
+    }
+
+    /// `out = (1/k) Σ_r grads[r, :]` over `k` gradients stacked as `grads: [k, n]`, summed in f64
+    /// in row order (`flat::weighted_sum` with equal weights, bit for bit): `server_agg = mean`.
+    pub fn mean_rows(&self, grads: &CudaBuf, k: usize, n: usize, out: &mut CudaBuf) -> Result<()> {
+        Self::check_rows("mean_rows", grads, k, n, out)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch_mean_rows(grads, k, n, out.arg())
+    }
+
+    /// The server rule `server_agg = proj` (`flat::projected_mean`): with `m` the mean of the
+    /// `k` gradients stacked as `grads: [k, n]`, every row with `<g_r, m> < 0` is replaced by its
+    /// projection on the plane normal to `m`, and `out` receives the mean of the resulting rows.
+    /// `grads` is not modified.
+    pub fn projected_mean(
+        &self,
+        grads: &CudaBuf,
+        k: usize,
+        n: usize,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        Self::check_rows("projected_mean", grads, k, n, out)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let m_mem = self.alloc_bytes(n * 4)?;
+        let m = CudaBuf { mem: m_mem, len: n };
+        self.launch_mean_rows(grads, k, n, m.arg())?;
+        let plan = Plan::new((0..k).map(|r| (r * n, 0, n)))?;
+        let rec = self.segment_records(grads, &m, &plan)?;
+        self.launch(
+            "align_proj_mean",
+            grid(n.div_ceil(THREADS as usize)),
+            &[
+                grads.arg(),
+                m.arg(),
+                KArg::Ptr(rec.seg.ptr()),
+                KArg::I32(k as i32),
+                KArg::I32(n as i32),
+                out.arg(),
+            ],
+        )
+    }
+}

@@ -1,6 +1,61 @@
-use super::super::{CudaBackend, CudaBuf};
+//! Host side of kernels/loss.cu: fused softmax cross-entropy and its gradient.
+
+use super::super::{check_len, i32_of, CudaBackend, CudaBuf, KArg};
+use super::norm::row_blocks;
 use crate::error::{Error, Result};
 
-pub(crate) fn cross_entropy(_be: &CudaBackend, _dlogits: &mut CudaBuf, _logits: &CudaBuf, _labels: &[i64], _weights: &[f32], _classes: usize) -> Result<Vec<f32>> {
-    Err(Error::Backend("SCAFFOLD: cuda cross entropy not written yet".into()))
+/// Labels and weights travel with the launch; the per-row losses come back as the result, the
+/// gradient stays on the device in `dlogits`.
+pub(crate) fn cross_entropy(
+    be: &CudaBackend,
+    dlogits: &mut CudaBuf,
+    logits: &CudaBuf,
+    labels: &[i64],
+    weights: &[f32],
+    classes: usize,
+) -> Result<Vec<f32>> {
+    let rows = labels.len();
+    check_len("cross_entropy logits", logits, rows * classes)?;
+    check_len("cross_entropy dlogits", dlogits, rows * classes)?;
+    if weights.len() < rows {
+        return Err(Error::Backend(format!(
+            "cross_entropy weights: buffer holds {} elements, op needs {rows}",
+            weights.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l >= classes as i64) {
+        return Err(Error::Backend(format!(
+            "label {bad} out of range for {classes} classes"
+        )));
+    }
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    if classes == 0 {
+        // Every label is then negative (checked above): all rows are ignored.
+        return Ok(vec![0.0; rows]);
+    }
+    let labels_d = be.upload_pod(labels)?;
+    let weights_d = be.upload_pod(&weights[..rows])?;
+    let losses_d = be.alloc_bytes(rows * 4)?;
+    be.launch(
+        "loss_xent",
+        row_blocks(rows, classes)?,
+        &[
+            dlogits.arg(),
+            KArg::Ptr(losses_d.ptr()),
+            logits.arg(),
+            KArg::Ptr(labels_d.ptr()),
+            KArg::Ptr(weights_d.ptr()),
+            KArg::I32(i32_of("cross_entropy rows", rows)?),
+            KArg::I32(i32_of("cross_entropy classes", classes)?),
+        ],
+    )?;
+    let mut losses = vec![0f32; rows];
+    be.device().read(
+        bytemuck::cast_slice_mut(&mut losses),
+        losses_d.ptr(),
+        be.stream(),
+    )?;
+    Ok(losses)
 }
