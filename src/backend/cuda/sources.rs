@@ -5,8 +5,14 @@
 /// `(file name, source text)` of every kernels/*.cu file that ships to the GPU.
 pub const KERNEL_FILES: &[(&str, &str)] = &[
     ("align.cu", include_str!("../../../kernels/align.cu")),
-    ("attention.cu", include_str!("../../../kernels/attention.cu")),
-    ("elementwise.cu", include_str!("../../../kernels/elementwise.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
+    (
+        "elementwise.cu",
+        include_str!("../../../kernels/elementwise.cu"),
+    ),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
     ("lora.cu", include_str!("../../../kernels/lora.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
@@ -31,11 +37,15 @@ pub fn kernel_names(text: &str) -> Vec<String> {
         // The name is the identifier before the first '(' that is not `__launch_bounds__(`.
         let mut scan = rest;
         loop {
-            let Some(open) = scan.find('(') else { return out };
+            let Some(open) = scan.find('(') else {
+                return out;
+            };
             let head = &scan[..open];
             let ident = head.split_whitespace().last().unwrap_or("");
             if ident == "__launch_bounds__" {
-                let Some(close) = scan[open..].find(')') else { return out };
+                let Some(close) = scan[open..].find(')') else {
+                    return out;
+                };
                 scan = &scan[open + close + 1..];
                 continue;
             }
