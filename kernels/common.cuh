@@ -26,6 +26,12 @@ __device__ __forceinline__ U* shared_cast(T* p) {
 }
 #define EMU_REGISTER(kernel)
 #define RESTRICT __restrict__
+// A device address stored in device memory (a pointer table) as a global pointer; the emulator's
+// version (emu/simt.hpp) also recovers the allocation's bounds.
+template <class T>
+__device__ __forceinline__ gmem<T> gmem_from_address(unsigned long long a) {
+    return reinterpret_cast<T*>(a);
+}
 typedef unsigned short bf16_t;
 #endif
 

@@ -223,6 +223,27 @@ struct arg_of<gmem<T>> {
         return gmem<T>(reinterpret_cast<T*>(a), lo, hi);
     }
 };
+// A device address read from device memory (a pointer table built by the host, e.g. the LoRA
+// segment table) turned into a bounds-checked pointer: the bounds are those of the live
+// allocation containing the address, found in the allocation registry. 0 gives a null pointer
+// (any access through it faults); an address inside no live allocation faults at the lookup.
+// On the GPU (common.cuh) this is a plain cast.
+template <class T>
+gmem<T> gmem_from_address(unsigned long long a) {
+    if (a == 0)
+        return gmem<T>();
+    const char* lo = nullptr;
+    const char* hi = nullptr;
+    try {
+        lookup_alloc(a, &lo, &hi);
+    } catch (...) {
+        // lookup_alloc reports by throwing (it is meant for argument unpacking, before threads
+        // run); inside a thread the fault must stop only this launch, with the thread named.
+        fault("gmem_from_address: 0x%llx points into no live allocation", a);
+    }
+    return gmem<T>(reinterpret_cast<T*>(a), lo, hi);
+}
+
 #define EMU_SCALAR_ARG(T, TAG, NAME)                   \
     template <>                                        \
     struct arg_of<T> {                                 \
@@ -365,4 +386,5 @@ using gmem = ::emu::gmem<T>;
     ::emu::shared_ptr<T> name = name##_storage.ptr()
 #define DYN_SHARED(T, name) ::emu::shared_ptr<T> name = ::emu::dyn_shared_as<T>()
 using ::emu::shared_cast;
+using ::emu::gmem_from_address;
 #define RESTRICT

@@ -6,7 +6,7 @@ use super::common::{check_finite, whole, Chain, Example, Federation, PersonalSet
 use super::{flat, Algorithm, Align, ServerAgg, ServerUpdate};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::executor::{AdamWState, Output, SeqInput, SeqJob};
+use crate::executor::{AdamWState, Output, SeqInput, SeqJob, SeqResult};
 use crate::model::AdapterSet;
 use crate::rng::Rng;
 
@@ -346,7 +346,7 @@ impl<B: Backend> FlexpSfl<B> {
     /// and return its gradient. Returns d loss / d h for each client job, and the tail gradients.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn server(
-        st: ServerState<'_, B>,
+        mut st: ServerState<'_, B>,
         fed: &Federation<'_, B>,
         active: &[usize],
         batches: &[Vec<&Example>],
@@ -360,7 +360,6 @@ impl<B: Backend> FlexpSfl<B> {
         let exec = fed.exec();
         let l = fed.layers();
         let u = st.tail;
-        let hd = fed.model.config.hidden;
         let h = &fed.hyper;
         let mut dh: Vec<Option<Vec<f32>>> = vec![None; client_jobs.len()];
         let mut tail_grads: Vec<Option<AdapterSet<B>>> = (0..active.len()).map(|_| None).collect();
@@ -404,6 +403,33 @@ impl<B: Backend> FlexpSfl<B> {
                 job.loss_weight = 1.0 / batches[i].len() as f32;
                 jobs.push(job);
                 which.push(j);
+            }
+            // Vanilla split on a device with concurrent lanes (CUDA streams): each cut's clients
+            // run forward and backward on their own lane.
+            if u == 0 && be.concurrent_lanes() {
+                let (out, dx, grads) = server_sweep_lanes(fed, &*st.global, &jobs, members.len())?;
+                let mut losses = vec![0.0f64; members.len()];
+                for (n, r) in out.iter().enumerate() {
+                    losses[jobs[n].grad_slot] +=
+                        r.loss.map_or(f64::NAN, |v| v as f64) * jobs[n].loss_weight as f64;
+                }
+                Self::finish_group(
+                    &mut st,
+                    fed,
+                    active,
+                    &members,
+                    &jobs,
+                    &which,
+                    owner,
+                    losses,
+                    grads,
+                    dx,
+                    rejected,
+                    &mut dh,
+                    &mut tail_grads,
+                    log,
+                )?;
+                continue;
             }
             let (out, tape) = exec.forward(&[&*st.global], &jobs, true)?;
             let tape = tape.ok_or_else(|| Error::Backend("no tape".into()))?;
@@ -472,53 +498,187 @@ impl<B: Backend> FlexpSfl<B> {
                 .map(|_| st.global.zeros_like(be))
                 .collect::<Result<_>>()?;
             let dx = exec.backward(&tape, &[&*st.global], &mut grads, &server_out_grads)?;
-            let mut accepted = Vec::new();
-            for (slot, &i) in members.iter().enumerate() {
-                let k = active[i];
-                let bad_dx = jobs
-                    .iter()
-                    .zip(&dx)
-                    .any(|(job, g)| job.grad_slot == slot && !g.as_deref().is_some_and(finite));
-                let why = match check_finite(be, losses[slot], &grads[slot])? {
-                    Some(w) => Some(w),
-                    None if bad_dx => Some("non-finite gradient at the cut".into()),
-                    None => None,
-                };
-                if let Some(w) = why {
-                    rejected[i] = true;
-                    tail_grads[i] = None;
-                    log.rejected.push((k, format!("server step: {w}")));
-                } else {
-                    accepted.push(slot);
-                    log.loss(k, losses[slot]);
-                }
-            }
-            for (n, &j) in which.iter().enumerate() {
-                if !rejected[owner[j]] {
-                    dh[j] = dx[n].clone();
-                }
-            }
-            let tokens: usize = jobs.iter().map(|j| super::common::seq_tokens(j, hd)).sum();
-            let mean_s =
-                members.iter().map(|&i| st.splits[active[i]]).sum::<usize>() / members.len();
-            log.server_flops += fed.server_step_flops(mean_s, tokens);
-            if accepted.is_empty() {
-                continue;
-            }
-            let flats: Vec<Vec<f32>> = accepted
-                .iter()
-                .map(|&s| flat::flatten(be, &grads[s]))
-                .collect::<Result<_>>()?;
-            let agg = match h.server_agg {
-                ServerAgg::Mean => {
-                    flat::weighted_sum(&flats, &vec![1.0 / flats.len() as f64; flats.len()])
-                }
-                ServerAgg::Proj => flat::projected_mean(&flats),
-            };
-            let mut g = st.global.zeros_like(be)?;
-            flat::assign(be, &mut g, &agg)?;
-            fed.apply(st.opt, st.global, &g)?;
+            Self::finish_group(
+                &mut st,
+                fed,
+                active,
+                &members,
+                &jobs,
+                &which,
+                owner,
+                losses,
+                grads,
+                dx,
+                rejected,
+                &mut dh,
+                &mut tail_grads,
+                log,
+            )?;
         }
         Ok((dh, tail_grads))
     }
+
+    /// Accepts or rejects each client of a server group from its loss and gradients, hands the
+    /// cut gradients back, and applies the aggregated G update.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_group(
+        st: &mut ServerState<'_, B>,
+        fed: &Federation<'_, B>,
+        active: &[usize],
+        members: &[usize],
+        jobs: &[SeqJob],
+        which: &[usize],
+        owner: &[usize],
+        losses: Vec<f64>,
+        grads: Vec<AdapterSet<B>>,
+        dx: Vec<Option<Vec<f32>>>,
+        rejected: &mut [bool],
+        dh: &mut [Option<Vec<f32>>],
+        tail_grads: &mut [Option<AdapterSet<B>>],
+        log: &mut RoundLog,
+    ) -> Result<()> {
+        let be = fed.backend;
+        let h = &fed.hyper;
+        let hd = fed.model.config.hidden;
+        let mut accepted = Vec::new();
+        for (slot, &i) in members.iter().enumerate() {
+            let k = active[i];
+            let bad_dx = jobs
+                .iter()
+                .zip(&dx)
+                .any(|(job, g)| job.grad_slot == slot && !g.as_deref().is_some_and(finite));
+            let why = match check_finite(be, losses[slot], &grads[slot])? {
+                Some(w) => Some(w),
+                None if bad_dx => Some("non-finite gradient at the cut".into()),
+                None => None,
+            };
+            if let Some(w) = why {
+                rejected[i] = true;
+                tail_grads[i] = None;
+                log.rejected.push((k, format!("server step: {w}")));
+            } else {
+                accepted.push(slot);
+                log.loss(k, losses[slot]);
+            }
+        }
+        for (n, &j) in which.iter().enumerate() {
+            if !rejected[owner[j]] {
+                dh[j] = dx[n].clone();
+            }
+        }
+        let tokens: usize = jobs.iter().map(|j| super::common::seq_tokens(j, hd)).sum();
+        let mean_s = members.iter().map(|&i| st.splits[active[i]]).sum::<usize>() / members.len();
+        log.server_flops += fed.server_step_flops(mean_s, tokens);
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let flats: Vec<Vec<f32>> = accepted
+            .iter()
+            .map(|&s| flat::flatten(be, &grads[s]))
+            .collect::<Result<_>>()?;
+        let agg = match h.server_agg {
+            ServerAgg::Mean => {
+                flat::weighted_sum(&flats, &vec![1.0 / flats.len() as f64; flats.len()])
+            }
+            ServerAgg::Proj => flat::projected_mean(&flats),
+        };
+        let mut g = st.global.zeros_like(be)?;
+        flat::assign(be, &mut g, &agg)?;
+        fed.apply(st.opt, st.global, &g)?;
+        Ok(())
+    }
+}
+
+/// Server forward + backward of the vanilla split's jobs with one lane per cut (each lane a
+/// concurrent stream on a GPU, driven by its own host thread so that one lane's host work does
+/// not stall the others). Returns the per-job results and cut gradients in `jobs` order and the
+/// per-slot gradients of G.
+#[allow(clippy::type_complexity)]
+fn server_sweep_lanes<B: Backend>(
+    fed: &Federation<'_, B>,
+    global: &AdapterSet<B>,
+    jobs: &[SeqJob],
+    slots: usize,
+) -> Result<(Vec<SeqResult>, Vec<Option<Vec<f32>>>, Vec<AdapterSet<B>>)> {
+    let mut cuts: Vec<usize> = jobs.iter().map(|j| j.blocks.start).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let lanes = fed.backend.fork(cuts.len())?;
+    // Jobs and gradient slots of each lane, renumbered locally.
+    let parts: Vec<(Vec<usize>, Vec<usize>)> = cuts
+        .iter()
+        .map(|&c| {
+            let idx: Vec<usize> = (0..jobs.len())
+                .filter(|&n| jobs[n].blocks.start == c)
+                .collect();
+            let mut lane_slots: Vec<usize> = idx.iter().map(|&n| jobs[n].grad_slot).collect();
+            lane_slots.sort_unstable();
+            lane_slots.dedup();
+            (idx, lane_slots)
+        })
+        .collect();
+    let results: Vec<Result<_>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .zip(&parts)
+            .map(|(lane, (idx, lane_slots))| {
+                scope.spawn(move || -> Result<_> {
+                    let exec = crate::executor::Executor::new(lane, fed.model);
+                    let local: Vec<SeqJob> = idx
+                        .iter()
+                        .map(|&n| {
+                            let mut j = jobs[n].clone();
+                            j.grad_slot = lane_slots
+                                .iter()
+                                .position(|&s| s == jobs[n].grad_slot)
+                                .expect("slot listed for this lane");
+                            j
+                        })
+                        .collect();
+                    let (out, tape) = exec.forward(&[global], &local, true)?;
+                    let tape = tape.ok_or_else(|| Error::Backend("no tape".into()))?;
+                    let mut grads: Vec<AdapterSet<B>> = lane_slots
+                        .iter()
+                        .map(|_| global.zeros_like(lane))
+                        .collect::<Result<_>>()?;
+                    let dx =
+                        exec.backward(&tape, &[global], &mut grads, &vec![None; local.len()])?;
+                    Ok((out, dx, grads))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Backend("a server lane panicked".into())))
+            })
+            .collect()
+    });
+    fed.backend.join(&lanes)?;
+    let mut out: Vec<Option<SeqResult>> = (0..jobs.len()).map(|_| None).collect();
+    let mut dx: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
+    let mut grads: Vec<Option<AdapterSet<B>>> = (0..slots).map(|_| None).collect();
+    for (res, (idx, lane_slots)) in results.into_iter().zip(&parts) {
+        let (o, d, g) = res?;
+        for ((n, o), d) in idx.iter().zip(o).zip(d) {
+            out[*n] = Some(o);
+            dx[*n] = d;
+        }
+        for (s, g) in lane_slots.iter().zip(g) {
+            grads[*s] = Some(g);
+        }
+    }
+    let out = out
+        .into_iter()
+        .map(|o| o.ok_or_else(|| Error::Backend("a server job produced no result".into())))
+        .collect::<Result<_>>()?;
+    let grads = grads
+        .into_iter()
+        .map(|g| match g {
+            Some(g) => Ok(g),
+            None => global.zeros_like(fed.backend),
+        })
+        .collect::<Result<_>>()?;
+    Ok((out, dx, grads))
 }
