@@ -116,7 +116,8 @@ pub trait Device: Send + Sync {
     fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg], stream: StreamId) -> Result<()>;
     /// Creates a new stream.
     fn create_stream(&self) -> Result<StreamId>;
-    /// Records an event at the current end of `stream`.
+    /// Records an event at the current end of `stream`. An event is meant to be waited on soon
+    /// after; implementations may forget events once thousands of newer ones exist.
     fn record(&self, stream: StreamId) -> Result<EventId>;
     /// Makes later work on `stream` wait for `event`.
     fn wait(&self, stream: StreamId, event: EventId) -> Result<()>;

@@ -14,6 +14,10 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
+/// How many recorded events stay valid: a wait names an event recorded moments before, and a
+/// long run records a few per step, so older ones are released.
+const EVENT_WINDOW: usize = 4096;
+
 fn drv(what: &str, e: result::DriverError) -> Error {
     Error::Backend(format!("CUDA {what}: {e:?}"))
 }
@@ -29,7 +33,8 @@ pub struct CudaDriver {
     name: String,
     arch: &'static str,
     streams: Mutex<Vec<Arc<CudaStream>>>,
-    events: Mutex<Vec<CudaEvent>>,
+    /// Recorded events by id; only the newest [`EVENT_WINDOW`] are kept.
+    events: Mutex<(usize, HashMap<usize, CudaEvent>)>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     kernel_file: HashMap<String, (&'static str, &'static str)>,
@@ -90,7 +95,7 @@ impl CudaDriver {
             ctx,
             arch,
             streams: Mutex::new(vec![stream0]),
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new((0, HashMap::new())),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             kernel_file,
@@ -235,16 +240,24 @@ impl Device for CudaDriver {
         unsafe { result::event::record(ev.cu_event(), s.cu_stream()) }
             .map_err(|e| drv("event record", e))?;
         let mut events = lock(&self.events);
-        events.push(ev);
-        Ok(EventId(events.len() - 1))
+        let id = events.0;
+        events.0 += 1;
+        events.1.insert(id, ev);
+        if id >= EVENT_WINDOW {
+            events.1.remove(&(id - EVENT_WINDOW));
+        }
+        Ok(EventId(id))
     }
 
     fn wait(&self, stream: StreamId, event: EventId) -> Result<()> {
         let s = self.stream(stream)?;
         let events = lock(&self.events);
-        let ev = events
-            .get(event.0)
-            .ok_or_else(|| Error::Backend(format!("no CUDA event {}", event.0)))?;
+        let ev = events.1.get(&event.0).ok_or_else(|| {
+            Error::Backend(format!(
+                "CUDA event {} is unknown or older than the newest {EVENT_WINDOW}",
+                event.0
+            ))
+        })?;
         // SAFETY: both handles belong to this context and outlive the call.
         unsafe {
             result::stream::wait_event(
