@@ -207,6 +207,27 @@ impl Device for CudaDriver {
         self.bind()?;
         let f = self.function(name)?;
         let s = self.stream(stream)?;
+        if cfg.shared_bytes > 48 * 1024 {
+            // Above 48 KiB of dynamic shared memory a kernel must opt in (sm_80: up to 163 KiB,
+            // sm_90: up to 227 KiB); the driver refuses the launch otherwise.
+            // SAFETY: `f` is a live function of this context, bound to the calling thread.
+            unsafe {
+                result::function::set_function_attribute(
+                    f.cu_function(),
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    cfg.shared_bytes as i32,
+                )
+            }
+            .map_err(|e| {
+                drv(
+                    &format!(
+                        "{name}: {} bytes of dynamic shared memory",
+                        cfg.shared_bytes
+                    ),
+                    e,
+                )
+            })?;
+        }
         let mut slots: Vec<[u8; 8]> = args.iter().map(KArg::bytes).collect();
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
