@@ -11,6 +11,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// A training step allocates and frees the same large activation buffers every step; glibc's
+// malloc returns blocks above its mmap threshold to the OS and takes them back page fault by page
+// fault (about a quarter million faults per bench round). mimalloc keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flexp-run",
@@ -85,6 +91,34 @@ enum Command {
         /// Markdown file to write (an .svg and a .csv are written beside it).
         #[arg(long, default_value = "comparison.md")]
         output: PathBuf,
+    },
+    /// Time one FlexP-SFL training round (random tokens and labels) and print one JSON line;
+    /// tools/torch_reference/flexp_round.py is the PyTorch counterpart.
+    Bench {
+        /// Checkpoint folder.
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model: PathBuf,
+        /// Clients (all participate).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Sequences per client per local step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 64)]
+        seq: usize,
+        /// Local steps in the timed round.
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        /// LoRA rank (on the query and value projections, alpha = 2·rank).
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// Cut layers, comma-separated, cycled over the clients.
+        #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+        split: Vec<usize>,
+        /// Seed of the random data and adapters.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Sentence embeddings: one text per input line, JSON lines out.
     Embed {
@@ -312,6 +346,35 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             println!("{}", plan.table());
             Ok(())
         }
+        Command::Bench {
+            model,
+            clients,
+            batch,
+            seq,
+            steps,
+            rank,
+            split,
+            seed,
+        } => {
+            let spec = flexp::run::bench::BenchSpec {
+                clients,
+                batch,
+                seq,
+                steps,
+                rank,
+                split,
+                seed,
+            };
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            let threads = rayon::current_num_threads();
+            let json = match be {
+                Selected::Cpu(b) => bench(&b, &model, &spec, threads)?,
+                Selected::Cuda(b) => bench(&b, &model, &spec, threads)?,
+            };
+            println!("{json}");
+            Ok(())
+        }
         Command::Compare { runs, output } => {
             let c = flexp::report::compare(&runs)?;
             flexp::report::write_comparison(&c, &output)?;
@@ -363,6 +426,17 @@ fn train<B: Backend + 'static>(
     } else {
         flexp::run::run(be, cfg, text, resuming, &mut BarProgress::new())
     }
+}
+
+fn bench<B: Backend + 'static>(
+    be: &B,
+    model: &Path,
+    spec: &flexp::run::bench::BenchSpec,
+    threads: usize,
+) -> flexp::Result<serde_json::Value> {
+    let model = flexp::model::load_model(be, model)?;
+    let r = flexp::run::bench::bench_round(be, &model, spec)?;
+    Ok(r.to_json(be.name(), "f32", threads))
 }
 
 fn embed<B: Backend>(

@@ -1,6 +1,7 @@
 //! Experiments: configuration, the training loop with evaluation and accounting, checkpoints.
 //! `flexp-run` is a thin front end over this module.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod runner;
