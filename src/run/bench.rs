@@ -10,8 +10,8 @@
 //! no alignment term (the reference has none), so both sides do the same arithmetic. One
 //! untimed warm-up step (every client, one local step) runs first.
 
-use crate::algorithms::{self, AlgorithmKind, Align, ClientData, Example, Federation, Hyper};
-use crate::algorithms::{ServerAgg, ServerUpdate};
+use crate::algorithms::{self, Algorithm, AlgorithmKind, Align, ClientData, Example};
+use crate::algorithms::{Federation, Hyper, RoundLog, ServerAgg, ServerUpdate};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::federated::CostModel;
@@ -117,77 +117,99 @@ pub fn validate<B: Backend>(spec: &BenchSpec, model: &Model<B>) -> Result<()> {
     Ok(())
 }
 
+/// A federation and FlexP-SFL state built for `spec`, ready to run rounds on.
+pub struct BenchRound<'a, B: Backend + 'static> {
+    fed: Federation<'a, B>,
+    algo: Box<dyn Algorithm<B>>,
+    rng: Rng,
+    all: Vec<usize>,
+}
+
+impl<'a, B: Backend + 'static> BenchRound<'a, B> {
+    /// Builds the clients' random data, the adapters and the optimizers for `spec`.
+    pub fn new(be: &'a B, model: &'a Model<B>, spec: &BenchSpec) -> Result<Self> {
+        validate(spec, model)?;
+        let c = &model.config;
+        let mut rng = Rng::new(spec.seed);
+        let example = |rng: &mut Rng| Example {
+            ids: (0..spec.seq)
+                .map(|_| 1000 + rng.below(c.vocab_size - 1000) as u32)
+                .collect(),
+            label: rng.below(2),
+        };
+        // Exactly `batch` examples per client: every local step uses all of them (in a new
+        // order).
+        let clients: Vec<ClientData> = (0..spec.clients)
+            .map(|_| ClientData {
+                train: (0..spec.batch).map(|_| example(&mut rng)).collect(),
+                test: Vec::new(),
+            })
+            .collect();
+        let lora = LoraConfig {
+            rank: spec.rank,
+            alpha: 2.0 * spec.rank as f32,
+            targets: vec![Target::Q, Target::V],
+        };
+        let hyper = Hyper {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            local_steps: spec.steps,
+            batch_size: spec.batch,
+            align: Align::None,
+            server_update: ServerUpdate::Sync,
+            server_agg: ServerAgg::Mean,
+            ..Hyper::default()
+        };
+        let cost = CostModel::new(c, &lora, spec.seq, spec.batch)?;
+        let fed = Federation {
+            backend: be,
+            model,
+            lora,
+            classes: 2,
+            pooling: Pooling::Mean,
+            clients,
+            splits: (0..spec.clients)
+                .map(|k| spec.split[k % spec.split.len()])
+                .collect(),
+            hyper,
+            cost,
+            on_step: None,
+        };
+        let algo = algorithms::build(AlgorithmKind::FlexpSfl, &fed, &mut rng)?;
+        Ok(BenchRound {
+            fed,
+            algo,
+            rng,
+            all: (0..spec.clients).collect(),
+        })
+    }
+
+    /// One round of `steps` local steps with every client; an error if any client's step was
+    /// rejected (a benchmark must not time skipped work).
+    pub fn run(&mut self, steps: usize) -> Result<RoundLog> {
+        self.fed.hyper.local_steps = steps;
+        let log = self.algo.round(&self.fed, &self.all, &mut self.rng)?;
+        if !log.rejected.is_empty() {
+            return Err(Error::Backend(format!(
+                "bench: clients rejected during the round: {:?}",
+                log.rejected
+            )));
+        }
+        Ok(log)
+    }
+}
+
 /// Times one FlexP-SFL round of `spec` on `model` (after one untimed warm-up step).
 pub fn bench_round<B: Backend + 'static>(
     be: &B,
     model: &Model<B>,
     spec: &BenchSpec,
 ) -> Result<BenchResult> {
-    validate(spec, model)?;
-    let c = &model.config;
-    let mut rng = Rng::new(spec.seed);
-    let example = |rng: &mut Rng| Example {
-        ids: (0..spec.seq)
-            .map(|_| 1000 + rng.below(c.vocab_size - 1000) as u32)
-            .collect(),
-        label: rng.below(2),
-    };
-    // Exactly `batch` examples per client: every local step uses all of them (in a new order).
-    let clients: Vec<ClientData> = (0..spec.clients)
-        .map(|_| ClientData {
-            train: (0..spec.batch).map(|_| example(&mut rng)).collect(),
-            test: Vec::new(),
-        })
-        .collect();
-    let lora = LoraConfig {
-        rank: spec.rank,
-        alpha: 2.0 * spec.rank as f32,
-        targets: vec![Target::Q, Target::V],
-    };
-    let hyper = Hyper {
-        lr: 1e-3,
-        weight_decay: 0.0,
-        local_steps: 1,
-        batch_size: spec.batch,
-        align: Align::None,
-        server_update: ServerUpdate::Sync,
-        server_agg: ServerAgg::Mean,
-        ..Hyper::default()
-    };
-    let cost = CostModel::new(c, &lora, spec.seq, spec.batch)?;
-    let mut fed = Federation {
-        backend: be,
-        model,
-        lora,
-        classes: 2,
-        pooling: Pooling::Mean,
-        clients,
-        splits: (0..spec.clients)
-            .map(|k| spec.split[k % spec.split.len()])
-            .collect(),
-        hyper,
-        cost,
-        on_step: None,
-    };
-    let mut algo = algorithms::build(AlgorithmKind::FlexpSfl, &fed, &mut rng)?;
-    let all: Vec<usize> = (0..spec.clients).collect();
-    let warm = algo.round(&fed, &all, &mut rng)?;
-    if !warm.rejected.is_empty() {
-        return Err(Error::Backend(format!(
-            "bench: warm-up step rejected clients {:?}",
-            warm.rejected
-        )));
-    }
-    fed.hyper.local_steps = spec.steps;
+    let mut round = BenchRound::new(be, model, spec)?;
+    round.run(1)?;
     let t = Instant::now();
-    let log = algo.round(&fed, &all, &mut rng)?;
+    let log = round.run(spec.steps)?;
     let seconds = t.elapsed().as_secs_f64();
-    if !log.rejected.is_empty() {
-        return Err(Error::Backend(format!(
-            "bench: clients rejected during the timed round: {:?}",
-            log.rejected
-        )));
-    }
     Ok(BenchResult {
         spec: spec.clone(),
         tokens: spec.clients * spec.steps * spec.batch * spec.seq,
