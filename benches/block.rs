@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use flexp::backend::cpu::Cpu;
-use flexp::backend::Backend;
+use flexp::backend::{Backend, WeightPrecision};
 use flexp::executor::{Executor, Output, SeqInput, SeqJob};
 use flexp::model::{AdapterSet, LoraConfig, Model, ModelConfig};
 use flexp::rng::Rng;
@@ -36,10 +36,19 @@ pub fn block_flops_per_token(d: f64, ff: f64, t: f64, r: f64) -> f64 {
 }
 
 fn block_fwd_bwd(c: &mut Criterion) {
+    block_fwd_bwd_in(c, WeightPrecision::F32, "block_fwd_bwd_minilm");
+}
+
+/// The same block with its projection weights stored in bf16 (`precision = "bf16"`).
+fn block_fwd_bwd_bf16(c: &mut Criterion) {
+    block_fwd_bwd_in(c, WeightPrecision::Bf16, "block_fwd_bwd_minilm_bf16");
+}
+
+fn block_fwd_bwd_in(c: &mut Criterion, precision: WeightPrecision, group: &str) {
     let be = Cpu;
     let mut rng = Rng::new(0);
     let cfg = minilm_block();
-    let model = Model::random(&be, cfg.clone(), &mut rng).unwrap();
+    let model = Model::random_with(&be, cfg.clone(), &mut rng, precision).unwrap();
     let lora = LoraConfig {
         rank: 8,
         alpha: 16.0,
@@ -57,7 +66,7 @@ fn block_fwd_bwd(c: &mut Criterion) {
         "useful work: {:.2} MFLOP per token (fwd+bwd, one block, T={SEQ})",
         flops / 1e6
     );
-    let mut g = c.benchmark_group("block_fwd_bwd_minilm");
+    let mut g = c.benchmark_group(group);
     g.sample_size(10)
         .measurement_time(Duration::from_secs(8))
         .warm_up_time(Duration::from_secs(2));
@@ -118,5 +127,5 @@ fn gemm_peak(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm_peak, block_fwd_bwd);
+criterion_group!(benches, gemm_peak, block_fwd_bwd, block_fwd_bwd_bf16);
 criterion_main!(benches);

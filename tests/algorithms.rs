@@ -7,7 +7,7 @@ use flexp::algorithms::{
     ServerUpdate,
 };
 use flexp::backend::cpu::Cpu;
-use flexp::backend::Backend;
+use flexp::backend::{Backend, WeightPrecision};
 use flexp::federated::CostModel;
 use flexp::model::{LoraConfig, Model, ModelConfig, Pooling};
 use flexp::rng::Rng;
@@ -15,13 +15,18 @@ use flexp::rng::Rng;
 const SIGNAL: u32 = 5;
 
 fn tiny_model() -> Model<Cpu> {
+    tiny_model_in(WeightPrecision::F32)
+}
+
+/// The tiny model with its block weights stored in `precision` (same random draws).
+fn tiny_model_in(precision: WeightPrecision) -> Model<Cpu> {
     let cfg = ModelConfig::from_json(&serde_json::json!({
         "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 4,
         "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32,
         "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12
     }))
     .unwrap();
-    Model::random(&Cpu, cfg, &mut Rng::new(11)).unwrap()
+    Model::random_with(&Cpu, cfg, &mut Rng::new(11), precision).unwrap()
 }
 
 /// Label 1 iff the signal token occurs; half the examples carry it.
@@ -77,7 +82,17 @@ fn hyper() -> Hyper {
 
 /// Trains `rounds` rounds; returns (first-round loss, last-round loss, final mean personal acc).
 fn train(kind: AlgorithmKind, hyper: Hyper, rounds: usize) -> (f64, f64, f64) {
-    let model = tiny_model();
+    train_in(kind, hyper, rounds, WeightPrecision::F32)
+}
+
+/// [`train`] with the base model's block weights stored in `precision`.
+fn train_in(
+    kind: AlgorithmKind,
+    hyper: Hyper,
+    rounds: usize,
+    precision: WeightPrecision,
+) -> (f64, f64, f64) {
+    let model = tiny_model_in(precision);
     let fed = federation(&model, hyper);
     let mut rng = Rng::new(7);
     let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
@@ -119,6 +134,32 @@ fn assert_learns(kind: AlgorithmKind, hyper: Hyper) {
 #[test]
 fn flexp_sfl_proj_learns() {
     assert_learns(AlgorithmKind::FlexpSfl, hyper());
+}
+
+#[test]
+fn flexp_sfl_learns_as_well_with_bf16_base_weights() {
+    // bf16 storage changes only the frozen base products (by ~2^-8 relative): training must
+    // reach the same quality as with f32 weights on the same draws.
+    let (f_first, f_last, f_acc) =
+        train_in(AlgorithmKind::FlexpSfl, hyper(), 20, WeightPrecision::F32);
+    let (b_first, b_last, b_acc) =
+        train_in(AlgorithmKind::FlexpSfl, hyper(), 20, WeightPrecision::Bf16);
+    assert!(
+        b_last < 0.8 * b_first,
+        "bf16: loss {b_first:.3} -> {b_last:.3} did not fall enough"
+    );
+    assert!(
+        (b_first - f_first).abs() < 0.02 * f_first,
+        "first-round loss differs: bf16 {b_first:.4} vs f32 {f_first:.4}"
+    );
+    assert!(
+        b_last < f_last * 1.15 + 0.02,
+        "bf16 final loss {b_last:.4} worse than f32 {f_last:.4}"
+    );
+    assert!(
+        b_acc > 0.75 && b_acc >= f_acc - 0.05,
+        "bf16 accuracy {b_acc:.3} vs f32 {f_acc:.3}"
+    );
 }
 
 #[test]

@@ -29,7 +29,17 @@ fn bench(args: &[&str]) -> std::process::Output {
 #[test]
 fn prints_one_json_line_with_consistent_numbers() {
     let out = bench(&[
-        "--clients", "3", "--batch", "2", "--seq", "8", "--steps", "2", "--rank", "4", "--split",
+        "--clients",
+        "3",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--steps",
+        "2",
+        "--rank",
+        "4",
+        "--split",
         "1,5",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -38,7 +48,15 @@ fn prints_one_json_line_with_consistent_numbers() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-    for key in ["clients", "batch", "seq", "steps", "tokens", "seconds", "tokens_per_s"] {
+    for key in [
+        "clients",
+        "batch",
+        "seq",
+        "steps",
+        "tokens",
+        "seconds",
+        "tokens_per_s",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}: {v}");
     }
     assert_eq!(v["tokens"], 3 * 2 * 2 * 8);
@@ -70,7 +88,11 @@ fn the_timed_round_runs_real_training_steps() {
     let r = bench_round(&be, &m, &spec).unwrap();
     assert_eq!(r.tokens, 2 * 2 * 6);
     assert!(r.seconds > 0.0);
-    assert!((r.loss - std::f64::consts::LN_2).abs() < 0.3, "loss {}", r.loss);
+    assert!(
+        (r.loss - std::f64::consts::LN_2).abs() < 0.3,
+        "loss {}",
+        r.loss
+    );
 }
 
 #[test]

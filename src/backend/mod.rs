@@ -126,6 +126,57 @@ impl Default for AdamW {
     }
 }
 
+/// How a backend stores frozen base weights ([`Backend::weight`]).
+///
+/// Only the storage of the frozen `[out, in]` matrices of the transformer blocks changes:
+/// activations, adapters, gradients and optimizer state stay f32, and products accumulate in
+/// f32. In bf16 the activations entering a base product are rounded to bf16 as well (what
+/// bf16 matrix units do), so a bf16 product differs from the f32 one by about 2^-8 relative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WeightPrecision {
+    /// 4 bytes a weight, f32 products.
+    #[default]
+    F32,
+    /// 2 bytes a weight (rounded to nearest even at load), bf16 x bf16 products.
+    Bf16,
+}
+
+impl WeightPrecision {
+    /// The configuration name: `"f32"` or `"bf16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::Bf16 => "bf16",
+        }
+    }
+    /// Bytes one stored weight takes.
+    pub fn bytes_per_weight(self) -> usize {
+        match self {
+            WeightPrecision::F32 => 4,
+            WeightPrecision::Bf16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for WeightPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightPrecision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(WeightPrecision::F32),
+            "bf16" => Ok(WeightPrecision::Bf16),
+            other => Err(crate::error::Error::Input(format!(
+                "unknown precision `{other}`; valid: f32, bf16"
+            ))),
+        }
+    }
+}
+
 /// The operations a device must provide to run the executor.
 ///
 /// Buffers are flat `f32` arrays owned by the backend. Shapes are passed explicitly; an op may
@@ -134,6 +185,11 @@ impl Default for AdamW {
 pub trait Backend: Send + Sync {
     /// A device buffer of `f32`.
     type Buf: Send + Sync;
+
+    /// A frozen weight matrix, stored in the layout and precision the backend's products want
+    /// (see [`Backend::weight`]). It is only read by [`Backend::linear`] and
+    /// [`Backend::linear_backward_input`].
+    type Weight: Send + Sync;
 
     /// A short name for logs ("cpu", "cuda").
     fn name(&self) -> &'static str;
@@ -177,6 +233,46 @@ pub trait Backend: Send + Sync {
         k: usize,
         trans_a: bool,
         trans_b: bool,
+        accumulate: bool,
+    ) -> Result<()>;
+
+    /// A frozen weight from `data`, a row-major `[rows, cols]` = `[out, in]` matrix (PyTorch's
+    /// `Linear.weight`), stored in `precision`. With [`WeightPrecision::Bf16`] the values are
+    /// rounded to bf16 (nearest even) once, here.
+    fn weight(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        precision: WeightPrecision,
+    ) -> Result<Self::Weight>;
+    /// `(rows, cols)` = `(out, in)` of a weight.
+    fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
+    /// The precision a weight is stored in.
+    fn weight_precision(&self, w: &Self::Weight) -> WeightPrecision;
+    /// Bytes of memory the weight holds (layout padding included).
+    fn weight_bytes(&self, w: &Self::Weight) -> usize;
+    /// The stored values as a host `[rows, cols]` f32 matrix (after bf16 rounding when stored in
+    /// bf16): for tests and inspection, not for the hot path.
+    fn weight_to_host(&self, w: &Self::Weight) -> Result<Vec<f32>>;
+    /// `y[m,out] (+)= x[m,in] · Wᵀ` for a weight `W: [out, in]`; accumulates when `accumulate`.
+    /// In bf16, `x` is rounded to bf16 for the product; the sum is f32.
+    fn linear(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// `dx[m,in] (+)= dy[m,out] · W` (the input gradient of [`Backend::linear`]); accumulates
+    /// when `accumulate`. In bf16, `dy` is rounded to bf16 for the product; the sum is f32.
+    fn linear_backward_input(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        w: &Self::Weight,
+        m: usize,
         accumulate: bool,
     ) -> Result<()>;
 

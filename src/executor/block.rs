@@ -138,9 +138,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         let be = self.backend;
         let n = act.rows;
         let mut y = be.zeros(n * lin.d_out)?;
-        be.matmul(
-            &mut y, x, &lin.w, n, lin.d_out, lin.d_in, false, true, false,
-        )?;
+        be.linear(&mut y, x, &lin.w, n, false)?;
         if let Some(b) = &lin.b {
             be.add_bias(&mut y, b, n, lin.d_out)?;
         }
@@ -169,9 +167,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         grads: &mut [AdapterSet<B>],
     ) -> Result<()> {
         let be = self.backend;
-        be.matmul(
-            dx, dy, &lin.w, act.rows, lin.d_in, lin.d_out, false, false, true,
-        )?;
+        be.linear_backward_input(dx, dy, &lin.w, act.rows, true)?;
         let Some(u) = u else { return Ok(()) };
         let segs = self.lora_segs(act, t);
         let shape = self.adapters[act.runs[0].adapter].shape(self.cfg, t);

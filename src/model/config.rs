@@ -152,13 +152,14 @@ impl ModelConfig {
                 return Err(format!("{what} must be positive"));
             }
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.heads, self.kv_heads
             ));
         }
-        if matches!(self.positions, PositionKind::Rotary { .. }) && self.head_dim % 2 != 0 {
+        if matches!(self.positions, PositionKind::Rotary { .. }) && !self.head_dim.is_multiple_of(2)
+        {
             return Err(format!(
                 "rotary positions need an even head_dim, got {}",
                 self.head_dim
@@ -208,7 +209,7 @@ fn activation(name: &str) -> std::result::Result<Activation, String> {
 }
 
 fn head_dim(hidden: usize, heads: usize) -> std::result::Result<usize, String> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(format!(
             "hidden size {hidden} is not divisible by {heads} heads"
         ));

@@ -12,12 +12,22 @@ pub use config::{Family, ModelConfig};
 pub use tokenizer::Tokenizer;
 pub use weights::Model;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, WeightPrecision};
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// Loads `config.json` and the safetensors weights from a checkpoint folder.
+/// Loads `config.json` and the safetensors weights from a checkpoint folder (block weights in
+/// f32).
 pub fn load_model<B: Backend>(backend: &B, dir: &Path) -> Result<Model<B>> {
+    load_model_with(backend, dir, WeightPrecision::F32)
+}
+
+/// Loads a checkpoint folder with the blocks' projection weights stored in `precision`.
+pub fn load_model_with<B: Backend>(
+    backend: &B,
+    dir: &Path,
+    precision: WeightPrecision,
+) -> Result<Model<B>> {
     if !dir.is_dir() {
         return Err(Error::Checkpoint {
             path: dir.into(),
@@ -28,7 +38,7 @@ pub fn load_model<B: Backend>(backend: &B, dir: &Path) -> Result<Model<B>> {
     }
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(dir)?;
-    Model::load(backend, config, &ckpt)
+    Model::load_with(backend, config, &ckpt, precision)
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same folder, synced, then renamed

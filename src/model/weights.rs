@@ -3,13 +3,13 @@
 
 use super::checkpoint::Checkpoint;
 use super::config::{Family, MlpKind, ModelConfig, NormKind, PositionKind};
-use crate::backend::Backend;
+use crate::backend::{Backend, WeightPrecision};
 use crate::error::Result;
 
 /// A frozen linear layer `y = x·Wᵀ + b` with `w: [d_out, d_in]`.
 pub struct Linear<B: Backend> {
-    /// Weight `[d_out, d_in]`.
-    pub w: B::Buf,
+    /// Weight `[d_out, d_in]`, in the model's [`WeightPrecision`] (the bias stays f32).
+    pub w: B::Weight,
     /// Optional bias `[d_out]`.
     pub b: Option<B::Buf>,
     /// Input features.
@@ -50,9 +50,16 @@ pub struct Block<B: Backend> {
 }
 
 /// A loaded base model. All of it is frozen; trainable state lives in adapter sets.
+///
+/// The projection weights of the blocks are stored in [`Model::precision`]; embeddings, norms,
+/// biases and the LM head are f32 buffers in every precision (they are read by ops that take
+/// f32 buffers; together they are a small part of a block stack's weights, except the
+/// embedding table).
 pub struct Model<B: Backend> {
     /// The configuration the weights were loaded for.
     pub config: ModelConfig,
+    /// Storage precision of the blocks' projection weights.
+    pub precision: WeightPrecision,
     /// Token embeddings `[vocab, hidden]`.
     pub word_emb: B::Buf,
     /// Learned position embeddings `[max_positions, hidden]`.
@@ -80,12 +87,38 @@ impl<B: Backend> Model<B> {
         self.lm_head.as_ref().unwrap_or(&self.word_emb)
     }
 
-    /// Loads the weights of `config` from `ckpt` onto `backend`.
+    /// Bytes the blocks' projection weights take on the backend (the part
+    /// [`Model::precision`] governs).
+    pub fn block_weight_bytes(&self, backend: &B) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                [&b.q, &b.k, &b.v, &b.o, &b.up, &b.down]
+                    .into_iter()
+                    .chain(&b.gate)
+            })
+            .map(|l| backend.weight_bytes(&l.w))
+            .sum()
+    }
+
+    /// Loads the weights of `config` from `ckpt` onto `backend`, block weights in f32.
     pub fn load(backend: &B, config: ModelConfig, ckpt: &Checkpoint) -> Result<Self> {
+        Self::load_with(backend, config, ckpt, WeightPrecision::F32)
+    }
+
+    /// Loads the weights of `config` from `ckpt` onto `backend`, block projection weights
+    /// stored in `precision`.
+    pub fn load_with(
+        backend: &B,
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        precision: WeightPrecision,
+    ) -> Result<Self> {
         let loader = Loader {
             backend,
             ckpt,
             prefixes: prefixes(config.family),
+            precision,
         };
         match config.family {
             Family::Bert => loader.bert(config),
@@ -107,6 +140,7 @@ struct Loader<'a, B: Backend> {
     backend: &'a B,
     ckpt: &'a Checkpoint,
     prefixes: &'static [&'static str],
+    precision: WeightPrecision,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -134,9 +168,17 @@ impl<B: Backend> Loader<'_, B> {
         self.ckpt.resolve(&self.candidates(names)).is_some()
     }
 
+    fn weight(&self, data: &[f32], d_in: usize, d_out: usize) -> Result<B::Weight> {
+        self.backend.weight(data, d_out, d_in, self.precision)
+    }
+
     fn linear(&self, base: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         Ok(Linear {
-            w: self.buf(&[&format!("{base}.weight")], &[d_out, d_in])?,
+            w: self.weight(
+                &self.read(&[&format!("{base}.weight")], &[d_out, d_in])?,
+                d_in,
+                d_out,
+            )?,
             b: if bias {
                 Some(self.buf(&[&format!("{base}.bias")], &[d_out])?)
             } else {
@@ -194,6 +236,7 @@ impl<B: Backend> Loader<'_, B> {
             final_norm: None,
             lm_head: None,
             config: c,
+            precision: self.precision,
         })
     }
 
@@ -214,7 +257,7 @@ impl<B: Backend> Loader<'_, B> {
     fn conv1d_linear(&self, base: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         let (w, b) = self.conv1d(base, d_in, d_out)?;
         Ok(Linear {
-            w: self.backend.upload(&w)?,
+            w: self.weight(&w, d_in, d_out)?,
             b: Some(self.backend.upload(&b)?),
             d_in,
             d_out,
@@ -229,7 +272,7 @@ impl<B: Backend> Loader<'_, B> {
             let (qkv_w, qkv_b) = self.conv1d(&format!("{p}.attn.c_attn"), d, 3 * d)?;
             let part = |j: usize| -> Result<Linear<B>> {
                 Ok(Linear {
-                    w: self.backend.upload(&qkv_w[j * d * d..(j + 1) * d * d])?,
+                    w: self.weight(&qkv_w[j * d * d..(j + 1) * d * d], d, d)?,
                     b: Some(self.backend.upload(&qkv_b[j * d..(j + 1) * d])?),
                     d_in: d,
                     d_out: d,
@@ -256,6 +299,7 @@ impl<B: Backend> Loader<'_, B> {
             final_norm: Some(self.norm("ln_f", d, c.norm)?),
             lm_head: None,
             config: c,
+            precision: self.precision,
         })
     }
 
@@ -302,30 +346,44 @@ impl<B: Backend> Loader<'_, B> {
             final_norm: Some(self.norm("norm", d, c.norm)?),
             lm_head,
             config: c,
+            precision: self.precision,
         })
     }
 }
 
 impl<B: Backend> Model<B> {
     /// A model of `config` with random weights (normal, std 0.02; norm scales 1): for benchmarks
-    /// and tests that need a model's shape but not its knowledge.
+    /// and tests that need a model's shape but not its knowledge. Block weights in f32.
     pub fn random(backend: &B, config: ModelConfig, rng: &mut crate::rng::Rng) -> Result<Self> {
+        Self::random_with(backend, config, rng, WeightPrecision::F32)
+    }
+
+    /// [`Model::random`] with the block projection weights stored in `precision`. The random
+    /// stream is drawn in the same order for every precision, so the f32 and bf16 models of one
+    /// seed differ only by the rounding of their block weights.
+    pub fn random_with(
+        backend: &B,
+        config: ModelConfig,
+        rng: &mut crate::rng::Rng,
+        precision: WeightPrecision,
+    ) -> Result<Self> {
         let c = &config;
-        let mut t = |n: usize| -> Result<B::Buf> {
-            let v: Vec<f32> = (0..n).map(|_| 0.02 * rng.normal()).collect();
-            backend.upload(&v)
-        };
+        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| 0.02 * rng.normal()).collect() };
         let (d, ff, qd, kvd) = (c.hidden, c.intermediate, c.q_dim(), c.kv_dim());
         let ln = c.norm == NormKind::LayerNorm;
         let mut blocks = Vec::with_capacity(c.layers);
-        let lin = |t: &mut dyn FnMut(usize) -> Result<B::Buf>,
+        let lin = |draw: &mut dyn FnMut(usize) -> Vec<f32>,
                    i: usize,
                    o: usize,
                    bias: bool|
          -> Result<Linear<B>> {
             Ok(Linear {
-                w: t(i * o)?,
-                b: if bias { Some(t(o)?) } else { None },
+                w: backend.weight(&draw(i * o), o, i, precision)?,
+                b: if bias {
+                    Some(backend.upload(&draw(o))?)
+                } else {
+                    None
+                },
                 d_in: i,
                 d_out: o,
             })
@@ -339,30 +397,30 @@ impl<B: Backend> Model<B> {
         for _ in 0..c.layers {
             blocks.push(Block {
                 norm1: norm(backend)?,
-                q: lin(&mut t, d, qd, c.attn_bias)?,
-                k: lin(&mut t, d, kvd, c.attn_bias)?,
-                v: lin(&mut t, d, kvd, c.attn_bias)?,
-                o: lin(&mut t, qd, d, c.attn_bias)?,
+                q: lin(&mut draw, d, qd, c.attn_bias)?,
+                k: lin(&mut draw, d, kvd, c.attn_bias)?,
+                v: lin(&mut draw, d, kvd, c.attn_bias)?,
+                o: lin(&mut draw, qd, d, c.attn_bias)?,
                 norm2: norm(backend)?,
                 gate: if matches!(c.mlp, MlpKind::SwiGlu) {
-                    Some(lin(&mut t, d, ff, c.mlp_bias)?)
+                    Some(lin(&mut draw, d, ff, c.mlp_bias)?)
                 } else {
                     None
                 },
-                up: lin(&mut t, d, ff, c.mlp_bias)?,
-                down: lin(&mut t, ff, d, c.mlp_bias)?,
+                up: lin(&mut draw, d, ff, c.mlp_bias)?,
+                down: lin(&mut draw, ff, d, c.mlp_bias)?,
             });
         }
         let learned = matches!(c.positions, PositionKind::Learned);
         Ok(Model {
-            word_emb: t(c.vocab_size * d)?,
+            word_emb: backend.upload(&draw(c.vocab_size * d))?,
             pos_emb: if learned {
-                Some(t(c.max_positions * d)?)
+                Some(backend.upload(&draw(c.max_positions * d))?)
             } else {
                 None
             },
             type_emb: if c.type_vocab_size > 0 {
-                Some(t(c.type_vocab_size * d)?)
+                Some(backend.upload(&draw(c.type_vocab_size * d))?)
             } else {
                 None
             },
@@ -380,9 +438,10 @@ impl<B: Backend> Model<B> {
             lm_head: if c.tie_embeddings {
                 None
             } else {
-                Some(t(c.vocab_size * d)?)
+                Some(backend.upload(&draw(c.vocab_size * d))?)
             },
             config,
+            precision,
         })
     }
 }

@@ -4,6 +4,7 @@
 use crate::algorithms::{
     parse_choice, AlgorithmKind, Align, Granularity, Hyper, Negative, ServerAgg, ServerUpdate,
 };
+use crate::backend::WeightPrecision;
 use crate::data::Partition;
 use crate::error::{Error, Result};
 use crate::model::Target;
@@ -25,6 +26,8 @@ pub enum SplitSpec {
 pub struct RunConfig {
     /// Checkpoint folder.
     pub model: PathBuf,
+    /// Storage precision of the frozen block weights (`precision`: `f32` or `bf16`).
+    pub precision: WeightPrecision,
     /// Data file (CSV or JSONL).
     pub data_path: PathBuf,
     /// Text column.
@@ -78,6 +81,7 @@ pub struct RunConfig {
 /// Every key with its default, in the order the resolved file lists them.
 const KEYS: &[(&str, &str)] = &[
     ("model", "\"models/all-MiniLM-L6-v2\""),
+    ("precision", "\"f32\""),
     ("data.path", "\"data/rotten_tomatoes.csv\""),
     ("data.text_column", "\"text\""),
     ("data.label_column", "\"category\""),
@@ -330,6 +334,7 @@ impl RawConfig {
         crate::data::validate_test_fraction(test_fraction)?;
         Ok(RunConfig {
             model: PathBuf::from(s("model")?),
+            precision: s("precision")?.parse()?,
             data_path: PathBuf::from(s("data.path")?),
             text_column: s("data.text_column")?,
             label_column: s("data.label_column")?,

@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::federated::{
     mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
 };
-use crate::model::{load_model, write_atomic, LoraConfig, Model, ModelConfig, Pooling, Tokenizer};
+use crate::model::{
+    load_model_with, write_atomic, LoraConfig, Model, ModelConfig, Pooling, Tokenizer,
+};
 use crate::rng::Rng;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -309,8 +311,12 @@ pub fn run<B: Backend + 'static>(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     write_atomic(&dir.join("config.toml"), resolved_toml.as_bytes())?;
 
-    progress.message(&format!("model: loading {}", cfg.model.display()));
-    let model = load_model(be, &cfg.model)?;
+    progress.message(&format!(
+        "model: loading {} (block weights in {})",
+        cfg.model.display(),
+        cfg.precision
+    ));
+    let model = load_model_with(be, &cfg.model, cfg.precision)?;
     let prep = prepare(cfg, &model, progress)?;
     progress.message(&format!(
         "data: {} clients, {} train / {} test examples, classes {:?}",
@@ -590,6 +596,7 @@ fn build_report(
         "seed": cfg.seed,
         "partition": cfg.partition.to_string(),
         "model": cfg.model.display().to_string(),
+        "precision": cfg.precision.name(),
         "summary": {
             "personalized_acc_mean": finite_or_null(pm),
             "personalized_acc_std": finite_or_null(ps),

@@ -155,7 +155,7 @@ unsafe fn mm(
 /// the parallel tasks relies on, so these are hard assertions). Returns the rows the spans cover.
 fn check(seqs: &[Span], s: AttnShape, bufs: &[(&str, usize, usize)]) -> usize {
     assert!(
-        s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+        s.heads > 0 && s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
         "attention: heads ({}) must be a positive multiple of kv_heads ({})",
         s.heads,
         s.kv_heads

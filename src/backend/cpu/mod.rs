@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod bf16_gemm;
 mod gemm;
 mod lora;
 mod loss;
@@ -10,12 +11,23 @@ mod math;
 mod norm;
 mod optim;
 mod rope;
+mod weight;
 
-use super::{Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span};
+use super::{
+    Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span, WeightPrecision,
+};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 pub(crate) use self::gemm::sgemm;
+pub use self::weight::CpuWeight;
+
+/// Whether bf16 base products on this CPU run on the AVX-512 BF16 micro-kernel (`true`) or the
+/// portable f32 path. Decided once per process: the CPU must have AVX-512F/BW/VL and
+/// AVX512-BF16, and `FLEXP_BF16_KERNEL=portable` forces the portable path.
+pub fn bf16_kernel_active() -> bool {
+    bf16_gemm::Isa::detect() == bf16_gemm::Isa::Avx512Bf16
+}
 
 /// The CPU backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -71,6 +83,7 @@ fn spans_rows(spans: &[Span]) -> usize {
 
 impl Backend for Cpu {
     type Buf = Vec<f32>;
+    type Weight = CpuWeight;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -111,6 +124,48 @@ impl Backend for Cpu {
         accumulate: bool,
     ) -> Result<()> {
         sgemm(c, a, b, m, n, k, trans_a, trans_b, accumulate, 1.0, true)
+    }
+
+    fn weight(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        precision: WeightPrecision,
+    ) -> Result<CpuWeight> {
+        CpuWeight::new(data, rows, cols, precision)
+    }
+    fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
+        w.shape()
+    }
+    fn weight_precision(&self, w: &CpuWeight) -> WeightPrecision {
+        w.precision()
+    }
+    fn weight_bytes(&self, w: &CpuWeight) -> usize {
+        w.bytes()
+    }
+    fn weight_to_host(&self, w: &CpuWeight) -> Result<Vec<f32>> {
+        Ok(w.to_f32())
+    }
+    fn linear(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        w.linear(y, x, m, accumulate, bf16_gemm::Isa::detect())
+    }
+    fn linear_backward_input(
+        &self,
+        dx: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        w: &CpuWeight,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        w.linear_backward_input(dx, dy, m, accumulate, bf16_gemm::Isa::detect())
     }
 
     fn add_bias(&self, y: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, dim: usize) -> Result<()> {
@@ -462,7 +517,7 @@ impl Backend for Cpu {
     ) -> Result<()> {
         let n = positions.len() * heads * head_dim;
         check("rope x", x.len(), n)?;
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::Backend(format!(
                 "rope needs an even head_dim, got {head_dim}"
             )));
@@ -572,7 +627,7 @@ fn check_attention(
     kv_like: &[usize],
     lse: usize,
 ) -> Result<()> {
-    if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(Error::Backend(format!(
             "attention heads {} not a multiple of kv heads {}",
             s.heads, s.kv_heads

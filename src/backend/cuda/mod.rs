@@ -17,7 +17,11 @@ pub mod sources;
 
 pub use device::{DevPtr, Device, EventId, KArg, LaunchCfg, StreamId};
 
-use super::{Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span};
+pub use ops::gemm::CudaWeight;
+
+use super::{
+    Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span, WeightPrecision,
+};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -201,6 +205,7 @@ pub(crate) fn i32_of(what: &str, v: usize) -> Result<i32> {
 
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
+    type Weight = CudaWeight;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -275,6 +280,47 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         ops::gemm::matmul(self, c, a, b, m, n, k, trans_a, trans_b, accumulate)
+    }
+    fn weight(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        precision: WeightPrecision,
+    ) -> Result<CudaWeight> {
+        ops::gemm::weight(self, data, rows, cols, precision)
+    }
+    fn weight_shape(&self, w: &CudaWeight) -> (usize, usize) {
+        w.shape()
+    }
+    fn weight_precision(&self, w: &CudaWeight) -> WeightPrecision {
+        w.precision()
+    }
+    fn weight_bytes(&self, w: &CudaWeight) -> usize {
+        w.bytes()
+    }
+    fn weight_to_host(&self, w: &CudaWeight) -> Result<Vec<f32>> {
+        ops::gemm::weight_to_host(self, w)
+    }
+    fn linear(
+        &self,
+        y: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaWeight,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        ops::gemm::linear(self, y, x, w, m, accumulate)
+    }
+    fn linear_backward_input(
+        &self,
+        dx: &mut CudaBuf,
+        dy: &CudaBuf,
+        w: &CudaWeight,
+        m: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        ops::gemm::linear_backward_input(self, dx, dy, w, m, accumulate)
     }
     fn add_bias(&self, y: &mut CudaBuf, bias: &CudaBuf, rows: usize, dim: usize) -> Result<()> {
         ops::elementwise::add_bias(self, y, bias, rows, dim)

@@ -90,7 +90,7 @@ fn check(
     kv_like: &[&CudaBuf],
     lse: &CudaBuf,
 ) -> Result<usize> {
-    if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(Error::Backend(format!(
             "attention heads {} not a multiple of kv heads {}",
             s.heads, s.kv_heads

@@ -306,7 +306,7 @@ pub(crate) fn rope(
 ) -> Result<()> {
     let n = positions.len() * heads * head_dim;
     check_len("rope x", x, n)?;
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::Backend(format!(
             "rope needs an even head_dim, got {head_dim}"
         )));
@@ -438,15 +438,21 @@ impl CudaBackend {
     /// A bf16 copy of `src`, rounded to nearest even (NaN stays NaN), as `half::bf16::from_f32`
     /// does on the host.
     pub fn cast_to_bf16(&self, src: &CudaBuf) -> Result<DeviceMem> {
-        let mem = self.alloc_bytes(src.len * 2)?;
-        if src.len > 0 {
+        self.cast_prefix_to_bf16(src, src.len)
+    }
+
+    /// A bf16 copy of the first `len` elements of `src` (as [`CudaBackend::cast_to_bf16`]).
+    pub fn cast_prefix_to_bf16(&self, src: &CudaBuf, len: usize) -> Result<DeviceMem> {
+        check_len("cast_to_bf16", src, len)?;
+        let mem = self.alloc_bytes(len * 2)?;
+        if len > 0 {
             self.launch(
                 "ew_cast_f32_to_bf16",
-                flat(src.len),
+                flat(len),
                 &[
                     KArg::Ptr(mem.ptr()),
                     src.arg(),
-                    KArg::I32(i32_of("cast_to_bf16 len", src.len)?),
+                    KArg::I32(i32_of("cast_to_bf16 len", len)?),
                 ],
             )?;
         }

@@ -3,7 +3,8 @@
 //! The kernels are specialised per transpose pair (`gemm_f32_nn` … `gemm_f32_tt`); bf16-storage
 //! twins (`gemm_bf16_*`, bf16 A and B, f32 C) share the launch shape below.
 
-use super::super::{i32_of, CudaBackend, CudaBuf, KArg, LaunchCfg};
+use super::super::{check_len, i32_of, CudaBackend, CudaBuf, DevPtr, DeviceMem, KArg, LaunchCfg};
+use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
 /// Rows of C one block computes (kernels/gemm.cu `BM`).
@@ -66,22 +67,223 @@ pub(crate) fn matmul(
         }
         return Ok(());
     }
+    launch(
+        be,
+        "f32",
+        (trans_a, trans_b),
+        c,
+        a.ptr(),
+        b.ptr(),
+        (m, n, k),
+        accumulate,
+    )
+}
+
+/// Launches `gemm_<storage>_<ta><tb>` on `C` (f32) and the `A`, `B` operands at `a`, `b`
+/// (stored as `storage`), for `m, n, k > 0` whose sizes the caller has checked.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    be: &CudaBackend,
+    storage: &str,
+    (trans_a, trans_b): (bool, bool),
+    c: &mut CudaBuf,
+    a: DevPtr,
+    b: DevPtr,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) -> Result<()> {
     let (mi, ni, ki) = (
         i32_of("matmul m", m)?,
         i32_of("matmul n", n)?,
         i32_of("matmul k", k)?,
     );
     be.launch(
-        &kernel_name("f32", trans_a, trans_b),
+        &kernel_name(storage, trans_a, trans_b),
         launch_cfg(m, n)?,
         &[
             c.arg(),
-            a.arg(),
-            b.arg(),
+            KArg::Ptr(a),
+            KArg::Ptr(b),
             KArg::I32(mi),
             KArg::I32(ni),
             KArg::I32(ki),
             KArg::I32(accumulate as i32),
         ],
     )
+}
+
+/// A frozen `[rows, cols]` = `[out, in]` weight on the device: f32, or bf16 (two bytes an
+/// element, rounded to nearest even on the host at upload), row-major either way.
+pub struct CudaWeight {
+    mem: DeviceMem,
+    rows: usize,
+    cols: usize,
+    precision: WeightPrecision,
+}
+
+impl std::fmt::Debug for CudaWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaWeight({}x{}, {}, {:?})",
+            self.rows, self.cols, self.precision, self.mem
+        )
+    }
+}
+
+impl CudaWeight {
+    /// `(rows, cols)` = `(out, in)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    /// The storage precision.
+    pub fn precision(&self) -> WeightPrecision {
+        self.precision
+    }
+    /// Bytes of device memory held.
+    pub fn bytes(&self) -> usize {
+        self.mem.bytes()
+    }
+}
+
+pub(crate) fn weight(
+    be: &CudaBackend,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    precision: WeightPrecision,
+) -> Result<CudaWeight> {
+    if Some(data.len()) != rows.checked_mul(cols) {
+        return Err(Error::Backend(format!(
+            "weight: {} values given for a [{rows}x{cols}] matrix",
+            data.len()
+        )));
+    }
+    let mem = match precision {
+        WeightPrecision::F32 => be.upload_pod(data)?,
+        // Rounded on the host with the same rule as the CPU backend (and as the device cast
+        // kernel), so both backends hold bit-identical bf16 weights.
+        WeightPrecision::Bf16 => {
+            let bits: Vec<u16> = data
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            be.upload_pod(&bits)?
+        }
+    };
+    Ok(CudaWeight {
+        mem,
+        rows,
+        cols,
+        precision,
+    })
+}
+
+pub(crate) fn weight_to_host(be: &CudaBackend, w: &CudaWeight) -> Result<Vec<f32>> {
+    let n = w.rows * w.cols;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    match w.precision {
+        WeightPrecision::F32 => {
+            let mut out = vec![0f32; n];
+            be.device()
+                .read(bytemuck::cast_slice_mut(&mut out), w.mem.ptr(), be.stream())?;
+            Ok(out)
+        }
+        WeightPrecision::Bf16 => {
+            let mut bits = vec![0u16; n];
+            be.device().read(
+                bytemuck::cast_slice_mut(&mut bits),
+                w.mem.ptr(),
+                be.stream(),
+            )?;
+            Ok(bits
+                .into_iter()
+                .map(|b| half::bf16::from_bits(b).to_f32())
+                .collect())
+        }
+    }
+}
+
+/// `c[m,n] (+)= a[m,k] · op(W)` where `op(W)` is `Wᵀ` (forward: `k = cols`, `n = rows`) or `W`
+/// (input gradient: `k = rows`, `n = cols`). A bf16 weight multiplies a bf16 copy of `a` in the
+/// bf16-storage kernel (f32 accumulation), which is what the CPU's bf16 path computes.
+#[allow(clippy::too_many_arguments)]
+fn weight_product(
+    be: &CudaBackend,
+    what: &str,
+    c: &mut CudaBuf,
+    a: &CudaBuf,
+    w: &CudaWeight,
+    m: usize,
+    transposed: bool,
+    accumulate: bool,
+) -> Result<()> {
+    let (k, n) = if transposed {
+        (w.cols, w.rows)
+    } else {
+        (w.rows, w.cols)
+    };
+    check_len(&format!("{what} output"), c, m * n)?;
+    check_len(&format!("{what} input"), a, m * k)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            be.device().zero(c.ptr(), m * n * 4, be.stream())?;
+        }
+        return Ok(());
+    }
+    match w.precision {
+        WeightPrecision::F32 => launch(
+            be,
+            "f32",
+            (false, transposed),
+            c,
+            a.ptr(),
+            w.mem.ptr(),
+            (m, n, k),
+            accumulate,
+        ),
+        WeightPrecision::Bf16 => {
+            // Only the rows the product reads are cast; the buffer may be longer.
+            let rows = be.cast_prefix_to_bf16(a, m * k)?;
+            launch(
+                be,
+                "bf16",
+                (false, transposed),
+                c,
+                rows.ptr(),
+                w.mem.ptr(),
+                (m, n, k),
+                accumulate,
+            )
+        }
+    }
+}
+
+/// `y[m,out] (+)= x[m,in] · Wᵀ`.
+pub(crate) fn linear(
+    be: &CudaBackend,
+    y: &mut CudaBuf,
+    x: &CudaBuf,
+    w: &CudaWeight,
+    m: usize,
+    accumulate: bool,
+) -> Result<()> {
+    weight_product(be, "linear", y, x, w, m, true, accumulate)
+}
+
+/// `dx[m,in] (+)= dy[m,out] · W`.
+pub(crate) fn linear_backward_input(
+    be: &CudaBackend,
+    dx: &mut CudaBuf,
+    dy: &CudaBuf,
+    w: &CudaWeight,
+    m: usize,
+    accumulate: bool,
+) -> Result<()> {
+    weight_product(be, "linear_backward_input", dx, dy, w, m, false, accumulate)
 }
