@@ -68,6 +68,31 @@ fn prints_one_json_line_with_consistent_numbers() {
     assert!(s > 0.0 && (r - t / s).abs() <= 1e-9 * r, "{v}");
     assert_eq!(v["backend"], "cpu");
     assert_eq!(v["threads"], 2);
+    assert_eq!(v["precision"], "f32");
+}
+
+#[test]
+fn bf16_precision_is_reported_and_trains() {
+    let out = bench(&[
+        "--clients",
+        "2",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--steps",
+        "1",
+        "--split",
+        "3",
+        "--precision",
+        "bf16",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "bf16");
+    let loss = v["loss"].as_f64().unwrap();
+    assert!((loss - std::f64::consts::LN_2).abs() < 0.3, "{v}");
 }
 
 #[test]
@@ -102,6 +127,7 @@ fn bad_sizes_are_refused_with_a_message() {
         (vec!["--split", "6"], "cut 6 is outside 1..5"),
         (vec!["--seq", "600"], "exceeds the model's 512 positions"),
         (vec!["--clients", "0"], "--clients must be at least 1"),
+        (vec!["--precision", "fp8"], "unknown precision `fp8`"),
     ] {
         let out = bench(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -131,6 +131,10 @@ enum Command {
         /// Seed of the random data and adapters.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Storage of the frozen base weights: f32, or bf16 (products through the AVX512-BF16
+        /// kernel where the CPU has it).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// Sentence embeddings: one text per input line, JSON lines out.
     Embed {
@@ -368,7 +372,9 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             rank,
             split,
             seed,
+            precision,
         } => {
+            let precision: flexp::backend::WeightPrecision = precision.parse()?;
             let spec = flexp::run::bench::BenchSpec {
                 clients,
                 batch,
@@ -382,8 +388,8 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             eprintln!("{line}");
             let threads = rayon::current_num_threads();
             let json = match be {
-                Selected::Cpu(b) => bench(&b, &model, &spec, threads)?,
-                Selected::Cuda(b) => bench(&b, &model, &spec, threads)?,
+                Selected::Cpu(b) => bench(&b, &model, &spec, threads, precision)?,
+                Selected::Cuda(b) => bench(&b, &model, &spec, threads, precision)?,
             };
             println!("{json}");
             Ok(())
@@ -446,10 +452,11 @@ fn bench<B: Backend + 'static>(
     model: &Path,
     spec: &flexp::run::bench::BenchSpec,
     threads: usize,
+    precision: flexp::backend::WeightPrecision,
 ) -> flexp::Result<serde_json::Value> {
-    let model = flexp::model::load_model(be, model)?;
+    let model = flexp::model::load_model_with(be, model, precision)?;
     let r = flexp::run::bench::bench_round(be, &model, spec)?;
-    Ok(r.to_json(be.name(), "f32", threads))
+    Ok(r.to_json(be.name(), &precision.to_string(), threads))
 }
 
 fn embed<B: Backend>(
