@@ -408,11 +408,7 @@ impl<B: Backend> FlexpSfl<B> {
             // run forward and backward on their own lane.
             if u == 0 && be.concurrent_lanes() {
                 let (out, dx, grads) = server_sweep_lanes(fed, &*st.global, &jobs, members.len())?;
-                let mut losses = vec![0.0f64; members.len()];
-                for (n, r) in out.iter().enumerate() {
-                    losses[jobs[n].grad_slot] +=
-                        r.loss.map_or(f64::NAN, |v| v as f64) * jobs[n].loss_weight as f64;
-                }
+                let losses = slot_losses(&out, &jobs, members.len());
                 Self::finish_group(
                     &mut st,
                     fed,
@@ -436,10 +432,7 @@ impl<B: Backend> FlexpSfl<B> {
             let mut losses = vec![0.0f64; members.len()];
             let mut server_out_grads = vec![None; jobs.len()];
             if u == 0 {
-                for (n, r) in out.iter().enumerate() {
-                    losses[jobs[n].grad_slot] +=
-                        r.loss.map_or(f64::NAN, |v| v as f64) * jobs[n].loss_weight as f64;
-                }
+                losses = slot_losses(&out, &jobs, members.len());
             } else {
                 // The clients finish the forward on their tails and return the gradient.
                 let tsets: Vec<&AdapterSet<B>> =
@@ -587,6 +580,16 @@ impl<B: Backend> FlexpSfl<B> {
         fed.apply(st.opt, st.global, &g)?;
         Ok(())
     }
+}
+
+/// Each gradient slot's loss: the weighted sum of its jobs' losses (NaN for a job without one, so
+/// the client is rejected).
+fn slot_losses(out: &[SeqResult], jobs: &[SeqJob], slots: usize) -> Vec<f64> {
+    let mut losses = vec![0.0f64; slots];
+    for (r, job) in out.iter().zip(jobs) {
+        losses[job.grad_slot] += r.loss.map_or(f64::NAN, |v| v as f64) * job.loss_weight as f64;
+    }
+    losses
 }
 
 /// Server forward + backward of the vanilla split's jobs with one lane per cut (each lane a
