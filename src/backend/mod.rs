@@ -12,6 +12,7 @@
 //!   uploads it as part of the launch.
 //! - Ops that write an output overwrite it unless their doc says they accumulate.
 
+pub(crate) mod checks;
 pub mod cpu;
 pub mod cuda;
 

@@ -13,8 +13,10 @@ mod optim;
 mod rope;
 mod weight;
 
+use super::checks::{buf_len as check, spans_rows};
 use super::{
-    Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span, WeightPrecision,
+    checks, Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span,
+    WeightPrecision,
 };
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -40,45 +42,19 @@ pub(crate) fn split_rows_mut<'a>(
     spans: &[Span],
     dim: usize,
 ) -> Result<Vec<&'a mut [f32]>> {
+    checks::segments(spans, buf.len(), dim)?;
     let mut out = Vec::with_capacity(spans.len());
     let mut rest = buf;
     let mut consumed = 0usize;
     for s in spans {
-        if s.start < consumed {
-            return Err(Error::Backend(format!(
-                "segments must be sorted and disjoint (row {} after row {consumed})",
-                s.start
-            )));
-        }
-        let skip = (s.start - consumed) * dim;
-        let take = s.len * dim;
-        if rest.len() < skip + take {
-            return Err(Error::Backend(format!(
-                "segment rows {}..{} exceed the buffer",
-                s.start,
-                s.end()
-            )));
-        }
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
-        let (seg, tail) = tail.split_at_mut(take);
+        // In range: checks::segments proved the spans sorted, disjoint and inside `buf`.
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut((s.start - consumed) * dim);
+        let (seg, tail) = tail.split_at_mut(s.len * dim);
         out.push(seg);
         rest = tail;
         consumed = s.end();
     }
     Ok(out)
-}
-
-fn check(what: &str, buf_len: usize, need: usize) -> Result<()> {
-    if buf_len < need {
-        return Err(Error::Backend(format!(
-            "{what}: buffer holds {buf_len} elements, op needs {need}"
-        )));
-    }
-    Ok(())
-}
-
-fn spans_rows(spans: &[Span]) -> usize {
-    spans.iter().map(Span::end).max().unwrap_or(0)
 }
 
 impl Backend for Cpu {
@@ -300,7 +276,7 @@ impl Backend for Cpu {
         seqs: &[Span],
         s: AttnShape,
     ) -> Result<()> {
-        check_attention(s, seqs, &[q.len(), o.len()], &[k.len(), v.len()], lse.len())?;
+        checks::attention(s, seqs, &[q.len(), o.len()], &[k.len(), v.len()], lse.len())?;
         attention::forward(o, lse, q, k, v, seqs, s);
         Ok(())
     }
@@ -318,7 +294,7 @@ impl Backend for Cpu {
         seqs: &[Span],
         s: AttnShape,
     ) -> Result<()> {
-        check_attention(
+        checks::attention(
             s,
             seqs,
             &[q.len(), o.len(), do_.len(), dq.len()],
@@ -618,38 +594,4 @@ impl Backend for Cpu {
         optim::adamw_step(param, &grad[..n], &mut m[..n], &mut v[..n], hp, step);
         Ok(())
     }
-}
-
-fn check_attention(
-    s: AttnShape,
-    seqs: &[Span],
-    q_like: &[usize],
-    kv_like: &[usize],
-    lse: usize,
-) -> Result<()> {
-    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
-        return Err(Error::Backend(format!(
-            "attention heads {} not a multiple of kv heads {}",
-            s.heads, s.kv_heads
-        )));
-    }
-    let mut sorted: Vec<Span> = seqs.to_vec();
-    sorted.sort_by_key(|s| s.start);
-    if let Some(w) = sorted.windows(2).find(|w| w[0].end() > w[1].start) {
-        return Err(Error::Backend(format!(
-            "attention sequences overlap: rows {}..{} and {}..{}",
-            w[0].start,
-            w[0].end(),
-            w[1].start,
-            w[1].end()
-        )));
-    }
-    let rows = spans_rows(seqs);
-    for &l in q_like {
-        check("attention q/o", l, rows * s.heads * s.head_dim)?;
-    }
-    for &l in kv_like {
-        check("attention k/v", l, rows * s.kv_heads * s.head_dim)?;
-    }
-    check("attention lse", lse, rows * s.heads)
 }

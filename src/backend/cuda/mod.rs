@@ -188,13 +188,7 @@ impl CudaBackend {
 
 /// Checks that a buffer holds at least `need` elements (the CPU backend's message).
 pub(crate) fn check_len(what: &str, buf: &CudaBuf, need: usize) -> Result<()> {
-    if buf.len < need {
-        return Err(Error::Backend(format!(
-            "{what}: buffer holds {} elements, op needs {need}",
-            buf.len
-        )));
-    }
-    Ok(())
+    super::checks::buf_len(what, buf.len, need)
 }
 
 /// Converts a size to the `int` the kernels take, refusing sizes a kernel cannot index.

@@ -8,8 +8,8 @@
 //! group's query heads itself), so no output is ever reduced with atomics and results are
 //! reproducible bit for bit.
 
-use super::super::{check_len, i32_of, CudaBackend, CudaBuf, KArg, LaunchCfg};
-use crate::backend::{AttnShape, Span};
+use super::super::{i32_of, CudaBackend, CudaBuf, KArg, LaunchCfg};
+use crate::backend::{checks, AttnShape, Span};
 use crate::error::{Error, Result};
 
 /// Threads per block of the tile kernels (`ATTN_THREADS`).
@@ -82,7 +82,8 @@ fn smem_bytes(tile_rows: usize, hd: usize, score_rows: usize, score_cols: usize)
         .map_err(|_| Error::Backend(format!("attention shared memory of {floats} floats")))
 }
 
-/// The CPU backend's validation (same order and messages); returns the rows the spans cover.
+/// The shared attention checks (src/backend/checks.rs) plus the limits of the kernels and the
+/// CUDA grid; returns the rows the spans cover.
 fn check(
     s: AttnShape,
     seqs: &[Span],
@@ -90,31 +91,8 @@ fn check(
     kv_like: &[&CudaBuf],
     lse: &CudaBuf,
 ) -> Result<usize> {
-    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
-        return Err(Error::Backend(format!(
-            "attention heads {} not a multiple of kv heads {}",
-            s.heads, s.kv_heads
-        )));
-    }
-    let mut sorted: Vec<Span> = seqs.to_vec();
-    sorted.sort_by_key(|s| s.start);
-    if let Some(w) = sorted.windows(2).find(|w| w[0].end() > w[1].start) {
-        return Err(Error::Backend(format!(
-            "attention sequences overlap: rows {}..{} and {}..{}",
-            w[0].start,
-            w[0].end(),
-            w[1].start,
-            w[1].end()
-        )));
-    }
-    let rows = seqs.iter().map(Span::end).max().unwrap_or(0);
-    for b in q_like {
-        check_len("attention q/o", b, rows * s.heads * s.head_dim)?;
-    }
-    for b in kv_like {
-        check_len("attention k/v", b, rows * s.kv_heads * s.head_dim)?;
-    }
-    check_len("attention lse", lse, rows * s.heads)?;
+    let lens = |bufs: &[&CudaBuf]| bufs.iter().map(|b| b.len).collect::<Vec<_>>();
+    let rows = checks::attention(s, seqs, &lens(q_like), &lens(kv_like), lse.len)?;
     // The kernels index rows, heads and head-major offsets with i32 where they fit.
     i32_of("attention rows", rows)?;
     i32_of("attention rows·heads", rows * s.heads)?;

@@ -3,6 +3,7 @@
 //! casts that the bf16 kernels of other families are fed with.
 
 use super::super::{check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
+use crate::backend::checks::spans_rows;
 use crate::backend::{Activation, Span};
 use crate::error::{Error, Result};
 use std::collections::HashSet;
@@ -39,10 +40,6 @@ fn act_code(a: Activation) -> i32 {
         Activation::Silu => 2,
         Activation::Relu => 3,
     }
-}
-
-fn spans_rows(spans: &[Span]) -> usize {
-    spans.iter().map(Span::end).max().unwrap_or(0)
 }
 
 pub(crate) fn add_bias(

@@ -4,7 +4,7 @@
 //! segments do not leave blocks idle (kernels/lora.cu documents both layouts).
 
 use super::super::{check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
-use crate::backend::{LoraGradSeg, LoraSeg, LoraShape, Span};
+use crate::backend::{checks, LoraGradSeg, LoraSeg, LoraShape, Span};
 use crate::error::{Error, Result};
 
 /// Words per segment in the segment table: row start, row count, A, B, dA, dB.
@@ -18,27 +18,9 @@ pub(crate) const REDUCE_COLS: usize = 64;
 /// Threads per block of every LoRA kernel (`NT` in lora.cu).
 const THREADS: u32 = 256;
 
-/// The row-range checks of the CPU backend's `split_rows_mut`, with its messages: segments must
-/// be sorted and disjoint, and `buf` must hold every segment's rows of width `dim`.
+/// The segment rules every backend applies (sorted, disjoint, inside `buf`).
 fn check_rows(buf: &CudaBuf, spans: &[Span], dim: usize) -> Result<()> {
-    let mut consumed = 0usize;
-    for s in spans {
-        if s.start < consumed {
-            return Err(Error::Backend(format!(
-                "segments must be sorted and disjoint (row {} after row {consumed})",
-                s.start
-            )));
-        }
-        if buf.len < s.end() * dim {
-            return Err(Error::Backend(format!(
-                "segment rows {}..{} exceed the buffer",
-                s.start,
-                s.end()
-            )));
-        }
-        consumed = s.end();
-    }
-    Ok(())
+    checks::segments(spans, buf.len, dim)
 }
 
 /// One `[segment, first row]` pair per block of the row-tiled kernels.
