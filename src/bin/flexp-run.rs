@@ -456,7 +456,12 @@ fn bench<B: Backend + 'static>(
 ) -> flexp::Result<serde_json::Value> {
     let model = flexp::model::load_model_with(be, model, precision)?;
     let r = flexp::run::bench::bench_round(be, &model, spec)?;
-    Ok(r.to_json(be.name(), &precision.to_string(), threads))
+    let mut line = r.to_json(be.name(), &precision.to_string(), threads);
+    // Which bf16 kernel ran matters to anyone comparing numbers across machines.
+    if be.name() == "cpu" && precision == flexp::backend::WeightPrecision::Bf16 {
+        line["bf16_kernel"] = flexp::backend::cpu::bf16_kernel().into();
+    }
+    Ok(line)
 }
 
 fn embed<B: Backend>(

@@ -24,11 +24,19 @@ use rayon::prelude::*;
 pub(crate) use self::gemm::sgemm;
 pub use self::weight::CpuWeight;
 
-/// Whether bf16 base products on this CPU run on the AVX-512 BF16 micro-kernel (`true`) or the
-/// portable f32 path. Decided once per process: the CPU must have AVX-512F/BW/VL and
-/// AVX512-BF16, and `FLEXP_BF16_KERNEL=portable` forces the portable path.
+/// Whether bf16 base products on this CPU run on a hand-written kernel (AMX tiles or the
+/// AVX-512 BF16 micro-kernel, `true`) or the portable f32 path. Decided once per process: see
+/// [`bf16_kernel`].
 pub fn bf16_kernel_active() -> bool {
-    bf16_gemm::Isa::detect() == bf16_gemm::Isa::Avx512Bf16
+    bf16_gemm::Isa::detect() != bf16_gemm::Isa::Portable
+}
+
+/// The implementation of bf16 base products on this CPU: `"amx-bf16"` (AMX tiles, where the
+/// CPU has them and Linux grants the tile state), `"avx512-bf16"` (the `vdpbf16ps`
+/// micro-kernel) or `"portable"` (f32 GEMM on widened weights). Decided once per process;
+/// `FLEXP_BF16_KERNEL=avx512` or `=portable` caps the choice.
+pub fn bf16_kernel() -> &'static str {
+    bf16_gemm::Isa::detect().name()
 }
 
 /// The CPU backend.

@@ -48,10 +48,15 @@ const KC: usize = 512;
 const MC: usize = 64;
 /// Products smaller than this many multiply-adds run on the calling thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+/// Packed pair rows per panel are a multiple of this (an AMX tile's 16 rows).
+const KP_ALIGN: usize = 16;
 
 /// Which implementation computes the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
+    /// AMX tiles (`tdpbf16ps`), with the activations converted by AVX-512 BF16 (on a CPU
+    /// without both, [`gemm`] falls back to `Portable`).
+    Amx,
     /// The AVX-512 BF16 micro-kernel (on a CPU without it, [`gemm`] falls back to `Portable`).
     Avx512Bf16,
     /// Weights unpacked to f32 per call and multiplied by the f32 GEMM.
@@ -59,19 +64,43 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
-    /// The best implementation this CPU supports, decided once per process. Setting
-    /// `FLEXP_BF16_KERNEL=portable` forces the portable path (to check it on a CPU that has the
-    /// instructions).
+    /// The best implementation this CPU supports, decided once per process: AMX, then AVX-512
+    /// BF16, then portable. `FLEXP_BF16_KERNEL=avx512` or `=portable` caps the choice (to check
+    /// the slower paths on a CPU that has the faster ones).
     pub(crate) fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let forced = std::env::var("FLEXP_BF16_KERNEL").is_ok_and(|v| v == "portable");
-            if !forced && avx512_bf16_available() {
-                Isa::Avx512Bf16
-            } else {
+            let cap = std::env::var("FLEXP_BF16_KERNEL").unwrap_or_default();
+            if cap == "portable" || !avx512_bf16_available() {
                 Isa::Portable
+            } else if cap != "avx512" && amx_available() {
+                Isa::Amx
+            } else {
+                Isa::Avx512Bf16
             }
         })
+    }
+
+    /// A short name for reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Amx => "amx-bf16",
+            Isa::Avx512Bf16 => "avx512-bf16",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// Whether AMX-BF16 tiles are usable: the CPU has them, the OS saves their state, and the
+/// kernel granted this process the tile data permission (asked once, on first call).
+pub(crate) fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        amx::available()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
     }
 }
 
@@ -107,20 +136,24 @@ fn unpair(w: u32) -> (f32, f32) {
 
 /// A `[k, n]` matrix in bf16, packed for the micro-kernel (see the module docs).
 pub(crate) struct PackedB {
-    /// Panels one after another, each `[k2][NB]` words.
+    /// Panels one after another, each `[k2p][NB]` words.
     lines: Vec<Line>,
     k: usize,
     n: usize,
     /// `k` rounded up to pairs.
     k2: usize,
+    /// Pair rows stored per panel: `k2` rounded up to [`KP_ALIGN`], zero past `k2`, so an AMX
+    /// tile (16 pair rows) never reads past a panel.
+    k2p: usize,
 }
 
 impl PackedB {
     /// Packs the `[k, n]` matrix whose element `(kk, j)` is `at(kk, j)`, rounding to bf16.
     pub(crate) fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> PackedB {
         let k2 = k.div_ceil(2);
+        let k2p = k2.div_ceil(KP_ALIGN) * KP_ALIGN;
         let panels = n.div_ceil(NB);
-        let per_panel = k2 * NR;
+        let per_panel = k2p * NR;
         let mut lines = vec![Line::default(); panels * per_panel];
         let get = |kk: usize, j: usize| if kk < k && j < n { at(kk, j) } else { 0.0 };
         lines
@@ -136,7 +169,13 @@ impl PackedB {
                     }
                 }
             });
-        PackedB { lines, k, n, k2 }
+        PackedB {
+            lines,
+            k,
+            n,
+            k2,
+            k2p,
+        }
     }
 
     /// Bytes held (padding included).
@@ -147,7 +186,7 @@ impl PackedB {
     /// Element `(kk, j)` as f32.
     pub(crate) fn get(&self, kk: usize, j: usize) -> f32 {
         let (pi, c) = (j / NB, j % NB);
-        let w = self.lines[(pi * self.k2 + kk / 2) * NR + c / 16].0[c % 16];
+        let w = self.lines[(pi * self.k2p + kk / 2) * NR + c / 16].0[c % 16];
         let (lo, hi) = unpair(w);
         if kk.is_multiple_of(2) {
             lo
@@ -172,7 +211,7 @@ impl PackedB {
 
     /// Words of panel `pi` from pair `p` on.
     fn panel_at(&self, pi: usize, p: usize) -> *const u32 {
-        self.lines[(pi * self.k2 + p) * NR..].as_ptr().cast()
+        self.lines[(pi * self.k2p + p) * NR..].as_ptr().cast()
     }
 }
 
@@ -203,11 +242,18 @@ pub(crate) fn gemm(
         return Ok(());
     }
     match isa {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Isa::Amx if avx512_bf16_available() && amx_available() => {
+            // SAFETY: the guard checked the instruction sets and the tile permission; the
+            // slices have exactly the lengths the shape needs and m, n, k > 0.
+            unsafe { amx::gemm(&mut c[..m * n], &a[..m * k], b, m, accumulate) };
+            Ok(())
+        }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 if avx512_bf16_available() => {
+        Isa::Avx512Bf16 | Isa::Amx if avx512_bf16_available() => {
             // SAFETY: the guard checked the instruction sets; the slices have exactly the
             // lengths the shape needs and m, n, k > 0.
-            unsafe { x86::gemm(&mut c[..m * n], &a[..m * k], b, m, accumulate) };
+            unsafe { avx512::gemm(&mut c[..m * n], &a[..m * k], b, m, accumulate) };
             Ok(())
         }
         _ => portable(c, a, b, m, accumulate),
@@ -226,215 +272,10 @@ fn portable(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) -
     super::sgemm(c, &ar, &bf, m, n, k, false, false, accumulate, 1.0, true)
 }
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{PackedB, KC, MC, MR, NB, NR, PARALLEL_MIN_FLOPS};
-    use core::arch::x86_64::*;
-    use rayon::prelude::*;
-    use std::cell::RefCell;
-
-    /// `C` shared by the tasks of one product.
-    #[derive(Clone, Copy)]
-    struct CPtr(*mut f32);
-    // SAFETY: tasks write disjoint tiles of `C` (distinct row blocks or column panels), and the
-    // pointer does not outlive the `&mut` borrow `gemm` holds for the whole parallel region.
-    unsafe impl Send for CPtr {}
-    // SAFETY: as above; the pointer itself is only copied, never used to create overlapping
-    // references.
-    unsafe impl Sync for CPtr {}
-
-    thread_local! {
-        /// Packed activations of the current task, reused across calls on this thread.
-        static APACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// `c[m,n] (+)= a[m,k] · b` on the micro-kernel, parallel over rayon.
-    ///
-    /// # Safety
-    /// [`super::avx512_bf16_available`] must hold; `c.len() == m·n`, `a.len() == m·k` with
-    /// `(k, n)` the shape of `b`, and `m, n, k > 0`.
-    pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) {
-        let (k, n) = (b.k, b.n);
-        let panels = n.div_ceil(NB);
-        let row_blocks = m.div_ceil(MC);
-        let threads = if m * n * k >= PARALLEL_MIN_FLOPS {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        // Enough tasks for the pool (two per thread, so an uneven last block is absorbed); split
-        // columns only when row blocks alone are too few (small `m`).
-        let col_splits = if row_blocks >= 2 * threads {
-            1
-        } else {
-            (2 * threads).div_ceil(row_blocks).min(panels)
-        };
-        let tasks = row_blocks * col_splits;
-        let cp = CPtr(c.as_mut_ptr());
-        let run = |t: usize| {
-            let (rb, cs) = (t / col_splits, t % col_splits);
-            let r0 = rb * MC;
-            let rows = MC.min(m - r0);
-            let (p0, p1) = (cs * panels / col_splits, (cs + 1) * panels / col_splits);
-            APACK.with(|ap| {
-                let mut ap = ap.borrow_mut();
-                // SAFETY: the feature check is the caller's guarantee; the slices are in bounds
-                // (rows r0..r0+rows < m of `a`), and this task alone writes rows r0..r0+rows,
-                // columns p0·NB..p1·NB of `C` (clamped to n inside `tile`).
-                unsafe {
-                    pack_a(&mut ap, &a[r0 * k..(r0 + rows) * k], rows, k);
-                    block(cp, r0, rows, p0, p1, &ap, b, n, accumulate);
-                }
-            });
-        };
-        if tasks > 1 && threads > 1 {
-            (0..tasks).into_par_iter().for_each(run);
-        } else {
-            (0..tasks).for_each(run);
-        }
-    }
-
-    /// Converts `rows` rows of `a` (`[rows, k]`, f32) to bf16 pair words, row-major
-    /// `[rows, k2]`, rounded up to a multiple of `MR` rows; padding rows and the odd-`k` pad are
-    /// zero. Row-major keeps this a streaming conversion (one masked store per 32 values); the
-    /// micro-kernel broadcasts from `MR` rows at a stride instead of from one packed panel.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F/BW/VL/BF16; `a.len() == rows·k`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn pack_a(out: &mut Vec<u32>, a: &[f32], rows: usize, k: usize) {
-        let k2 = k.div_ceil(2);
-        out.clear();
-        out.resize(rows.div_ceil(MR) * MR * k2, 0);
-        for r in 0..rows {
-            let row = &a[r * k..(r + 1) * k];
-            let dst = out[r * k2..(r + 1) * k2].as_mut_ptr();
-            let mut kk = 0;
-            while kk < k {
-                // 32 values -> 16 pair words; the tail is masked (zeros past k).
-                let left = k - kk;
-                let m0 = mask16(left);
-                let m1 = mask16(left.saturating_sub(16));
-                // SAFETY: masked loads touch only lanes below `left`, all inside `row` (the
-                // second address may lie past the row when its mask is empty: `wrapping_add`,
-                // never dereferenced).
-                let lo = _mm512_maskz_loadu_ps(m0, row.as_ptr().add(kk));
-                let hi = _mm512_maskz_loadu_ps(m1, row.as_ptr().wrapping_add(kk + 16));
-                // cvtne2ps_pbh(hi, lo): bf16 lanes 0..16 from `lo`, 16..32 from `hi`, i.e. the
-                // 32 values in order, which read as 16 words are the (even, odd) pairs.
-                let bh = _mm512_cvtne2ps_pbh(hi, lo);
-                // SAFETY: words kk/2 .. kk/2 + ceil(min(left, 32)/2) lie inside the row's k2.
-                _mm512_mask_storeu_epi32(
-                    dst.add(kk / 2).cast(),
-                    mask16(left.min(32).div_ceil(2)),
-                    std::mem::transmute::<__m512bh, __m512i>(bh),
-                );
-                kk += 32;
-            }
-        }
-    }
-
-    /// The first `min(n, 16)` lanes.
-    fn mask16(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    }
-
-    /// One task: rows `r0..r0+rows` of `C` against column panels `p0..p1` of `b`, with the
-    /// task's packed activations `ap`.
-    ///
-    /// # Safety
-    /// AVX-512 BF16 available; `ap` packed by [`pack_a`] for these rows and `b.k`; `c` points
-    /// at a row-major `[m, n]` matrix with `r0 + rows <= m` that no other thread writes in this
-    /// tile.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn block(
-        c: CPtr,
-        r0: usize,
-        rows: usize,
-        p0: usize,
-        p1: usize,
-        ap: &[u32],
-        b: &PackedB,
-        n: usize,
-        accumulate: bool,
-    ) {
-        let k2 = b.k2;
-        let kc2 = KC / 2;
-        let mut kb = 0;
-        while kb < k2 {
-            let kp = kc2.min(k2 - kb);
-            let load_c = accumulate || kb > 0;
-            for pi in p0..p1 {
-                let bp = b.panel_at(pi, kb);
-                let j0 = pi * NB;
-                let cols = NB.min(n - j0);
-                let mut i = 0;
-                while i < rows {
-                    let ptr = ap.as_ptr().add(i * k2 + kb);
-                    let cptr = c.0.add((r0 + i) * n + j0);
-                    tile(kp, ptr, k2, bp, cptr, n, MR.min(rows - i), cols, load_c);
-                    i += MR;
-                }
-            }
-            kb += kc2;
-        }
-    }
-
-    /// The micro-kernel: `C[0..rows, 0..cols] (+)= Σ_p a[p] ⊗ b[p]` over `kp` pairs, `C`
-    /// loaded first when `load_c`.
-    ///
-    /// # Safety
-    /// AVX-512 BF16 available; `a` holds `MR` rows of `kp` words at stride `lda`, `b` `kp·NB`
-    /// words (64-byte aligned rows), `c` is valid for `rows` rows of stride `ldc` and `cols`
-    /// columns.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn tile(
-        kp: usize,
-        a: *const u32,
-        lda: usize,
-        b: *const u32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        load_c: bool,
-    ) {
-        let masks: [__mmask16; NR] = std::array::from_fn(|v| mask16(cols.saturating_sub(v * 16)));
-        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-        if load_c {
-            for (r, accr) in acc.iter_mut().enumerate().take(rows) {
-                for (v, x) in accr.iter_mut().enumerate() {
-                    *x = _mm512_maskz_loadu_ps(masks[v], c.add(r * ldc + v * 16));
-                }
-            }
-        }
-        for p in 0..kp {
-            let bp = b.add(p * NB);
-            let bv: [__m512bh; NR] = std::array::from_fn(|v| {
-                std::mem::transmute(_mm512_load_si512(bp.add(v * 16).cast()))
-            });
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*a.add(r * lda + p) as i32));
-                for (v, x) in accr.iter_mut().enumerate() {
-                    *x = _mm512_dpbf16_ps(*x, av, bv[v]);
-                }
-            }
-        }
-        for (r, accr) in acc.iter().enumerate().take(rows) {
-            for (v, x) in accr.iter().enumerate() {
-                _mm512_mask_storeu_ps(c.add(r * ldc + v * 16), masks[v], *x);
-            }
-        }
-    }
-}
+mod avx512;
 
 #[cfg(test)]
 mod tests {
@@ -485,7 +326,10 @@ mod tests {
     }
 
     fn isas() -> Vec<Isa> {
-        if avx512_bf16_available() {
+        if avx512_bf16_available() && amx_available() {
+            vec![Isa::Amx, Isa::Avx512Bf16, Isa::Portable]
+        } else if avx512_bf16_available() {
+            eprintln!("no AMX-BF16 on this CPU (or no tile permission): AMX path not tested");
             vec![Isa::Avx512Bf16, Isa::Portable]
         } else {
             eprintln!("no AVX-512 BF16 on this CPU: only the portable path is tested");
