@@ -51,35 +51,6 @@ fn act_grad(a: Activation, x: f32) -> f32 {
     }
 }
 
-/// Runs `body` compiled for AVX-512 (or AVX2 + FMA) when the CPU has it: the crate is built for
-/// baseline x86-64, where these loops vectorise only to 4 lanes of SSE, and the activations of the
-/// FFN were a sixth of a training step. The math functions are `#[inline(always)]`, so each
-/// version is compiled entirely with the wider instructions.
-macro_rules! dispatch {
-    (|$($arg:ident : $ty:ty),*| $body:block) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-            unsafe fn wide512($($arg: $ty),*) $body
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn wide256($($arg: $ty),*) $body
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                // SAFETY: the features this version was compiled for were detected above.
-                return unsafe { wide512($($arg),*) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: as above, for AVX2 and FMA.
-                return unsafe { wide256($($arg),*) };
-            }
-        }
-        fn portable($($arg: $ty),*) $body
-        portable($($arg),*)
-    }};
-}
-
 fn forward_chunk(y: &mut [f32], x: &[f32], a: Activation) {
     // One loop per activation, so that no per-element branch stands in the way of vectorising.
     match a {

@@ -57,6 +57,7 @@ impl SharedMut {
 }
 
 /// Maximum of a non-empty row, with 8 independent lanes so the loop vectorises.
+#[inline(always)]
 fn row_max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = xs.chunks_exact(8);
@@ -72,6 +73,7 @@ fn row_max(xs: &[f32]) -> f32 {
 }
 
 /// Sum of a row, with 8 independent accumulators so the loop vectorises.
+#[inline(always)]
 fn row_sum(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = xs.chunks_exact(8);
@@ -180,6 +182,40 @@ fn check(seqs: &[Span], s: AttnShape, bufs: &[(&str, usize, usize)]) -> usize {
     rows
 }
 
+/// Turns the scaled scores `row[..valid]` into probabilities (max-shifted softmax), zeroes the
+/// masked rest, and returns the row's log-sum-exp. Compiled for AVX-512 / AVX2 at run time: the
+/// exponentials are most of the non-product work of attention.
+fn softmax_row(row: &mut [f32], valid: usize) -> f32 {
+    dispatch!(|row: &mut [f32], valid: usize| -> f32 {
+        let (seen, masked) = row.split_at_mut(valid);
+        let max = row_max(seen);
+        seen.iter_mut().for_each(|x| *x = exp(*x - max));
+        let sum = row_sum(seen);
+        let inv = 1.0 / sum;
+        seen.iter_mut().for_each(|x| *x *= inv);
+        masked.fill(0.0);
+        max + sum.ln()
+    })
+}
+
+/// Backward of one score row: `p = exp(s − lse)` over `p[..valid]` (from the scores), and
+/// `ds = p ∘ (dp − d)` over `ds[..valid]` (from `dp`); both zero past `valid`. Compiled for
+/// AVX-512 / AVX2 at run time, as [`softmax_row`].
+fn probs_and_score_grads(p: &mut [f32], ds: &mut [f32], valid: usize, lse: f32, d: f32) {
+    dispatch!(
+        |p: &mut [f32], ds: &mut [f32], valid: usize, lse: f32, d: f32| {
+            let (p_seen, p_masked) = p.split_at_mut(valid);
+            let (ds_seen, ds_masked) = ds.split_at_mut(valid);
+            for (pv, dsv) in p_seen.iter_mut().zip(ds_seen.iter_mut()) {
+                *pv = exp(*pv - lse);
+                *dsv = *pv * (*dsv - d);
+            }
+            p_masked.fill(0.0);
+            ds_masked.fill(0.0);
+        }
+    )
+}
+
 /// Attention forward. `q: [rows, heads·hd]`, `k, v: [rows, kv_heads·hd]`; writes
 /// `o: [rows, heads·hd]` and `lse: [rows, heads]` (the log-sum-exp of the scaled scores) for the
 /// rows covered by `seqs`, leaving the other rows untouched.
@@ -258,18 +294,12 @@ pub(crate) fn forward(
                 }
                 for (r, row) in p.chunks_exact_mut(nk).enumerate() {
                     let valid = if s.causal { i0 + r + 1 } else { nk };
-                    let (seen, masked) = row.split_at_mut(valid);
-                    let max = row_max(seen);
-                    seen.iter_mut().for_each(|x| *x = exp(*x - max));
-                    let sum = row_sum(seen);
-                    let inv = 1.0 / sum;
-                    seen.iter_mut().for_each(|x| *x *= inv);
-                    masked.fill(0.0);
+                    let row_lse = softmax_row(row, valid);
                     let idx = (sp.start + i0 + r) * s.heads + h;
                     // SAFETY: `idx` is inside lse (checked by `check`), and lse[(row, h)] for the
                     // rows of this span is written only by this (span, head) task: spans do not
                     // overlap and each head is a different task.
-                    unsafe { *lse_ptr.get().add(idx) = max + sum.ln() };
+                    unsafe { *lse_ptr.get().add(idx) = row_lse };
                 }
                 // O_tile = P V, written straight into o.
                 // SAFETY: the `tr × hd` block of o at rows start+i0.., columns h·hd.. is in bounds
@@ -426,14 +456,7 @@ pub(crate) fn backward(
                             .zip(&o[off..off + hd])
                             .map(|(&a, &b)| f64::from(a) * f64::from(b))
                             .sum::<f64>() as f32;
-                        let (p_seen, p_masked) = prow.split_at_mut(valid);
-                        let (ds_seen, ds_masked) = dsrow.split_at_mut(valid);
-                        for (pv, dsv) in p_seen.iter_mut().zip(ds_seen.iter_mut()) {
-                            *pv = exp(*pv - m);
-                            *dsv = *pv * (*dsv - d);
-                        }
-                        p_masked.fill(0.0);
-                        ds_masked.fill(0.0);
+                        probs_and_score_grads(prow, dsrow, valid, m, d);
                     }
                     // SAFETY (all three products): the dq tile block (rows start+i0..start+i1,
                     // columns of head h) and the dk/dv blocks (rows start..start+nk, columns of

@@ -1,6 +1,9 @@
 //! The CPU backend: f32 buffers in host memory, GEMMs through the `gemm` crate, everything
 //! parallel over rayon's global pool (its size is the thread count the caller configured).
 
+#[macro_use]
+mod simd;
+
 mod activation;
 mod attention;
 mod bf16_gemm;
