@@ -1,14 +1,15 @@
 //! Base-weight products of the CPU backend at all-MiniLM-L6-v2 shapes: f32 weights (the `gemm`
-//! crate) against bf16 weights (the AVX-512 BF16 micro-kernel, or the portable path where the
-//! CPU lacks it), forward (`y = x·Wᵀ`) and input gradient (`dx = dy·W`), and the machine's
-//! `vdpbf16ps` peak measured by a tight in-register loop, which is the bound the bf16 kernel is
-//! judged against. Ends with a summary table (GFLOP/s and % of peak). Reading: docs/performance.md.
+//! crate) against bf16 weights (AMX tiles, the AVX-512 BF16 micro-kernel, or the portable path,
+//! whichever the CPU has), forward (`y = x·Wᵀ`) and input gradient (`dx = dy·W`), and the
+//! machine's peak of the instruction the bf16 kernel uses (`tdpbf16ps` or `vdpbf16ps`) measured
+//! by a tight in-register loop, which is the bound the bf16 kernel is judged against. Ends with a
+//! summary table (GFLOP/s and % of peak). Reading: docs/performance.md.
 //!
 //! Run: `cargo bench --bench gemm` (set RAYON_NUM_THREADS to pin the thread count; the peak is
 //! measured on as many threads).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flexp::backend::cpu::{bf16_kernel_active, Cpu, CpuWeight};
+use flexp::backend::cpu::{bf16_kernel, bf16_kernel_active, Cpu, CpuWeight};
 use flexp::backend::{Backend, WeightPrecision};
 use flexp::rng::Rng;
 use std::time::{Duration, Instant};
@@ -122,8 +123,65 @@ fn fma_loop(iters: u64) {
     }
 }
 
+/// `tdpbf16ps` per iteration of [`tdp_loop`] (independent accumulator tiles).
+const TDP_PER_ITER: u64 = 6;
+/// FLOPs of one `tdpbf16ps` on full tiles: 16 x 16 outputs x 32 products x 2.
+const TDP_FLOPS: u64 = 16 * 16 * 32 * 2;
+
+/// The `ldtilecfg` operand: palette 1, eight tiles of 16 rows x 64 bytes.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+/// `iters` iterations of 6 independent `tdpbf16ps` on tile registers only (no loads): the AMX
+/// issue rate.
+#[cfg(target_arch = "x86_64")]
+fn tdp_loop(iters: u64) {
+    if iters == 0 {
+        return;
+    }
+    let mut cfg = TileConfig([0; 64]);
+    cfg.0[0] = 1;
+    for t in 0..8 {
+        cfg.0[16 + 2 * t] = 64;
+        cfg.0[48 + t] = 16;
+    }
+    // SAFETY: only called when `bf16_kernel()` is "amx-bf16": the CPU has AMX-BF16 and the
+    // library obtained the tile permission for the process. The asm reads only the tile
+    // configuration, writes only tile registers, and releases the tile state at the end.
+    unsafe {
+        std::arch::asm!(
+            "ldtilecfg [{cfg}]",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7",
+            "2:",
+            "tdpbf16ps tmm0, tmm6, tmm7",
+            "tdpbf16ps tmm1, tmm6, tmm7",
+            "tdpbf16ps tmm2, tmm6, tmm7",
+            "tdpbf16ps tmm3, tmm6, tmm7",
+            "tdpbf16ps tmm4, tmm6, tmm7",
+            "tdpbf16ps tmm5, tmm6, tmm7",
+            "dec {n}",
+            "jnz 2b",
+            "tilerelease",
+            cfg = in(reg) &cfg,
+            n = inout(reg) iters => _,
+            options(nostack, readonly),
+        );
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn fma_loop(_iters: u64) {}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn tdp_loop(_iters: u64) {}
 
 #[cfg(not(target_arch = "x86_64"))]
 fn dp_loop(_iters: u64) {}
@@ -139,19 +197,33 @@ fn on_threads(threads: usize, iters: u64, body: fn(u64)) {
 
 /// The `vdpbf16ps` peak in GFLOP/s on `threads` threads (best of a few runs of ~50 ms).
 fn measure_peak(threads: usize) -> f64 {
-    measure_loop(threads, dp_loop, DP_FLOPS)
+    measure_loop(threads, dp_loop, DP_PER_ITER * DP_FLOPS)
 }
 
-/// GFLOP/s of `body` (24 instructions of `flops` each per iteration) on `threads` threads.
+/// The `tdpbf16ps` peak in GFLOP/s on `threads` threads.
+fn measure_amx_peak(threads: usize) -> f64 {
+    measure_loop(threads, tdp_loop, TDP_PER_ITER * TDP_FLOPS)
+}
+
+/// The peak of the instruction the bf16 products use, if a hand-written kernel runs them.
+fn kernel_peak(threads: usize) -> Option<f64> {
+    match bf16_kernel() {
+        "amx-bf16" => Some(measure_amx_peak(threads)),
+        "avx512-bf16" => Some(measure_peak(threads)),
+        _ => None,
+    }
+}
+
+/// GFLOP/s of `body` (`flops` per iteration) on `threads` threads.
 fn measure_loop(threads: usize, body: fn(u64), flops: u64) -> f64 {
-    let iters = 1_000_000;
+    let iters = if flops > 1 << 16 { 200_000 } else { 1_000_000 };
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = Instant::now();
         on_threads(threads, iters, body);
         best = best.min(t.elapsed().as_secs_f64());
     }
-    (threads as u64 * iters * DP_PER_ITER * flops) as f64 / best / 1e9
+    (threads as u64 * iters * flops) as f64 / best / 1e9
 }
 
 fn threads() -> usize {
@@ -276,12 +348,12 @@ fn best_time(n: usize, mut f: impl FnMut()) -> f64 {
 /// measured right before and after (the machine may be shared; the two values show drift).
 fn summary(_c: &mut Criterion) {
     let t = threads();
-    let kernel = if bf16_kernel_active() {
-        "AVX-512 BF16 micro-kernel"
-    } else {
-        "portable f32 path"
+    let kernel = match bf16_kernel() {
+        "amx-bf16" => "AMX tiles (tdpbf16ps)",
+        "avx512-bf16" => "AVX-512 BF16 micro-kernel (vdpbf16ps)",
+        _ => "portable f32 path",
     };
-    let peak_before = bf16_kernel_active().then(|| measure_peak(t));
+    let peak_before = kernel_peak(t);
     let mut rng = Rng::new(1);
     let mut rows = Vec::new();
     for p in projections() {
@@ -299,7 +371,7 @@ fn summary(_c: &mut Criterion) {
             rows.push((p.out, p.inp, m, g));
         }
     }
-    let peak_after = bf16_kernel_active().then(|| measure_peak(t));
+    let peak_after = kernel_peak(t);
     let peak = match (peak_before, peak_after) {
         (Some(a), Some(b)) => Some(a.max(b)),
         _ => None,
@@ -307,12 +379,16 @@ fn summary(_c: &mut Criterion) {
     eprintln!("\nbf16 products: {kernel}; {t} threads");
     if let (Some(a), Some(b)) = (peak_before, peak_after) {
         eprintln!(
-            "vdpbf16ps peak ({t} threads): {a:.1} GFLOP/s before, {b:.1} after; 1 thread: {:.1}",
-            measure_peak(1)
+            "kernel instruction peak ({t} threads): {a:.1} GFLOP/s before, {b:.1} after; 1 thread: {:.1}",
+            kernel_peak(1).unwrap_or(0.0)
+        );
+        eprintln!(
+            "vdpbf16ps peak, for context: {:.1} GFLOP/s ({t} threads)",
+            measure_peak(t)
         );
         eprintln!(
             "f32 FMA peak (vfmadd231ps, same loop), for context: {:.1} GFLOP/s ({t} threads)",
-            measure_loop(t, fma_loop, 32)
+            measure_loop(t, fma_loop, DP_PER_ITER * 32)
         );
     }
     eprintln!(

@@ -196,6 +196,18 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// A buffer of `len` zeros.
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer of `len` elements whose contents are unspecified (stale values of an earlier
+    /// buffer, or zeros): for outputs the next op overwrites entirely. Backends may hand back a
+    /// buffer given to [`Backend::recycle`], which saves the zero fill and the page faults of a
+    /// fresh allocation.
+    fn scratch(&self, len: usize) -> Result<Self::Buf> {
+        self.zeros(len)
+    }
+    /// Gives a buffer that is no longer needed back for [`Backend::scratch`] to reuse; backends
+    /// without a pool (and a full pool) just free it.
+    fn recycle(&self, buf: Self::Buf) {
+        drop(buf);
+    }
     /// A buffer holding a copy of `data`.
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
     /// A host copy of the buffer.

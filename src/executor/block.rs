@@ -45,7 +45,7 @@ pub(crate) fn norm_forward<B: Backend>(
     rows: usize,
 ) -> Result<(B::Buf, NormTape<B>)> {
     let d = cfg.hidden;
-    let mut y = be.zeros(rows * d)?;
+    let mut y = be.scratch(rows * d)?;
     let mut rstd = be.zeros(rows)?;
     let mean = match (cfg.norm, &n.beta) {
         (NormKind::LayerNorm, Some(beta)) => {
@@ -81,7 +81,7 @@ pub(crate) fn norm_backward<B: Backend>(
     rows: usize,
 ) -> Result<B::Buf> {
     let d = cfg.hidden;
-    let mut dx = be.zeros(rows * d)?;
+    let mut dx = be.scratch(rows * d)?;
     match &t.mean {
         Some(mean) => {
             be.layer_norm_backward(&mut dx, dy, &t.x, &n.gamma, mean, &t.rstd, rows, d)?
@@ -137,7 +137,8 @@ impl<B: Backend> BlockCtx<'_, B> {
     ) -> Result<(B::Buf, Option<B::Buf>)> {
         let be = self.backend;
         let n = act.rows;
-        let mut y = be.zeros(n * lin.d_out)?;
+        // Overwritten by the (non-accumulating) product.
+        let mut y = be.scratch(n * lin.d_out)?;
         be.linear(&mut y, x, &lin.w, n, false)?;
         if let Some(b) = &lin.b {
             be.add_bias(&mut y, b, n, lin.d_out)?;
@@ -153,10 +154,12 @@ impl<B: Backend> BlockCtx<'_, B> {
         Ok((y, Some(u)))
     }
 
-    /// `dx += dy·W + LoRA input gradient`, and LoRA parameter gradients into `grads`.
+    /// `dx (+)= dy·W`, `dx += LoRA input gradient`, and LoRA parameter gradients into `grads`;
+    /// `dx` is overwritten by the dense product unless `accumulate`.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
+        accumulate: bool,
         dx: &mut B::Buf,
         dy: &B::Buf,
         x: &B::Buf,
@@ -167,7 +170,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         grads: &mut [AdapterSet<B>],
     ) -> Result<()> {
         let be = self.backend;
-        be.linear_backward_input(dx, dy, &lin.w, act.rows, true)?;
+        be.linear_backward_input(dx, dy, &lin.w, act.rows, accumulate)?;
         let Some(u) = u else { return Ok(()) };
         let segs = self.lora_segs(act, t);
         let shape = self.adapters[act.runs[0].adapter].shape(self.cfg, t);
@@ -270,7 +273,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         let ff = self.cfg.intermediate;
         let (up, uu) = self.linear(&mlp_in, &w.up, act, Target::Up)?;
         u[5] = uu;
-        let mut a = be.zeros(n * ff)?;
+        let mut a = be.scratch(n * ff)?;
         let gate = match (self.cfg.mlp, &w.gate) {
             (MlpKind::SwiGlu, Some(gw)) => {
                 let (g, ug) = self.linear(&mlp_in, gw, act, Target::Gate)?;
@@ -335,10 +338,14 @@ impl<B: Backend> BlockCtx<'_, B> {
         let dsum = if pre {
             dy
         } else {
-            norm_backward(be, self.cfg, &dy, &w.norm2, &t.norm2, n)?
+            let dsum = norm_backward(be, self.cfg, &dy, &w.norm2, &t.norm2, n)?;
+            be.recycle(dy);
+            dsum
         };
-        let mut da = be.zeros(n * ff)?;
+        // Buffers below are scratch: the first product or op into each overwrites it.
+        let mut da = be.scratch(n * ff)?;
         self.linear_backward(
+            false,
             &mut da,
             &dsum,
             &t.act,
@@ -348,13 +355,14 @@ impl<B: Backend> BlockCtx<'_, B> {
             Target::Down,
             grads,
         )?;
-        let mut dmlp_in = be.zeros(n * d)?;
-        let mut dup = be.zeros(n * ff)?;
-        match (&t.gate, &w.gate) {
+        let mut dmlp_in = be.scratch(n * d)?;
+        let mut dup = be.scratch(n * ff)?;
+        let gated = match (&t.gate, &w.gate) {
             (Some(g), Some(gw)) => {
-                let mut dg = be.zeros(n * ff)?;
+                let mut dg = be.scratch(n * ff)?;
                 be.swiglu_backward(&mut dg, &mut dup, &da, g, &t.up, n * ff)?;
                 self.linear_backward(
+                    false,
                     &mut dmlp_in,
                     &dg,
                     &t.mlp_in,
@@ -364,15 +372,20 @@ impl<B: Backend> BlockCtx<'_, B> {
                     Target::Gate,
                     grads,
                 )?;
+                be.recycle(dg);
+                true
             }
             _ => {
                 let MlpKind::Plain(f) = self.cfg.mlp else {
                     return Err(Error::Backend("SwiGLU tape without gate".into()));
                 };
                 be.activation_backward(&mut dup, &da, &t.up, f, n * ff)?;
+                false
             }
-        }
+        };
+        be.recycle(da);
         self.linear_backward(
+            gated,
             &mut dmlp_in,
             &dup,
             &t.mlp_in,
@@ -382,19 +395,25 @@ impl<B: Backend> BlockCtx<'_, B> {
             Target::Up,
             grads,
         )?;
+        be.recycle(dup);
 
         // Gradient at the attention residual sum.
         let dh = if pre {
             let mut dh = norm_backward(be, self.cfg, &dmlp_in, &w.norm2, &t.norm2, n)?;
             be.add_assign(&mut dh, &dsum, n * d)?;
+            be.recycle(dmlp_in);
             dh
         } else {
             let mut dhn = dmlp_in;
             be.add_assign(&mut dhn, &dsum, n * d)?;
-            norm_backward(be, self.cfg, &dhn, &w.norm1, &t.norm1, n)?
+            let dh = norm_backward(be, self.cfg, &dhn, &w.norm1, &t.norm1, n)?;
+            be.recycle(dhn);
+            dh
         };
-        let mut dattn = be.zeros(n * self.cfg.q_dim())?;
+        be.recycle(dsum);
+        let mut dattn = be.scratch(n * self.cfg.q_dim())?;
         self.linear_backward(
+            false,
             &mut dattn,
             &dh,
             &t.attn,
@@ -439,8 +458,10 @@ impl<B: Backend> BlockCtx<'_, B> {
                 true,
             )?;
         }
-        let mut dattn_in = be.zeros(n * d)?;
+        be.recycle(dattn);
+        let mut dattn_in = be.scratch(n * d)?;
         self.linear_backward(
+            false,
             &mut dattn_in,
             &dq,
             &t.attn_in,
@@ -451,6 +472,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             grads,
         )?;
         self.linear_backward(
+            true,
             &mut dattn_in,
             &dk,
             &t.attn_in,
@@ -461,6 +483,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             grads,
         )?;
         self.linear_backward(
+            true,
             &mut dattn_in,
             &dv,
             &t.attn_in,
@@ -470,13 +493,19 @@ impl<B: Backend> BlockCtx<'_, B> {
             Target::V,
             grads,
         )?;
-        if pre {
+        be.recycle(dq);
+        be.recycle(dk);
+        be.recycle(dv);
+        let dx = if pre {
             let mut dx = norm_backward(be, self.cfg, &dattn_in, &w.norm1, &t.norm1, n)?;
             be.add_assign(&mut dx, &dh, n * d)?;
-            Ok(dx)
+            be.recycle(dattn_in);
+            dx
         } else {
             be.add_assign(&mut dattn_in, &dh, n * d)?;
-            Ok(dattn_in)
-        }
+            dattn_in
+        };
+        be.recycle(dh);
+        Ok(dx)
     }
 }

@@ -13,6 +13,7 @@ mod loss;
 mod math;
 mod norm;
 mod optim;
+mod pool;
 mod rope;
 mod weight;
 
@@ -83,6 +84,12 @@ impl Backend for Cpu {
     }
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
+    }
+    fn scratch(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(pool::take(len).unwrap_or_else(|| vec![0.0; len]))
+    }
+    fn recycle(&self, buf: Vec<f32>) {
+        pool::put(buf);
     }
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
         Ok(data.to_vec())
