@@ -131,8 +131,8 @@ enum Command {
         /// Seed of the random data and adapters.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Storage of the frozen base weights: f32, or bf16 (products through the AVX512-BF16
-        /// kernel where the CPU has it).
+        /// Storage of the frozen base weights: f32, or bf16 (products on AMX tiles or the
+        /// AVX512-BF16 kernel where the CPU has them; the JSON line says which in `bf16_kernel`).
         #[arg(long, default_value = "f32")]
         precision: String,
     },
