@@ -23,10 +23,9 @@
 //! the AVX-512 path is used instead.
 
 use super::avx512::{pack_a, CPtr};
-use super::{PackedB, KP_ALIGN, NB, NR, PARALLEL_MIN_FLOPS};
+use super::{for_each_task, PackedB, KP_ALIGN, NB, NR};
 use core::arch::asm;
 use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -112,28 +111,10 @@ thread_local! {
 /// the shape of `b`, and `m, n, k > 0`.
 pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) {
     let (k, n) = (b.k, b.n);
-    // 16-column slices that hold columns of C, and 32-column pairs of them.
-    let slices = n.div_ceil(T);
-    let pairs = slices.div_ceil(2);
-    let row_blocks = m.div_ceil(MC);
-    let threads = if m * n * k >= PARALLEL_MIN_FLOPS {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    // As on the AVX-512 path: two tasks per thread, columns split only when rows are too few.
-    let col_splits = if row_blocks >= 2 * threads {
-        1
-    } else {
-        (2 * threads).div_ceil(row_blocks).min(pairs)
-    };
-    let tasks = row_blocks * col_splits;
+    // Column units: 32-column pairs of 16-column slices.
+    let pairs = n.div_ceil(T).div_ceil(2);
     let cp = CPtr(c.as_mut_ptr());
-    let run = |t: usize| {
-        let (rb, cs) = (t / col_splits, t % col_splits);
-        let r0 = rb * MC;
-        let rows = MC.min(m - r0);
-        let (q0, q1) = (cs * pairs / col_splits, (cs + 1) * pairs / col_splits);
+    for_each_task(m, MC, pairs, m * n * k, |r0, rows, q0, q1| {
         APACK.with(|ap| {
             let mut ap = ap.borrow_mut();
             // SAFETY: the caller guarantees the instruction sets and permission; rows
@@ -144,12 +125,7 @@ pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accum
                 task(cp, r0, rows, q0, q1, &ap, b, accumulate);
             }
         });
-    };
-    if tasks > 1 && threads > 1 {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
-    }
+    });
 }
 
 /// One asm instruction on C tile `$idx` (0..4): the template is `$pre`, the tile register's

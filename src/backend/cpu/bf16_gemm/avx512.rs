@@ -1,6 +1,5 @@
-use super::{PackedB, KC, MC, MR, NB, NR, PARALLEL_MIN_FLOPS};
+use super::{for_each_task, PackedB, KC, MC, MR, NB, NR};
 use core::arch::x86_64::*;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// `C` shared by the tasks of one product.
@@ -25,27 +24,8 @@ thread_local! {
 /// `(k, n)` the shape of `b`, and `m, n, k > 0`.
 pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) {
     let (k, n) = (b.k, b.n);
-    let panels = n.div_ceil(NB);
-    let row_blocks = m.div_ceil(MC);
-    let threads = if m * n * k >= PARALLEL_MIN_FLOPS {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    // Enough tasks for the pool (two per thread, so an uneven last block is absorbed); split
-    // columns only when row blocks alone are too few (small `m`).
-    let col_splits = if row_blocks >= 2 * threads {
-        1
-    } else {
-        (2 * threads).div_ceil(row_blocks).min(panels)
-    };
-    let tasks = row_blocks * col_splits;
     let cp = CPtr(c.as_mut_ptr());
-    let run = |t: usize| {
-        let (rb, cs) = (t / col_splits, t % col_splits);
-        let r0 = rb * MC;
-        let rows = MC.min(m - r0);
-        let (p0, p1) = (cs * panels / col_splits, (cs + 1) * panels / col_splits);
+    for_each_task(m, MC, n.div_ceil(NB), m * n * k, |r0, rows, p0, p1| {
         APACK.with(|ap| {
             let mut ap = ap.borrow_mut();
             // SAFETY: the feature check is the caller's guarantee; the slices are in bounds
@@ -63,12 +43,7 @@ pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accum
                 block(cp, r0, rows, p0, p1, &ap, b, n, accumulate);
             }
         });
-    };
-    if tasks > 1 && threads > 1 {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
-    }
+    });
 }
 
 /// Converts `rows` rows of `a` (`[rows, k]`, f32) to bf16 pair words, row-major with a stride

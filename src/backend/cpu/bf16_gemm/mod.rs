@@ -260,6 +260,43 @@ pub(crate) fn gemm(
     }
 }
 
+/// Runs a product of `m` rows and `units` column units as rayon tasks: blocks of `mc` rows and,
+/// when those are too few for the pool (two tasks per thread, so an uneven last block is
+/// absorbed), ranges of column units. `body(r0, rows, u0, u1)` computes rows `r0..r0+rows`
+/// against units `u0..u1`; products under [`PARALLEL_MIN_FLOPS`] multiply-adds (`m·n·k`) stay
+/// on the calling thread.
+fn for_each_task(
+    m: usize,
+    mc: usize,
+    units: usize,
+    madds: usize,
+    body: impl Fn(usize, usize, usize, usize) + Sync,
+) {
+    let row_blocks = m.div_ceil(mc);
+    let threads = if madds >= PARALLEL_MIN_FLOPS {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let col_splits = if row_blocks >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(row_blocks).min(units)
+    };
+    let tasks = row_blocks * col_splits;
+    let run = |t: usize| {
+        let (rb, cs) = (t / col_splits, t % col_splits);
+        let r0 = rb * mc;
+        let (u0, u1) = (cs * units / col_splits, (cs + 1) * units / col_splits);
+        body(r0, mc.min(m - r0), u0, u1);
+    };
+    if tasks > 1 && threads > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
 /// The portable path: the same arithmetic (activations rounded to bf16, bf16 weights, f32
 /// accumulation) through the f32 GEMM, with both operands widened to f32 for the call. The
 /// widened weight is a temporary: the weight stays bf16 between calls.
