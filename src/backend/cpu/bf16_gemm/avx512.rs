@@ -63,8 +63,17 @@ pub(super) unsafe fn pack_a(
     lda: usize,
     row_multiple: usize,
 ) {
-    out.clear();
-    out.resize(rows.div_ceil(row_multiple) * row_multiple * lda, 0);
+    // The buffer is reused across calls: only what the loop below does not write (the words
+    // past k/2 of each row, the padding rows) is zeroed, not the whole buffer.
+    let padded = rows.div_ceil(row_multiple) * row_multiple;
+    if out.len() < padded * lda {
+        out.resize(padded * lda, 0);
+    }
+    let k2 = k.div_ceil(2);
+    for r in 0..rows {
+        out[r * lda + k2..(r + 1) * lda].fill(0);
+    }
+    out[rows * lda..padded * lda].fill(0);
     for r in 0..rows {
         let row = &a[r * k..(r + 1) * k];
         let dst = out[r * lda..(r + 1) * lda].as_mut_ptr();

@@ -437,6 +437,24 @@ mod tests {
         }
     }
 
+    /// The per-thread activation buffer is reused without a full zero fill: its padding (words
+    /// past `k/2`, rows past `m`) must still be zero. A first product leaves NaN everywhere in
+    /// the buffer; a second, smaller one must not pick any up (NaN · 0 is NaN). Both products
+    /// are small enough to run on this thread, which owns the buffer.
+    #[test]
+    fn stale_activation_buffer_never_leaks() {
+        for isa in isas() {
+            let big = CpuWeight::new(&[0.5; 16 * 62], 16, 62, WeightPrecision::Bf16).unwrap();
+            let mut y = vec![0.0; 40 * 16];
+            big.linear(&mut y, &[f32::NAN; 40 * 62], 40, false, isa)
+                .unwrap();
+            let small = CpuWeight::new(&[0.5; 16 * 30], 16, 30, WeightPrecision::Bf16).unwrap();
+            let mut y = vec![0.0; 3 * 16];
+            small.linear(&mut y, &[1.0; 3 * 30], 3, false, isa).unwrap();
+            assert!(y.iter().all(|&v| v == 15.0), "{isa:?}: {y:?}");
+        }
+    }
+
     #[test]
     fn kernel_and_portable_paths_agree() {
         if !avx512_bf16_available() {
