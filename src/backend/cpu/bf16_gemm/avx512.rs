@@ -1,6 +1,26 @@
-use super::{for_each_task, PackedB, KC, MC, MR, NB, NR};
+//! The AVX-512 BF16 path of the bf16 products: a `vdpbf16ps` micro-kernel.
+//!
+//! One call computes an `MR x NB` tile of `C` (`MR·NR` = 24 zmm accumulators, 3 for `B`, one for
+//! the broadcast of an activation pair word from each of [`MR`] rows). On this project's
+//! Sapphire Rapids machine `vdpbf16ps` issues at one every two cycles (measured: ~65 GFLOP/s a
+//! core, half the f32 FMA rate) with an ~8-cycle latency, so 24 independent chains keep it busy
+//! and the loads (3 vectors + 8 broadcasts per 24 instructions) are far from the load ports'
+//! limit. `k` is blocked by [`KC`], which covers MiniLM's `k = 384` in one block (the `C` tile is
+//! then read and written once); the panel slice of `B` (up to 48 KiB) is reused from L1/L2 by
+//! every row group of a task. Tasks are blocks of [`MC`] rows (and, when there are too few of
+//! those for the pool, ranges of column panels), run over rayon; each converts its own
+//! activations ([`pack_a`], shared with the AMX path), which then stay in its core's caches.
+
+use super::{for_each_task, PackedB, NB, NR};
 use core::arch::x86_64::*;
 use std::cell::RefCell;
+
+/// Rows of the register tile.
+const MR: usize = 8;
+/// Depth (in `k` elements) of one cache block.
+const KC: usize = 512;
+/// Rows of `C` per task.
+const MC: usize = 64;
 
 /// `C` shared by the tasks of one product.
 #[derive(Clone, Copy)]

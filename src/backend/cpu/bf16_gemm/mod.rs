@@ -1,51 +1,34 @@
-//! Matrix products with frozen bf16 weights: a hand-written AVX-512 BF16 micro-kernel
-//! (`vdpbf16ps`, f32 accumulation) where the CPU has it, and a portable f32 path everywhere else.
+//! Matrix products with frozen bf16 weights, f32 accumulation: AMX tiles (`amx.rs`) or a
+//! hand-written AVX-512 BF16 micro-kernel (`avx512.rs`) where the CPU has them, and a portable
+//! f32 path everywhere else. [`Isa::detect`] picks one per process.
 //!
 //! Both products of a frozen linear layer `W: [out, in]` are of the form `C[m,n] (+)= A[m,k]·B`
 //! with `A` an f32 activation matrix and `B` a view of `W`: the forward `y = x·Wᵀ` (`k = in`,
 //! `n = out`, `B = Wᵀ`) and the input gradient `dx = dy·W` (`k = out`, `n = in`, `B = W`).
-//! [`PackedB`] stores one such `B` in the layout the micro-kernel streams, and a bf16 weight keeps
+//! [`PackedB`] stores one such `B` in the layout both kernels stream, and a bf16 weight keeps
 //! one packing per product: two bf16 copies are exactly the size of the single f32 copy they
 //! replace, and neither product then needs a transposed read.
 //!
 //! # Layout
 //!
-//! `vdpbf16ps acc, a, b` adds `a[2i]·b[2i] + a[2i+1]·b[2i+1]` to f32 lane `i`: each 32-bit lane
-//! holds a *pair* of bf16 values adjacent in `k`. So `B` is stored as 32-bit words
-//! `B[2p][j] | B[2p+1][j] << 16`, in column panels of [`NB`] = 16·[`NR`] columns, each panel
-//! `[k/2][NB]` words: one 512-bit load gives 16 columns' pairs for one `p`. Activations are
-//! converted per call into the same pair words (row-major, `_mm512_cvtne2ps_pbh`, rounding to
-//! nearest even), and the word of each of [`MR`] rows is broadcast against the `NR` loads of `B`.
-//! `k` odd is padded with a zero, and the `n` and `m` tails with zero columns and rows that are
+//! `vdpbf16ps` and `tdpbf16ps` multiply *pairs* of bf16 values adjacent in `k`, held in one
+//! 32-bit word. So `B` is stored as words `B[2p][j] | B[2p+1][j] << 16`, in column panels of
+//! [`NB`] = 16·[`NR`] columns, each panel `[k2p][NB]` words (`k2p`: the pairs, rounded up to an
+//! AMX tile's 16 rows with zero words): one 512-bit load gives 16 columns' pairs for one `p`,
+//! and a 16-column slice of 16 pair rows is an AMX B tile. Activations are converted per call
+//! into the same pair words, row-major (`_mm512_cvtne2ps_pbh`, rounding to nearest even). `k`
+//! odd is padded with a zero, and the `n` and `m` tails with zero columns and rows that are
 //! never stored.
-//!
-//! # Micro-kernel and blocking
-//!
-//! One call computes an `MR x NB` tile of `C` (`MR·NR` = 24 zmm accumulators, 3 for `B`, one for
-//! the broadcast). On this project's Sapphire Rapids machine `vdpbf16ps` issues at one every two
-//! cycles (measured: ~65 GFLOP/s a core, half the f32 FMA rate) with an ~8-cycle latency, so 24
-//! independent chains keep it busy and the loads (3 vectors + 8 broadcasts per 24 instructions)
-//! are far from the load ports' limit. `k` is blocked by [`KC`], which covers MiniLM's `k = 384`
-//! in one block (the `C` tile is then read and written once); the panel slice of `B` (up to 48
-//! KiB) is reused from L1/L2 by every row group of a task. Tasks are blocks of [`MC`] rows (and,
-//! when there are too few of those for the pool, ranges of column panels), run over rayon; each
-//! converts its own activations, which then stay in its core's caches.
 
 use crate::error::{Error, Result};
 use half::bf16;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Rows of the register tile.
-pub(crate) const MR: usize = 8;
-/// 16-column vectors of the register tile.
+/// 16-column vectors of a packed panel (the AVX-512 register tile's width).
 pub(crate) const NR: usize = 3;
-/// Columns of a packed panel of `B` (the register tile's width).
+/// Columns of a packed panel of `B`.
 pub(crate) const NB: usize = 16 * NR;
-/// Depth (in `k` elements) of one cache block.
-const KC: usize = 512;
-/// Rows of `C` per task.
-const MC: usize = 64;
 /// Products smaller than this many multiply-adds run on the calling thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// Packed pair rows per panel are a multiple of this (an AMX tile's 16 rows).
