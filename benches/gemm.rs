@@ -24,104 +24,67 @@ const DP_PER_ITER: u64 = 24;
 /// FLOPs of one 512-bit `vdpbf16ps`: 16 lanes x 2 products x (multiply + add).
 const DP_FLOPS: u64 = 64;
 
-/// `iters` iterations of 24 independent `vdpbf16ps` on registers only: no loads, no
-/// dependencies shorter than 24 instructions, so it runs at the instruction's issue rate.
-#[cfg(target_arch = "x86_64")]
-fn dp_loop(iters: u64) {
-    if iters == 0 {
-        return;
-    }
-    // SAFETY: only called after `bf16_kernel_active()` (the CPU has AVX512-BF16); the asm
-    // touches no memory and declares every register it writes as clobbered.
-    unsafe {
-        std::arch::asm!(
-            "2:",
-            "vdpbf16ps zmm0, zmm30, zmm31",
-            "vdpbf16ps zmm1, zmm30, zmm31",
-            "vdpbf16ps zmm2, zmm30, zmm31",
-            "vdpbf16ps zmm3, zmm30, zmm31",
-            "vdpbf16ps zmm4, zmm30, zmm31",
-            "vdpbf16ps zmm5, zmm30, zmm31",
-            "vdpbf16ps zmm6, zmm30, zmm31",
-            "vdpbf16ps zmm7, zmm30, zmm31",
-            "vdpbf16ps zmm8, zmm30, zmm31",
-            "vdpbf16ps zmm9, zmm30, zmm31",
-            "vdpbf16ps zmm10, zmm30, zmm31",
-            "vdpbf16ps zmm11, zmm30, zmm31",
-            "vdpbf16ps zmm12, zmm30, zmm31",
-            "vdpbf16ps zmm13, zmm30, zmm31",
-            "vdpbf16ps zmm14, zmm30, zmm31",
-            "vdpbf16ps zmm15, zmm30, zmm31",
-            "vdpbf16ps zmm16, zmm30, zmm31",
-            "vdpbf16ps zmm17, zmm30, zmm31",
-            "vdpbf16ps zmm18, zmm30, zmm31",
-            "vdpbf16ps zmm19, zmm30, zmm31",
-            "vdpbf16ps zmm20, zmm30, zmm31",
-            "vdpbf16ps zmm21, zmm30, zmm31",
-            "vdpbf16ps zmm22, zmm30, zmm31",
-            "vdpbf16ps zmm23, zmm30, zmm31",
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-            out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _,
-            out("zmm15") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-            out("zmm30") _, out("zmm31") _,
-            options(nostack, nomem),
-        );
-    }
+/// Defines `fn $name(iters: u64)`: `iters` iterations of 24 independent `$ins` (a
+/// `zmm, zmm, zmm` instruction) on registers only: no loads, no dependencies shorter than 24
+/// instructions, so it runs at the instruction's issue rate.
+macro_rules! register_loop {
+    ($name:ident, $ins:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        fn $name(iters: u64) {
+            if iters == 0 {
+                return;
+            }
+            // SAFETY: only called after `bf16_kernel_active()` (the CPU has AVX-512F and
+            // AVX512-BF16); the asm touches no memory and declares every register it writes as
+            // clobbered.
+            unsafe {
+                std::arch::asm!(
+                    "2:",
+                    concat!($ins, " zmm0, zmm30, zmm31"),
+                    concat!($ins, " zmm1, zmm30, zmm31"),
+                    concat!($ins, " zmm2, zmm30, zmm31"),
+                    concat!($ins, " zmm3, zmm30, zmm31"),
+                    concat!($ins, " zmm4, zmm30, zmm31"),
+                    concat!($ins, " zmm5, zmm30, zmm31"),
+                    concat!($ins, " zmm6, zmm30, zmm31"),
+                    concat!($ins, " zmm7, zmm30, zmm31"),
+                    concat!($ins, " zmm8, zmm30, zmm31"),
+                    concat!($ins, " zmm9, zmm30, zmm31"),
+                    concat!($ins, " zmm10, zmm30, zmm31"),
+                    concat!($ins, " zmm11, zmm30, zmm31"),
+                    concat!($ins, " zmm12, zmm30, zmm31"),
+                    concat!($ins, " zmm13, zmm30, zmm31"),
+                    concat!($ins, " zmm14, zmm30, zmm31"),
+                    concat!($ins, " zmm15, zmm30, zmm31"),
+                    concat!($ins, " zmm16, zmm30, zmm31"),
+                    concat!($ins, " zmm17, zmm30, zmm31"),
+                    concat!($ins, " zmm18, zmm30, zmm31"),
+                    concat!($ins, " zmm19, zmm30, zmm31"),
+                    concat!($ins, " zmm20, zmm30, zmm31"),
+                    concat!($ins, " zmm21, zmm30, zmm31"),
+                    concat!($ins, " zmm22, zmm30, zmm31"),
+                    concat!($ins, " zmm23, zmm30, zmm31"),
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) iters => _,
+                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+                    out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+                    out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
+                    out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _,
+                    out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _,
+                    out("zmm22") _, out("zmm23") _, out("zmm30") _, out("zmm31") _,
+                    options(nostack, nomem),
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        fn $name(_iters: u64) {}
+    };
 }
 
-/// [`dp_loop`] with `vfmadd231ps` (f32 FMA, 32 FLOPs an instruction): the f32 bound, for context.
-#[cfg(target_arch = "x86_64")]
-fn fma_loop(iters: u64) {
-    if iters == 0 {
-        return;
-    }
-    // SAFETY: only called after `bf16_kernel_active()` (so AVX-512F is present); the asm
-    // touches no memory and declares every register it writes as clobbered.
-    unsafe {
-        std::arch::asm!(
-            "2:",
-            "vfmadd231ps zmm0, zmm30, zmm31",
-            "vfmadd231ps zmm1, zmm30, zmm31",
-            "vfmadd231ps zmm2, zmm30, zmm31",
-            "vfmadd231ps zmm3, zmm30, zmm31",
-            "vfmadd231ps zmm4, zmm30, zmm31",
-            "vfmadd231ps zmm5, zmm30, zmm31",
-            "vfmadd231ps zmm6, zmm30, zmm31",
-            "vfmadd231ps zmm7, zmm30, zmm31",
-            "vfmadd231ps zmm8, zmm30, zmm31",
-            "vfmadd231ps zmm9, zmm30, zmm31",
-            "vfmadd231ps zmm10, zmm30, zmm31",
-            "vfmadd231ps zmm11, zmm30, zmm31",
-            "vfmadd231ps zmm12, zmm30, zmm31",
-            "vfmadd231ps zmm13, zmm30, zmm31",
-            "vfmadd231ps zmm14, zmm30, zmm31",
-            "vfmadd231ps zmm15, zmm30, zmm31",
-            "vfmadd231ps zmm16, zmm30, zmm31",
-            "vfmadd231ps zmm17, zmm30, zmm31",
-            "vfmadd231ps zmm18, zmm30, zmm31",
-            "vfmadd231ps zmm19, zmm30, zmm31",
-            "vfmadd231ps zmm20, zmm30, zmm31",
-            "vfmadd231ps zmm21, zmm30, zmm31",
-            "vfmadd231ps zmm22, zmm30, zmm31",
-            "vfmadd231ps zmm23, zmm30, zmm31",
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-            out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _,
-            out("zmm15") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-            out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-            out("zmm30") _, out("zmm31") _,
-            options(nostack, nomem),
-        );
-    }
-}
+register_loop!(dp_loop, "vdpbf16ps");
+// `vfmadd231ps` (f32 FMA, 32 FLOPs an instruction): the f32 bound, for context.
+register_loop!(fma_loop, "vfmadd231ps");
 
 /// `tdpbf16ps` per iteration of [`tdp_loop`] (independent accumulator tiles).
 const TDP_PER_ITER: u64 = 6;
@@ -178,13 +141,7 @@ fn tdp_loop(iters: u64) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn fma_loop(_iters: u64) {}
-
-#[cfg(not(target_arch = "x86_64"))]
 fn tdp_loop(_iters: u64) {}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn dp_loop(_iters: u64) {}
 
 /// Runs `body` on `threads` threads at once.
 fn on_threads(threads: usize, iters: u64, body: fn(u64)) {
