@@ -275,6 +275,7 @@ impl<'a, B: Backend> Federation<'a, B> {
             .map(|s| s.zeros_like(self.backend))
             .collect::<Result<Vec<_>>>()?;
         exec.backward(&tape, &sets, &mut grads, &vec![None; jobs.len()])?;
+        exec.recycle(tape);
         let mut res = Vec::with_capacity(items.len());
         for (i, g) in grads.into_iter().enumerate() {
             let mut loss = 0.0;

@@ -264,6 +264,7 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
                     }
                 }
             }
+            exec.recycle(client_tape);
             // U-shaped: add the tail's gradients (computed during the server step).
             for (i, g) in tail_grads.into_iter().enumerate() {
                 if let Some(g) = g {
@@ -478,6 +479,7 @@ impl<B: Backend> FlexpSfl<B> {
                     .collect::<Result<_>>()?;
                 server_out_grads =
                     exec.backward(&ttape, &tsets, &mut tg, &vec![None; tjobs.len()])?;
+                exec.recycle(ttape);
                 for (n, r) in tout.iter().enumerate() {
                     losses[tjobs[n].grad_slot] +=
                         r.loss.map_or(f64::NAN, |v| v as f64) * tjobs[n].loss_weight as f64;
@@ -491,6 +493,7 @@ impl<B: Backend> FlexpSfl<B> {
                 .map(|_| st.global.zeros_like(be))
                 .collect::<Result<_>>()?;
             let dx = exec.backward(&tape, &[&*st.global], &mut grads, &server_out_grads)?;
+            exec.recycle(tape);
             Self::finish_group(
                 &mut st,
                 fed,
@@ -646,6 +649,7 @@ fn server_sweep_lanes<B: Backend>(
                         .collect::<Result<_>>()?;
                     let dx =
                         exec.backward(&tape, &[global], &mut grads, &vec![None; local.len()])?;
+                    exec.recycle(tape);
                     Ok((out, dx, grads))
                 })
             })

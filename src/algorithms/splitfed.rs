@@ -177,6 +177,7 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
                     .map(|x| x.zeros_like(be))
                     .collect::<Result<_>>()?;
                 let dx = exec.backward(&tape, &ssets, &mut grads, &vec![None; gj.len()])?;
+                exec.recycle(tape);
                 drop(ssets);
                 for (m, &j) in idx.iter().enumerate() {
                     losses[owner[j]] +=
@@ -212,6 +213,7 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
                 .map(|x| x.zeros_like(be))
                 .collect::<Result<_>>()?;
             exec.backward(&ctape, &csets, &mut cgrads, &dh)?;
+            exec.recycle(ctape);
             drop(csets);
             for (li, g) in cgrads.iter().enumerate() {
                 let i = live[li];

@@ -16,6 +16,17 @@ pub(crate) struct NormTape<B: Backend> {
     rstd: B::Buf,
 }
 
+impl<B: Backend> NormTape<B> {
+    /// Hands every buffer back to the backend's pool.
+    pub(crate) fn recycle(self, be: &B) {
+        be.recycle(self.x);
+        be.recycle(self.rstd);
+        if let Some(m) = self.mean {
+            be.recycle(m);
+        }
+    }
+}
+
 /// What one block's forward keeps for its backward.
 pub(crate) struct BlockTape<B: Backend> {
     /// Input of the attention projections (block input for post-norm, norm1 output for pre-norm).
@@ -34,6 +45,32 @@ pub(crate) struct BlockTape<B: Backend> {
     act: B::Buf,
     /// LoRA intermediates per target (`None` where no active run is adapted).
     u: [Option<B::Buf>; 7],
+}
+
+impl<B: Backend> BlockTape<B> {
+    /// Hands every buffer back to the backend's pool.
+    pub(crate) fn recycle(self, be: &B) {
+        let bufs = [
+            self.attn_in,
+            self.q,
+            self.k,
+            self.v,
+            self.attn,
+            self.lse,
+            self.mlp_in,
+            self.up,
+            self.act,
+        ];
+        for b in bufs
+            .into_iter()
+            .chain(self.gate)
+            .chain(self.u.into_iter().flatten())
+        {
+            be.recycle(b);
+        }
+        self.norm1.recycle(be);
+        self.norm2.recycle(be);
+    }
 }
 
 /// Normalises `x` with `n` (the model's norm kind); keeps `x` and the statistics for backward.
@@ -239,8 +276,8 @@ impl<B: Backend> BlockCtx<'_, B> {
                 false,
             )?;
         }
-        let mut attn = be.zeros(n * self.cfg.q_dim())?;
-        let mut lse = be.zeros(n * self.cfg.heads)?;
+        let mut attn = be.scratch(n * self.cfg.q_dim())?;
+        let mut lse = be.scratch(n * self.cfg.heads)?;
         be.attention_forward(
             &mut attn,
             &mut lse,
@@ -424,9 +461,9 @@ impl<B: Backend> BlockCtx<'_, B> {
             grads,
         )?;
         let kvd = self.cfg.kv_dim();
-        let mut dq = be.zeros(n * self.cfg.q_dim())?;
-        let mut dk = be.zeros(n * kvd)?;
-        let mut dv = be.zeros(n * kvd)?;
+        let mut dq = be.scratch(n * self.cfg.q_dim())?;
+        let mut dk = be.scratch(n * kvd)?;
+        let mut dv = be.scratch(n * kvd)?;
         be.attention_backward(
             &mut dq,
             &mut dk,

@@ -36,6 +36,22 @@ pub(crate) struct HeadTape<B: Backend> {
     lm: Option<LmPart<B>>,
 }
 
+impl<B: Backend> HeadTape<B> {
+    /// Hands every buffer back to the backend's pool.
+    pub(crate) fn recycle(self, be: &B) {
+        if let Some(n) = self.norm {
+            n.recycle(be);
+        }
+        for g in self.classes {
+            be.recycle(g.pooled);
+            be.recycle(g.dlogits);
+        }
+        if let Some(lm) = self.lm {
+            be.recycle(lm.dlogits);
+        }
+    }
+}
+
 pub(crate) fn forward<B: Backend>(
     ex: &Executor<'_, B>,
     adapters: &[&AdapterSet<B>],

@@ -458,6 +458,18 @@ impl<'a, B: Backend> Executor<'a, B> {
         Ok((results, tape))
     }
 
+    /// Hands the buffers of a tape no backward will read again back to the backend
+    /// ([`Backend::recycle`]), so that the next forward's outputs reuse them instead of
+    /// allocating (and zero-filling) as much memory again. Dropping the tape is also correct,
+    /// only slower.
+    pub fn recycle(&self, tape: Tape<B>) {
+        for (act, bt) in tape.blocks.into_iter().flatten() {
+            drop(act);
+            bt.recycle(self.backend);
+        }
+        tape.heads.recycle(self.backend);
+    }
+
     /// Puts every sequence's input into the packed matrix `h`: embeddings for token inputs,
     /// copies for hidden inputs.
     fn embed_inputs(&self, h: &mut B::Buf, lay: &Layout, seqs: &[SeqJob]) -> Result<()> {

@@ -384,8 +384,12 @@ pub(crate) fn backward(
                 p_buf.resize(need, 0.0);
                 ds_buf.resize(need, 0.0);
             }
-            // Zero this task's dK/dV block, which the tiles then accumulate into.
-            for r in 0..l {
+            // The first tile's dK/dV products overwrite rows 0..nk of this task's block and the
+            // later tiles accumulate; only rows no first tile reaches (a causal span longer
+            // than a tile) are zeroed here. (Zeroing the whole block row by row cost ~5% of a
+            // training step in memset calls of 128 bytes.)
+            let first_nk = if s.causal { TILE.min(l) } else { l };
+            for r in first_nk..l {
                 let idx = kv0 + r * kvs;
                 // SAFETY: idx..idx+hd is in bounds (checked); the (rows of this span) × (columns
                 // of kv head kvh) block of dk/dv is owned by this task alone.
@@ -397,6 +401,7 @@ pub(crate) fn backward(
             for h in kvh * group..(kvh + 1) * group {
                 let q0 = sp.start * qs + h * hd;
                 for i0 in (0..l).step_by(TILE) {
+                    let first = h == kvh * group && i0 == 0;
                     let i1 = (i0 + TILE).min(l);
                     let tr = i1 - i0;
                     let nk = if s.causal { i1 } else { l };
@@ -497,7 +502,7 @@ pub(crate) fn backward(
                             qs,
                             1,
                             s.scale,
-                            true,
+                            !first,
                         );
                         // dV += Pᵀ dO_tile.
                         mm(
@@ -514,7 +519,7 @@ pub(crate) fn backward(
                             qs,
                             1,
                             1.0,
-                            true,
+                            !first,
                         );
                     }
                 }

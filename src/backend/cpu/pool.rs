@@ -12,10 +12,14 @@ use std::sync::Mutex;
 
 /// Buffers smaller than this are not worth pooling (allocating them is cheap).
 const MIN_LEN: usize = 4096;
-/// At most this many bytes wait in the pool.
-const MAX_BYTES: usize = 512 << 20;
-/// At most this many buffers wait in the pool (bounds the search).
-const MAX_BUFS: usize = 64;
+/// At most this many bytes wait in the pool: room for the tape of a 16-client MiniLM server
+/// step (~0.8 GB at 8 x 64 tokens a client), which the executor recycles whole after its
+/// backward. The allocator (mimalloc, purging off) would keep that memory mapped anyway, so
+/// holding it here does not raise the peak RSS; it saves zero-filling it again.
+const MAX_BYTES: usize = 1 << 30;
+/// At most this many buffers wait in the pool (bounds the linear search; a block's tape is
+/// about 15 buffers).
+const MAX_BUFS: usize = 256;
 
 struct Pool {
     bufs: Vec<Vec<f32>>,
