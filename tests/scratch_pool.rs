@@ -1,7 +1,8 @@
 //! `Backend::scratch` may hand out recycled buffers with stale contents (the CPU backend's pool):
 //! every op given one must overwrite it. This poisons the pool with NaN buffers of every size a
 //! training step on the real MiniLM asks for, then checks that a forward + backward gives
-//! bit-identical outputs and gradients to a run on a clean pool.
+//! bit-identical outputs and gradients to a run on a clean pool, and again after a step's whole
+//! tape was recycled (`Executor::recycle`).
 
 mod common;
 
@@ -58,9 +59,13 @@ fn stale_scratch_buffers_never_reach_results() {
     let refs = [&set];
     let step = || {
         let (out, tape) = exec.forward(&refs, &jobs, true).unwrap();
+        let tape = tape.unwrap();
         let mut grads = vec![set.zeros_like(&be).unwrap()];
-        exec.backward(&tape.unwrap(), &refs, &mut grads, &[None, None])
+        exec.backward(&tape, &refs, &mut grads, &[None, None])
             .unwrap();
+        // The tape's buffers (real activations of this step) go back to the pool: the next
+        // step's outputs are handed them, stale values and all.
+        exec.recycle(tape);
         let logits: Vec<Vec<f32>> = out.iter().map(|o| o.logits.clone().unwrap()).collect();
         let g: Vec<Vec<f32>> = grads[0]
             .tensors()
@@ -94,4 +99,8 @@ fn stale_scratch_buffers_never_reach_results() {
         clean.1, poisoned.1,
         "gradients changed by stale scratch buffers"
     );
+    // Again, now on the recycled tape of the poisoned step (finite, non-zero stale values).
+    let again = step();
+    assert_eq!(clean.0, again.0, "logits changed by a recycled tape");
+    assert_eq!(clean.1, again.1, "gradients changed by a recycled tape");
 }
