@@ -222,6 +222,21 @@ fn activations_match_definitions_and_finite_differences() {
         let mut dx = vec![0.0; n];
         be.activation_backward(&mut dx, &w, &x2, act, n).unwrap();
         fd_check(&format!("{act:?}"), &x2, &w, &dx, fwd, 2e-3);
+        if act == Activation::GeluErf {
+            // The closed form, in f64: Φ(x) + x·φ(x).
+            for i in 0..n {
+                let v = x2[i] as f64;
+                let d = 0.5 * (1.0 + erf(v / 2f64.sqrt()))
+                    + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let want = w[i] as f64 * d;
+                assert!(
+                    (dx[i] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                    "GeluErf'({v}) · {} = {} want {want}",
+                    w[i],
+                    dx[i]
+                );
+            }
+        }
     }
 }
 

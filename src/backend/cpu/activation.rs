@@ -1,6 +1,6 @@
 //! Element-wise activations and their derivatives.
 
-use super::math::{erf, exp};
+use super::math::{erf, erf_and_gauss, exp};
 use crate::backend::Activation;
 use rayon::prelude::*;
 
@@ -30,7 +30,9 @@ fn act(a: Activation, x: f32) -> f32 {
 fn act_grad(a: Activation, x: f32) -> f32 {
     match a {
         Activation::GeluErf => {
-            0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+            // exp(-(x/√2)²) = exp(-x²/2), the Gaussian density's factor.
+            let (e, gauss) = erf_and_gauss(x * INV_SQRT_2);
+            0.5 * (1.0 + e) + x * INV_SQRT_2PI * gauss
         }
         Activation::GeluTanh => {
             let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();

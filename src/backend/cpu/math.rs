@@ -35,6 +35,13 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// libm's `erff` took a fifth of an encoder's forward time in GELU.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
+    erf_and_gauss(x).0
+}
+
+/// `(erf(x), exp(-x²))`: the Gaussian factor is the one [`erf`] computes anyway, and the GELU
+/// derivative needs exactly it (at `x/√2`), so the backward pays for one `exp`, not two.
+#[inline(always)]
+pub(crate) fn erf_and_gauss(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -46,12 +53,9 @@ pub(crate) fn erf(x: f32) -> f32 {
     let ax = x.abs();
     let t = 1.0 / (1.0 + P * ax);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let y = 1.0 - poly * exp(-ax * ax);
-    if x < 0.0 {
-        -y
-    } else {
-        y
-    }
+    let gauss = exp(-ax * ax);
+    let y = 1.0 - poly * gauss;
+    (if x < 0.0 { -y } else { y }, gauss)
 }
 
 #[cfg(test)]
