@@ -278,6 +278,21 @@ pub trait Backend: Send + Sync {
         m: usize,
         accumulate: bool,
     ) -> Result<()>;
+    /// `y[m,out] = x[m,in] · Wᵀ + bias` (the bias broadcast over the rows): by default
+    /// [`Backend::linear`] then [`Backend::add_bias`]; a backend may fuse the two (the CPU's
+    /// AMX path starts its accumulator tiles from the bias).
+    fn linear_bias(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Weight,
+        bias: &Self::Buf,
+        m: usize,
+    ) -> Result<()> {
+        self.linear(y, x, w, m, false)?;
+        let (out, _) = self.weight_shape(w);
+        self.add_bias(y, bias, m, out)
+    }
     /// `dx[m,in] (+)= dy[m,out] · W` (the input gradient of [`Backend::linear`]); accumulates
     /// when `accumulate`. In bf16, `dy` is rounded to bf16 for the product; the sum is f32.
     fn linear_backward_input(

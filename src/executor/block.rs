@@ -176,9 +176,9 @@ impl<B: Backend> BlockCtx<'_, B> {
         let n = act.rows;
         // Overwritten by the (non-accumulating) product.
         let mut y = be.scratch(n * lin.d_out)?;
-        be.linear(&mut y, x, &lin.w, n, false)?;
-        if let Some(b) = &lin.b {
-            be.add_bias(&mut y, b, n, lin.d_out)?;
+        match &lin.b {
+            Some(b) => be.linear_bias(&mut y, x, &lin.w, b, n)?,
+            None => be.linear(&mut y, x, &lin.w, n, false)?,
         }
         let segs: Vec<LoraSeg<'_, B>> =
             self.lora_segs(act, t).into_iter().map(|(_, s)| s).collect();

@@ -151,6 +151,16 @@ impl Backend for Cpu {
     ) -> Result<()> {
         w.linear(y, x, m, accumulate, bf16_gemm::Isa::detect())
     }
+    fn linear_bias(
+        &self,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &CpuWeight,
+        bias: &Vec<f32>,
+        m: usize,
+    ) -> Result<()> {
+        w.linear_bias(y, x, bias, m, bf16_gemm::Isa::detect())
+    }
     fn linear_backward_input(
         &self,
         dx: &mut Vec<f32>,

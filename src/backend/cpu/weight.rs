@@ -1,10 +1,20 @@
 //! Frozen base weights of the CPU backend: f32 as given, or bf16 packed for the micro-kernel of
 //! `bf16_gemm`.
 
-use super::bf16_gemm::{self, Isa, PackedB};
+use super::bf16_gemm::{self, Isa, PackedB, Start};
 use super::sgemm;
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// How a product that overwrites or accumulates starts.
+fn start(accumulate: bool) -> Start<'static> {
+    if accumulate {
+        Start::Accumulate
+    } else {
+        Start::Zero
+    }
+}
 
 /// A frozen `[rows, cols]` = `[out, in]` weight matrix on the CPU.
 ///
@@ -106,7 +116,37 @@ impl CpuWeight {
             Repr::F32(w) => sgemm(
                 y, x, w, m, self.rows, self.cols, false, true, accumulate, 1.0, true,
             ),
-            Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, accumulate, isa),
+            Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, start(accumulate), isa),
+        }
+    }
+
+    /// `y[m,rows] = x[m,cols] · Wᵀ + bias`. In bf16 the bias starts the product's accumulators
+    /// (no pass of its own); in f32 it is added after the product.
+    pub(crate) fn linear_bias(
+        &self,
+        y: &mut [f32],
+        x: &[f32],
+        bias: &[f32],
+        m: usize,
+        isa: Isa,
+    ) -> Result<()> {
+        match &self.repr {
+            Repr::F32(_) => {
+                self.linear(y, x, m, false, isa)?;
+                let n = self.rows;
+                if bias.len() != n || y.len() < m * n {
+                    return Err(Error::Backend(format!(
+                        "linear bias: {} values for {n} outputs, output of {} for {m} rows",
+                        bias.len(),
+                        y.len()
+                    )));
+                }
+                y[..m * n]
+                    .par_chunks_mut(n)
+                    .for_each(|r| r.iter_mut().zip(bias).for_each(|(a, b)| *a += b));
+                Ok(())
+            }
+            Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, Start::Bias(bias), isa),
         }
     }
 
@@ -123,7 +163,7 @@ impl CpuWeight {
             Repr::F32(w) => sgemm(
                 dx, dy, w, m, self.cols, self.rows, false, false, accumulate, 1.0, true,
             ),
-            Repr::Bf16 { bwd, .. } => bf16_gemm::gemm(dx, dy, bwd, m, accumulate, isa),
+            Repr::Bf16 { bwd, .. } => bf16_gemm::gemm(dx, dy, bwd, m, start(accumulate), isa),
         }
     }
 }

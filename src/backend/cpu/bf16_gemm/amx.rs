@@ -23,7 +23,7 @@
 //! the AVX-512 path is used instead.
 
 use super::avx512::{pack_a, CPtr};
-use super::{for_each_task, PackedB, KP_ALIGN, NB, NR};
+use super::{for_each_task, PackedB, Start, KP_ALIGN, NB, NR};
 use core::arch::asm;
 use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
 use std::cell::RefCell;
@@ -104,12 +104,12 @@ thread_local! {
     static APACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `c[m,n] (+)= a[m,k] · b` on AMX tiles, parallel over rayon.
+/// `c[m,n] = start + a[m,k] · b` on AMX tiles, parallel over rayon.
 ///
 /// # Safety
 /// [`available`] and AVX-512 BF16 must hold; `c.len() == m·n`, `a.len() == m·k` with `(k, n)`
-/// the shape of `b`, and `m, n, k > 0`.
-pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) {
+/// the shape of `b`, a bias has `n` values, and `m, n, k > 0`.
+pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, start: Start<'_>) {
     let (k, n) = (b.k, b.n);
     // Column units: 32-column pairs of 16-column slices.
     let pairs = n.div_ceil(T).div_ceil(2);
@@ -122,7 +122,7 @@ pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accum
             // columns of pairs q0..q1 of `C` (clamped to n when stored).
             unsafe {
                 pack_a(&mut ap, &a[r0 * k..(r0 + rows) * k], rows, k, b.k2p, 2 * T);
-                task(cp, r0, rows, q0, q1, &ap, b, accumulate);
+                task(cp, r0, rows, q0, q1, &ap, b, start);
             }
         });
     });
@@ -145,6 +145,8 @@ macro_rules! with_c_tile {
 struct CTile {
     /// Top-left element in `C`.
     at: *mut f32,
+    /// Its first column.
+    col: usize,
     rows: usize,
     cols: usize,
 }
@@ -171,7 +173,7 @@ unsafe fn task(
     q1: usize,
     ap: &[u32],
     b: &PackedB,
-    accumulate: bool,
+    start: Start<'_>,
 ) {
     let n = b.n;
     let stored_slices = b.n.div_ceil(NB) * NR;
@@ -199,12 +201,13 @@ unsafe fn task(
                 CTile {
                     // Padding rows may lie past `C`: never dereferenced (`rows` is 0).
                     at: c.0.wrapping_add((r0 + row0) * n + col0.min(n)),
+                    col: col0,
                     rows: rows.saturating_sub(row0).min(T),
                     cols: n.saturating_sub(col0).min(T),
                 }
             });
             for (t, tile) in tiles.iter().enumerate() {
-                init_tile(t, tile, &mut scratch.0[t], n, accumulate);
+                init_tile(t, tile, &mut scratch.0[t], n, start);
             }
             let mut p = 0;
             while p < b.k2p {
@@ -242,32 +245,58 @@ unsafe fn task(
 #[repr(C, align(64))]
 struct Scratch([[f32; T * T]; 4]);
 
-/// Loads C tile `t`: from `C` (accumulating) or zero; through `scratch` when cut by the edge.
+/// Loads C tile `t` with what `start` says: zero, `C`'s values, or the bias row in every row;
+/// through `scratch` when cut by the edge.
 ///
 /// # Safety
 /// The tile configuration is loaded; `tile.at` is valid for `tile.rows` rows of stride `n` and
-/// `tile.cols` columns.
-unsafe fn init_tile(t: usize, tile: &CTile, scratch: &mut [f32; T * T], n: usize, acc: bool) {
+/// `tile.cols` columns; a bias has `n` values.
+unsafe fn init_tile(
+    t: usize,
+    tile: &CTile,
+    scratch: &mut [f32; T * T],
+    n: usize,
+    start: Start<'_>,
+) {
     if tile.full() {
-        if acc {
-            with_c_tile!(t, "tileloadd tmm", ", [{p} + {s}*1]", p = in(reg) tile.at,
-                s = in(reg) n * 4, options(nostack, readonly, preserves_flags));
-        } else {
-            with_c_tile!(
+        match start {
+            Start::Zero => with_c_tile!(
                 t,
                 "tilezero tmm",
                 "",
                 options(nostack, nomem, preserves_flags)
-            );
+            ),
+            Start::Accumulate => {
+                with_c_tile!(t, "tileloadd tmm", ", [{p} + {s}*1]", p = in(reg) tile.at,
+                    s = in(reg) n * 4, options(nostack, readonly, preserves_flags))
+            }
+            // A row stride of 0 loads the same 16 bias values into all 16 rows (full tile:
+            // columns col..col+16 are inside the bias).
+            Start::Bias(bias) => {
+                with_c_tile!(t, "tileloadd tmm", ", [{p} + {s}*1]",
+                    p = in(reg) bias.as_ptr().add(tile.col), s = in(reg) 0usize,
+                    options(nostack, readonly, preserves_flags))
+            }
         }
         return;
     }
     scratch.fill(0.0);
-    if acc {
-        for r in 0..tile.rows {
-            let src = std::slice::from_raw_parts(tile.at.add(r * n), tile.cols);
-            scratch[r * T..r * T + tile.cols].copy_from_slice(src);
+    match start {
+        Start::Zero => {}
+        Start::Accumulate => {
+            for r in 0..tile.rows {
+                let src = std::slice::from_raw_parts(tile.at.add(r * n), tile.cols);
+                scratch[r * T..r * T + tile.cols].copy_from_slice(src);
+            }
         }
+        // A tile wholly past the last column (`cols == 0`) may start past the bias's end.
+        Start::Bias(bias) if tile.cols > 0 => {
+            for r in 0..tile.rows {
+                scratch[r * T..r * T + tile.cols]
+                    .copy_from_slice(&bias[tile.col..tile.col + tile.cols]);
+            }
+        }
+        Start::Bias(_) => {}
     }
     with_c_tile!(t, "tileloadd tmm", ", [{p} + {s}*1]", p = in(reg) scratch.as_ptr(),
         s = in(reg) ROW_BYTES, options(nostack, readonly, preserves_flags));

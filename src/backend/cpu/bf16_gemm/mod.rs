@@ -198,13 +198,25 @@ impl PackedB {
     }
 }
 
-/// `c[m,n] (+)= a[m,k] · b` with `a` row-major f32 rounded to bf16, f32 accumulation.
+/// What `C` holds before a product is added to it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Start<'a> {
+    /// Nothing: `C` is overwritten.
+    Zero,
+    /// Its current values: the product accumulates.
+    Accumulate,
+    /// A bias row of `n` values, broadcast over the rows: `C = bias + A·B`. The AMX path loads
+    /// it straight into its accumulator tiles, which saves the separate pass over `C`.
+    Bias(&'a [f32]),
+}
+
+/// `c[m,n] = start + a[m,k] · b` with `a` row-major f32 rounded to bf16, f32 accumulation.
 pub(crate) fn gemm(
     c: &mut [f32],
     a: &[f32],
     b: &PackedB,
     m: usize,
-    accumulate: bool,
+    start: Start<'_>,
     isa: Isa,
 ) -> Result<()> {
     let (k, n) = (b.k, b.n);
@@ -215,12 +227,22 @@ pub(crate) fn gemm(
             c.len()
         )));
     }
+    if let Start::Bias(bias) = start {
+        if bias.len() != n {
+            return Err(Error::Backend(format!(
+                "bf16 linear: bias of {} values for {n} outputs",
+                bias.len()
+            )));
+        }
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }
     if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(0.0);
+        match start {
+            Start::Zero => c[..m * n].fill(0.0),
+            Start::Accumulate => {}
+            Start::Bias(bias) => fill_rows(&mut c[..m * n], bias),
         }
         return Ok(());
     }
@@ -228,14 +250,48 @@ pub(crate) fn gemm(
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         Isa::Amx if avx512_bf16_available() && amx_available() => {
             // SAFETY: the guard checked the instruction sets and the tile permission; the
-            // slices have exactly the lengths the shape needs and m, n, k > 0.
-            unsafe { amx::gemm(&mut c[..m * n], &a[..m * k], b, m, accumulate) };
+            // slices have exactly the lengths the shape needs, a bias has n values, and
+            // m, n, k > 0.
+            unsafe { amx::gemm(&mut c[..m * n], &a[..m * k], b, m, start) };
             Ok(())
         }
+        _ => {
+            // The other paths start from `C` itself: a bias is written into it first.
+            let accumulate = match start {
+                Start::Zero => false,
+                Start::Accumulate => true,
+                Start::Bias(bias) => {
+                    fill_rows(&mut c[..m * n], bias);
+                    true
+                }
+            };
+            gemm_from_c(c, a, b, m, accumulate, isa)
+        }
+    }
+}
+
+/// Every row of `c` set to `row`.
+fn fill_rows(c: &mut [f32], row: &[f32]) {
+    c.par_chunks_mut(row.len())
+        .for_each(|r| r.copy_from_slice(row));
+}
+
+/// The AVX-512 and portable paths, which start from zero or from `C`'s values; `m, n, k > 0`
+/// and the buffers checked by [`gemm`].
+fn gemm_from_c(
+    c: &mut [f32],
+    a: &[f32],
+    b: &PackedB,
+    m: usize,
+    accumulate: bool,
+    isa: Isa,
+) -> Result<()> {
+    match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 | Isa::Amx if avx512_bf16_available() => {
+            let (k, n) = (b.k, b.n);
             // SAFETY: the guard checked the instruction sets; the slices have exactly the
-            // lengths the shape needs and m, n, k > 0.
+            // lengths the shape needs and m, n, k > 0 (the caller's checks).
             unsafe { avx512::gemm(&mut c[..m * n], &a[..m * k], b, m, accumulate) };
             Ok(())
         }
@@ -396,6 +452,23 @@ mod tests {
                         inp,
                         accumulate,
                         &format!("{isa:?} fwd"),
+                    );
+                    // with a bias: y[m,out] = bias + x[m,in] · Wᵀ (the AMX path loads it into
+                    // its accumulator tiles, the others write it into y first)
+                    let bias = rng.vec_range(out, -1.0, 1.0);
+                    let mut yb = rng.vec_range(m * out, -1.0, 1.0);
+                    cw.linear_bias(&mut yb, &x, &bias, m, isa).unwrap();
+                    let rows: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+                    check(
+                        &yb,
+                        &rows,
+                        &x,
+                        &wt,
+                        m,
+                        out,
+                        inp,
+                        true,
+                        &format!("{isa:?} fwd+bias"),
                     );
                     // input gradient: dx[m,in] (+)= dy[m,out] · W
                     let dy = rng.vec_range(m * out, -1.0, 1.0);
