@@ -28,6 +28,16 @@ use rayon::prelude::*;
 pub(crate) use self::gemm::sgemm;
 pub use self::weight::CpuWeight;
 
+/// `y[r,:] += bias` for the first `rows` rows of `dim` values.
+fn add_bias(y: &mut [f32], bias: &[f32], rows: usize, dim: usize) -> Result<()> {
+    check("add_bias y", y.len(), rows * dim)?;
+    check("add_bias bias", bias.len(), dim)?;
+    y[..rows * dim]
+        .par_chunks_mut(dim)
+        .for_each(|r| r.iter_mut().zip(bias.iter()).for_each(|(a, b)| *a += b));
+    Ok(())
+}
+
 /// Whether bf16 base products on this CPU run on a hand-written kernel (AMX tiles or the
 /// AVX-512 BF16 micro-kernel, `true`) or the portable f32 path. Decided once per process: see
 /// [`bf16_kernel`].
@@ -173,12 +183,7 @@ impl Backend for Cpu {
     }
 
     fn add_bias(&self, y: &mut Vec<f32>, bias: &Vec<f32>, rows: usize, dim: usize) -> Result<()> {
-        check("add_bias y", y.len(), rows * dim)?;
-        check("add_bias bias", bias.len(), dim)?;
-        y[..rows * dim]
-            .par_chunks_mut(dim)
-            .for_each(|r| r.iter_mut().zip(bias.iter()).for_each(|(a, b)| *a += b));
-        Ok(())
+        add_bias(y, bias, rows, dim)
     }
     fn add_assign(&self, y: &mut Vec<f32>, x: &Vec<f32>, len: usize) -> Result<()> {
         check("add_assign y", y.len(), len)?;

@@ -2,10 +2,9 @@
 //! `bf16_gemm`.
 
 use super::bf16_gemm::{self, Isa, PackedB, Start};
-use super::sgemm;
+use super::{add_bias, sgemm};
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 
 /// How a product that overwrites or accumulates starts.
 fn start(accumulate: bool) -> Start<'static> {
@@ -133,18 +132,7 @@ impl CpuWeight {
         match &self.repr {
             Repr::F32(_) => {
                 self.linear(y, x, m, false, isa)?;
-                let n = self.rows;
-                if bias.len() != n || y.len() < m * n {
-                    return Err(Error::Backend(format!(
-                        "linear bias: {} values for {n} outputs, output of {} for {m} rows",
-                        bias.len(),
-                        y.len()
-                    )));
-                }
-                y[..m * n]
-                    .par_chunks_mut(n)
-                    .for_each(|r| r.iter_mut().zip(bias).for_each(|(a, b)| *a += b));
-                Ok(())
+                add_bias(y, bias, m, self.rows)
             }
             Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, Start::Bias(bias), isa),
         }
