@@ -463,8 +463,7 @@ impl<'a, B: Backend> Executor<'a, B> {
     /// allocating (and zero-filling) as much memory again. Dropping the tape is also correct,
     /// only slower.
     pub fn recycle(&self, tape: Tape<B>) {
-        for (act, bt) in tape.blocks.into_iter().flatten() {
-            drop(act);
+        for (_, bt) in tape.blocks.into_iter().flatten() {
             bt.recycle(self.backend);
         }
         tape.heads.recycle(self.backend);

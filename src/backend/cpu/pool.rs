@@ -5,8 +5,8 @@
 //! new to the process a page fault per page: together about a tenth of a MiniLM round before
 //! this pool. Buffers the executor is done with come back here and are handed out again, stale
 //! contents and all, to ops that overwrite every element. Only exact lengths are matched (the
-//! sizes repeat exactly), and the pool is bounded so that it never holds more than a modest
-//! amount of memory the process would otherwise have returned.
+//! sizes repeat exactly), and the pool is bounded (see [`MAX_BYTES`]): it holds one step's
+//! buffers for the next, not a growing amount of memory.
 
 use std::sync::Mutex;
 
