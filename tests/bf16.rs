@@ -152,8 +152,9 @@ fn bf16_weights_store_rounded_values_in_half_the_memory() {
         .map(|&v| half::bf16::from_f32(v).to_f32())
         .collect();
     assert_eq!(be.weight_to_host(&b).unwrap(), rounded);
-    // Two bf16 packings (one per product) together: the bytes of the f32 matrix.
-    assert_eq!(be.weight_bytes(&f), out * inp * 4);
+    // One packing per product (no padding at these multiples of 48): two f32 copies, and two
+    // bf16 copies that together take the bytes of one f32 matrix.
+    assert_eq!(be.weight_bytes(&f), out * inp * 8);
     assert_eq!(be.weight_bytes(&b), out * inp * 4);
     assert!(be.weight(&w[1..], out, inp, WeightPrecision::Bf16).is_err());
 }

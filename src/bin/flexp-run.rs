@@ -457,9 +457,13 @@ fn bench<B: Backend + 'static>(
     let model = flexp::model::load_model_with(be, model, precision)?;
     let r = flexp::run::bench::bench_round(be, &model, spec)?;
     let mut line = r.to_json(be.name(), &precision.to_string(), threads);
-    // Which bf16 kernel ran matters to anyone comparing numbers across machines.
-    if be.name() == "cpu" && precision == flexp::backend::WeightPrecision::Bf16 {
-        line["bf16_kernel"] = flexp::backend::cpu::bf16_kernel().into();
+    // Which kernel ran matters to anyone comparing numbers across machines.
+    if be.name() == "cpu" {
+        line["kernel"] = match precision {
+            flexp::backend::WeightPrecision::Bf16 => flexp::backend::cpu::bf16_kernel(),
+            flexp::backend::WeightPrecision::F32 => flexp::backend::cpu::f32_kernel(),
+        }
+        .into();
     }
     Ok(line)
 }

@@ -7,6 +7,7 @@ mod simd;
 mod activation;
 mod attention;
 mod bf16_gemm;
+mod f32_gemm;
 mod gemm;
 mod lora;
 mod loss;
@@ -51,6 +52,13 @@ pub fn bf16_kernel_active() -> bool {
 /// `FLEXP_BF16_KERNEL=avx512` or `=portable` caps the choice.
 pub fn bf16_kernel() -> &'static str {
     bf16_gemm::Isa::detect().name()
+}
+
+/// The implementation of f32 base products on this CPU: `"avx512f"` (the packed-panel
+/// micro-kernel) or `"gemm-crate"` (the `gemm` crate, on CPUs without AVX-512F or under
+/// `FLEXP_F32_KERNEL=portable`). Decided once per process.
+pub fn f32_kernel() -> &'static str {
+    f32_gemm::Path::detect().name()
 }
 
 /// The CPU backend.

@@ -1,8 +1,8 @@
-//! Frozen base weights of the CPU backend: f32 as given, or bf16 packed for the micro-kernel of
-//! `bf16_gemm`.
+//! Frozen base weights of the CPU backend, packed once per product: f32 panels for the kernel of
+//! `f32_gemm`, or bf16 pair words for the kernels of `bf16_gemm`.
 
 use super::bf16_gemm::{self, Isa, PackedB, Start};
-use super::{add_bias, sgemm};
+use super::f32_gemm::{self, PackedF32, Path};
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
@@ -17,9 +17,10 @@ fn start(accumulate: bool) -> Start<'static> {
 
 /// A frozen `[rows, cols]` = `[out, in]` weight matrix on the CPU.
 ///
-/// In f32 it is the row-major matrix. In bf16 it is held twice, packed once for each product
-/// (`y = x·Wᵀ` and `dx = dy·W`, see `src/backend/cpu/bf16_gemm.rs`): two bf16 copies take the memory of the
-/// one f32 copy they replace, and no f32 copy is kept.
+/// It is held twice, packed once for each product (`y = x·Wᵀ` and `dx = dy·W`), so both products
+/// stream contiguous column panels and neither reads `W` transposed: in f32 as panels for the
+/// AVX-512F kernel of `f32_gemm` (twice the bytes of the matrix), in bf16 as pair words for the
+/// kernels of `bf16_gemm` (two bf16 copies: the bytes of the one f32 matrix they replace).
 pub struct CpuWeight {
     rows: usize,
     cols: usize,
@@ -27,7 +28,12 @@ pub struct CpuWeight {
 }
 
 enum Repr {
-    F32(Vec<f32>),
+    F32 {
+        /// `Wᵀ` as `[k = cols, n = rows]`: the forward product.
+        fwd: PackedF32,
+        /// `W` as `[k = rows, n = cols]`: the input-gradient product.
+        bwd: PackedF32,
+    },
     Bf16 {
         /// `Wᵀ` as `[k = cols, n = rows]`: the forward product.
         fwd: PackedB,
@@ -63,7 +69,10 @@ impl CpuWeight {
             )));
         }
         let repr = match precision {
-            WeightPrecision::F32 => Repr::F32(data.to_vec()),
+            WeightPrecision::F32 => Repr::F32 {
+                fwd: PackedF32::pack(cols, rows, |k, n| data[n * cols + k]),
+                bwd: PackedF32::pack(rows, cols, |k, n| data[k * cols + n]),
+            },
             WeightPrecision::Bf16 => Repr::Bf16 {
                 fwd: PackedB::pack(cols, rows, |k, n| data[n * cols + k]),
                 bwd: PackedB::pack(rows, cols, |k, n| data[k * cols + n]),
@@ -80,7 +89,7 @@ impl CpuWeight {
     /// The storage precision.
     pub fn precision(&self) -> WeightPrecision {
         match self.repr {
-            Repr::F32(_) => WeightPrecision::F32,
+            Repr::F32 { .. } => WeightPrecision::F32,
             Repr::Bf16 { .. } => WeightPrecision::Bf16,
         }
     }
@@ -88,7 +97,7 @@ impl CpuWeight {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match &self.repr {
-            Repr::F32(v) => v.len() * 4,
+            Repr::F32 { fwd, bwd } => fwd.bytes() + bwd.bytes(),
             Repr::Bf16 { fwd, bwd } => fwd.bytes() + bwd.bytes(),
         }
     }
@@ -96,7 +105,7 @@ impl CpuWeight {
     /// The stored values as a row-major f32 matrix.
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.repr {
-            Repr::F32(v) => v.clone(),
+            Repr::F32 { bwd, .. } => bwd.to_f32(),
             // `bwd` is `W` itself, `[rows, cols]`.
             Repr::Bf16 { bwd, .. } => bwd.to_f32(),
         }
@@ -112,15 +121,15 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32(w) => sgemm(
-                y, x, w, m, self.rows, self.cols, false, true, accumulate, 1.0, true,
-            ),
+            Repr::F32 { fwd, .. } => {
+                f32_gemm::gemm(y, x, fwd, m, start(accumulate), Path::detect())
+            }
             Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, start(accumulate), isa),
         }
     }
 
-    /// `y[m,rows] = x[m,cols] · Wᵀ + bias`. In bf16 the bias starts the product's accumulators
-    /// (no pass of its own); in f32 it is added after the product.
+    /// `y[m,rows] = x[m,cols] · Wᵀ + bias`. The AVX-512F and AMX kernels start their
+    /// accumulators from the bias (no pass of its own over `y`).
     pub(crate) fn linear_bias(
         &self,
         y: &mut [f32],
@@ -130,9 +139,8 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32(_) => {
-                self.linear(y, x, m, false, isa)?;
-                add_bias(y, bias, m, self.rows)
+            Repr::F32 { fwd, .. } => {
+                f32_gemm::gemm(y, x, fwd, m, Start::Bias(bias), Path::detect())
             }
             Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, Start::Bias(bias), isa),
         }
@@ -148,9 +156,9 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32(w) => sgemm(
-                dx, dy, w, m, self.cols, self.rows, false, false, accumulate, 1.0, true,
-            ),
+            Repr::F32 { bwd, .. } => {
+                f32_gemm::gemm(dx, dy, bwd, m, start(accumulate), Path::detect())
+            }
             Repr::Bf16 { bwd, .. } => bf16_gemm::gemm(dx, dy, bwd, m, start(accumulate), isa),
         }
     }

@@ -304,7 +304,7 @@ fn gemm_from_c(
 /// absorbed), ranges of column units. `body(r0, rows, u0, u1)` computes rows `r0..r0+rows`
 /// against units `u0..u1`; products under [`PARALLEL_MIN_FLOPS`] multiply-adds (`m·n·k`) stay
 /// on the calling thread.
-fn for_each_task(
+pub(crate) fn for_each_task(
     m: usize,
     mc: usize,
     units: usize,
