@@ -1,6 +1,6 @@
-//! Base-weight products of the CPU backend at all-MiniLM-L6-v2 shapes: f32 weights (the `gemm`
-//! crate) against bf16 weights (AMX tiles, the AVX-512 BF16 micro-kernel, or the portable path,
-//! whichever the CPU has), forward (`y = x·Wᵀ`) and input gradient (`dx = dy·W`), and the
+//! Base-weight products of the CPU backend at all-MiniLM-L6-v2 shapes: f32 weights (the packed
+//! AVX-512F kernel, or the `gemm` crate without AVX-512F) against bf16 weights (AMX tiles, the
+//! AVX-512 BF16 micro-kernel, or the portable path, whichever the CPU has), forward (`y = x·Wᵀ`) and input gradient (`dx = dy·W`), and the
 //! machine's peak of the instruction the bf16 kernel uses (`tdpbf16ps` or `vdpbf16ps`) measured
 //! by a tight in-register loop, which is the bound the bf16 kernel is judged against. Ends with a
 //! summary table (GFLOP/s and % of peak). Reading: docs/performance.md.
@@ -9,7 +9,7 @@
 //! measured on as many threads).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use flexp::backend::cpu::{bf16_kernel, bf16_kernel_active, Cpu, CpuWeight};
+use flexp::backend::cpu::{bf16_kernel, bf16_kernel_active, f32_kernel, Cpu, CpuWeight};
 use flexp::backend::{Backend, WeightPrecision};
 use flexp::rng::Rng;
 use std::time::{Duration, Instant};
@@ -337,7 +337,10 @@ fn summary(_c: &mut Criterion) {
         (Some(a), Some(b)) => Some(a.max(b)),
         _ => None,
     };
-    eprintln!("\nbf16 products: {kernel}; {t} threads");
+    eprintln!(
+        "\nf32 products: {}; bf16 products: {kernel}; {t} threads",
+        f32_kernel()
+    );
     if let (Some(a), Some(b)) = (peak_before, peak_after) {
         eprintln!(
             "kernel instruction peak ({t} threads): {a:.1} GFLOP/s before, {b:.1} after; 1 thread: {:.1}",
