@@ -7,11 +7,13 @@
 //! panel contiguously from L1 however `W` is laid out; a weight keeps one packing per product.
 //!
 //! The micro-kernel holds an `MR x NB` tile of `C` in 24 zmm accumulators and per `k` step loads
-//! 3 vectors of `B` and broadcasts one value from each of `MR` rows of `A` (folded into the FMA as
-//! an embedded broadcast): 24 FMAs against 11 loads, so the two FMA ports, not the loads, bound
-//! it. `A` is read in place: its `MR` rows advance along `k` in step, one cache line per 16 steps
-//! each. `k` is blocked by [`KC`] so a panel's block of `B` (`KC·NB·4` = 24 KiB) stays in L1
-//! while every row tile of a task passes over it.
+//! 3 vectors of `B` and broadcasts one value from each of `MR` rows of `A` (a `vbroadcastss`
+//! load each): 24 FMAs against 11 loads, so the two FMA ports, not the loads, bound it. `A` is
+//! read in place: its `MR` rows advance along `k` in step, one cache line per 16 steps each.
+//! `k` is blocked by [`KC`] so a panel's block of `B` (`KC·NB·4` = 24 KiB) stays in L1 while
+//! every row tile of a task passes over it. Each tile prefetches the next tile's rows of `A` and
+//! a share of the next block of `B`: on one thread that took the shapes whose `B` outgrows L2
+//! from ~100 to ~115 GFLOP/s (docs/performance.md, fourth pass).
 
 use super::bf16_gemm::{for_each_task, Start};
 use crate::error::{Error, Result};
@@ -273,8 +275,25 @@ mod kernel {
                         Start::Bias(bias) => Init::Bias(bias.as_ptr().add(j0)),
                     }
                 };
+                // The next block of B (this panel's next k block, or the next panel's first),
+                // fetched a share per row tile while this block computes.
+                let (nb_ptr, nb_lines) = if kb + KC < k {
+                    (b.panel_at(pi, kb + KC), KC.min(k - kb - KC) * NR)
+                } else if pi + 1 < p1 {
+                    (b.panel_at(pi + 1, 0), KC.min(k) * NR)
+                } else {
+                    (std::ptr::null(), 0)
+                };
+                let tiles = rows.div_ceil(MR);
+                let share = nb_lines.div_ceil(tiles);
                 let mut i = 0;
                 while i < rows {
+                    // `wrapping_add`: past the last share the pointer is never dereferenced.
+                    let t = i / MR;
+                    let pf = (
+                        nb_ptr.wrapping_add(t * share * 16),
+                        share.min(nb_lines.saturating_sub(t * share)),
+                    );
                     let mr = MR.min(rows - i);
                     let cptr = c.0.add((r0 + i) * n + j0);
                     let arow = a.add((r0 + i) * k + kb);
@@ -282,7 +301,7 @@ mod kernel {
                     // tile fetches its own rows again: harmless).
                     let next = a.add((r0 + (i + MR).min(rows - mr)) * k + kb);
                     if mr == MR {
-                        tile(kc, arow, k, next, bp, cptr, n, MR, cols, init);
+                        tile(kc, arow, k, next, pf, bp, cptr, n, MR, cols, init);
                     } else {
                         for r in 0..mr {
                             std::ptr::copy_nonoverlapping(
@@ -291,7 +310,7 @@ mod kernel {
                                 kc,
                             );
                         }
-                        tile(kc, tail.as_ptr(), KC, arow, bp, cptr, n, mr, cols, init);
+                        tile(kc, tail.as_ptr(), KC, arow, pf, bp, cptr, n, mr, cols, init);
                     }
                     i += MR;
                 }
@@ -313,7 +332,8 @@ mod kernel {
     /// # Safety
     /// AVX-512F; `a` holds `MR` readable rows of `kc` values at stride `lda`, `b` `kc·NB`
     /// values (64-byte aligned rows), `c` `rows` rows of stride `ldc` and `cols` columns, a
-    /// bias `cols` values.
+    /// bias `cols` values. The prefetch addresses (`a_next`, `b_next`) need not be valid:
+    /// prefetches do not fault.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -322,6 +342,7 @@ mod kernel {
         a: *const f32,
         lda: usize,
         a_next: *const f32,
+        b_next: (*const f32, usize),
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -353,6 +374,9 @@ mod kernel {
                 for r in 0..MR {
                     _mm_prefetch::<_MM_HINT_T0>(a_next.wrapping_add(r * lda + p).cast());
                 }
+            }
+            if p < b_next.1 {
+                _mm_prefetch::<_MM_HINT_T0>(b_next.0.wrapping_add(p * 16).cast());
             }
             let bp = b.add(p * NB);
             let bv: [__m512; NR] = std::array::from_fn(|v| _mm512_load_ps(bp.add(v * 16)));
