@@ -1,5 +1,5 @@
-//! f32 products with frozen f32 weights packed once at load: an AVX-512F micro-kernel, and the
-//! `gemm` crate on CPUs without AVX-512F.
+//! f32 products with frozen f32 weights packed once at load, on an AVX-512F micro-kernel (CPUs
+//! without AVX-512F keep f32 weights row-major for the `gemm` crate: see `weight.rs`).
 //!
 //! Same shape of problem as `bf16_gemm`: `C[m,n] (+)= A[m,k]·B` with `A` a row-major f32
 //! activation matrix and `B` a view of a frozen weight. [`PackedF32`] stores `B` in column panels
@@ -15,7 +15,7 @@
 //! a share of the next block of `B`: on one thread that took the shapes whose `B` outgrows L2
 //! from ~100 to ~115 GFLOP/s (docs/performance.md, fourth pass).
 
-use super::bf16_gemm::{for_each_task, Start};
+use super::bf16_gemm::{fill_rows, for_each_task, Start};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -96,43 +96,18 @@ impl PackedF32 {
     }
 }
 
-/// Which implementation computes the products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Path {
-    /// The AVX-512F micro-kernel over the packed panels (on a CPU without AVX-512F, [`gemm`]
-    /// falls back to `Portable`).
-    Avx512,
-    /// The `gemm` crate on the matrix unpacked per call.
-    Portable,
+/// Whether the micro-kernel can run here: the CPU has AVX-512F, and `FLEXP_F32_KERNEL` is not
+/// `portable` (which keeps f32 weights row-major for the `gemm` crate, to compare the two or to
+/// rule the kernel out). Decided once per process.
+pub(crate) fn kernel_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::env::var("FLEXP_F32_KERNEL").unwrap_or_default() != "portable" && avx512f()
+    })
 }
 
-impl Path {
-    /// The micro-kernel where the CPU has AVX-512F, decided once per process;
-    /// `FLEXP_F32_KERNEL=portable` chooses the `gemm` crate (to compare the two, or to rule the
-    /// kernel out).
-    pub(crate) fn detect() -> Path {
-        static PATH: OnceLock<Path> = OnceLock::new();
-        *PATH.get_or_init(|| {
-            let cap = std::env::var("FLEXP_F32_KERNEL").unwrap_or_default();
-            if cap != "portable" && avx512_available() {
-                Path::Avx512
-            } else {
-                Path::Portable
-            }
-        })
-    }
-
-    /// A short name for reports.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Path::Avx512 => "avx512f",
-            Path::Portable => "gemm-crate",
-        }
-    }
-}
-
-/// Whether the micro-kernel can run here.
-fn avx512_available() -> bool {
+/// Whether the CPU has AVX-512F.
+fn avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
@@ -143,14 +118,14 @@ fn avx512_available() -> bool {
     }
 }
 
-/// `c[m,n] = start + a[m,k] · b` on `path`.
+/// `c[m,n] = start + a[m,k] · b` on the micro-kernel; an error on a CPU without AVX-512F (a
+/// [`PackedF32`] is only built where [`kernel_available`] holds).
 pub(crate) fn gemm(
     c: &mut [f32],
     a: &[f32],
     b: &PackedF32,
     m: usize,
     start: Start<'_>,
-    path: Path,
 ) -> Result<()> {
     let (k, n) = (b.k, b.n);
     if c.len() < m * n || a.len() < m * k {
@@ -175,52 +150,27 @@ pub(crate) fn gemm(
         match start {
             Start::Zero => c[..m * n].fill(0.0),
             Start::Accumulate => {}
-            Start::Bias(bias) => c[..m * n]
-                .chunks_mut(n)
-                .for_each(|r| r.copy_from_slice(bias)),
+            Start::Bias(bias) => fill_rows(&mut c[..m * n], bias),
         }
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Avx512 && avx512_available() {
+    if avx512f() {
         // SAFETY: AVX-512F checked; the slices have exactly the lengths the shape needs, a
-        // bias has n values; m, n > 0.
+        // bias has n values; m, n, k > 0.
         unsafe { kernel::gemm(&mut c[..m * n], &a[..m * k], b, m, start) };
         return Ok(());
     }
-    portable(c, a, b, m, start)
-}
-
-/// The `gemm` crate on the matrix unpacked for the call (a temporary: the weight stays packed).
-fn portable(c: &mut [f32], a: &[f32], b: &PackedF32, m: usize, start: Start<'_>) -> Result<()> {
-    let (k, n) = (b.k, b.n);
-    let accumulate = match start {
-        Start::Zero => false,
-        Start::Accumulate => true,
-        Start::Bias(bias) => {
-            c[..m * n]
-                .par_chunks_mut(n)
-                .for_each(|r| r.copy_from_slice(bias));
-            true
-        }
-    };
-    let bf = b.to_f32();
-    super::sgemm(c, a, &bf, m, n, k, false, false, accumulate, 1.0, true)
+    Err(Error::Backend(
+        "f32 packed product on a CPU without AVX-512F".into(),
+    ))
 }
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
+    use super::super::bf16_gemm::CPtr;
     use super::{for_each_task, PackedF32, Start, KC, MC, MR, NB, NR};
     use core::arch::x86_64::*;
-
-    /// `C` shared by the tasks of one product.
-    #[derive(Clone, Copy)]
-    struct CPtr(*mut f32);
-    // SAFETY: tasks write disjoint tiles of `C` (distinct row blocks or column panels), and the
-    // pointer does not outlive the `&mut` borrow `gemm` holds for the whole parallel region.
-    unsafe impl Send for CPtr {}
-    // SAFETY: as above; only copied, never used to form overlapping references.
-    unsafe impl Sync for CPtr {}
 
     /// How a tile's accumulators start.
     #[derive(Clone, Copy)]
@@ -400,13 +350,13 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    fn paths() -> Vec<Path> {
-        if avx512_available() {
-            vec![Path::Avx512, Path::Portable]
-        } else {
-            eprintln!("no AVX-512F on this CPU: only the portable path is tested");
-            vec![Path::Portable]
+    /// Whether the kernel can be tested here (the f32 weights of `weight.rs` are tested on
+    /// every CPU against the same f64 sums, whichever layout they use).
+    fn testable() -> bool {
+        if !avx512f() {
+            eprintln!("no AVX-512F on this CPU: the packed f32 kernel is not tested");
         }
+        avx512f()
     }
 
     // (m, k, n): tails of the register tile (m % 8), of a vector and a panel (n % 16, n % 48),
@@ -457,18 +407,21 @@ mod tests {
     }
 
     #[test]
-    fn products_match_f64_on_every_start_and_path() {
+    fn products_match_f64_on_every_start() {
         let mut rng = Rng::new(11);
-        for path in paths() {
+        if !testable() {
+            return;
+        }
+        {
             for &(m, k, n) in SHAPES {
                 let b = rng.vec_range(k * n, -1.0, 1.0);
                 let pb = PackedF32::pack(k, n, |kk, j| b[kk * n + j]);
                 let a = rng.vec_range(m * k, -1.0, 1.0);
                 let bias = rng.vec_range(n, -1.0, 1.0);
-                let what = format!("{path:?}");
+                let what = "kernel";
                 // Overwrite: C starts as NaN, which must not survive.
                 let mut c = vec![f32::NAN; m * n];
-                gemm(&mut c, &a, &pb, m, Start::Zero, path).unwrap();
+                gemm(&mut c, &a, &pb, m, Start::Zero).unwrap();
                 check(
                     &c,
                     &vec![0.0; m * n],
@@ -482,11 +435,11 @@ mod tests {
                 // Accumulate onto C's values.
                 let c0 = rng.vec_range(m * n, -1.0, 1.0);
                 let mut c = c0.clone();
-                gemm(&mut c, &a, &pb, m, Start::Accumulate, path).unwrap();
+                gemm(&mut c, &a, &pb, m, Start::Accumulate).unwrap();
                 check(&c, &c0, &a, &b, m, k, n, &format!("{what} acc"));
                 // Bias broadcast over rows, C's NaNs overwritten.
                 let mut c = vec![f32::NAN; m * n];
-                gemm(&mut c, &a, &pb, m, Start::Bias(&bias), path).unwrap();
+                gemm(&mut c, &a, &pb, m, Start::Bias(&bias)).unwrap();
                 let rows: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
                 check(&c, &rows, &a, &b, m, k, n, &format!("{what} bias"));
             }
@@ -505,20 +458,23 @@ mod tests {
 
     #[test]
     fn empty_sums_and_bad_shapes() {
-        for path in paths() {
+        if !testable() {
+            return;
+        }
+        {
             let pb = PackedF32::pack(0, 3, |_, _| 0.0);
             let mut c = vec![5.0; 6];
-            gemm(&mut c, &[], &pb, 2, Start::Accumulate, path).unwrap();
+            gemm(&mut c, &[], &pb, 2, Start::Accumulate).unwrap();
             assert_eq!(c, vec![5.0; 6]);
-            gemm(&mut c, &[], &pb, 2, Start::Bias(&[1.0, 2.0, 3.0]), path).unwrap();
+            gemm(&mut c, &[], &pb, 2, Start::Bias(&[1.0, 2.0, 3.0])).unwrap();
             assert_eq!(c, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
-            gemm(&mut c, &[], &pb, 2, Start::Zero, path).unwrap();
+            gemm(&mut c, &[], &pb, 2, Start::Zero).unwrap();
             assert_eq!(c, vec![0.0; 6]);
             let pb = PackedF32::pack(3, 2, |_, _| 1.0);
-            gemm(&mut [], &[], &pb, 0, Start::Zero, path).unwrap();
-            assert!(gemm(&mut [0.0; 3], &[1.0; 6], &pb, 2, Start::Zero, path).is_err());
-            assert!(gemm(&mut [0.0; 4], &[1.0; 5], &pb, 2, Start::Zero, path).is_err());
-            assert!(gemm(&mut [0.0; 4], &[1.0; 6], &pb, 2, Start::Bias(&[1.0]), path).is_err());
+            gemm(&mut [], &[], &pb, 0, Start::Zero).unwrap();
+            assert!(gemm(&mut [0.0; 3], &[1.0; 6], &pb, 2, Start::Zero).is_err());
+            assert!(gemm(&mut [0.0; 4], &[1.0; 5], &pb, 2, Start::Zero).is_err());
+            assert!(gemm(&mut [0.0; 4], &[1.0; 6], &pb, 2, Start::Bias(&[1.0])).is_err());
         }
     }
 }

@@ -58,7 +58,11 @@ pub fn bf16_kernel() -> &'static str {
 /// micro-kernel) or `"gemm-crate"` (the `gemm` crate, on CPUs without AVX-512F or under
 /// `FLEXP_F32_KERNEL=portable`). Decided once per process.
 pub fn f32_kernel() -> &'static str {
-    f32_gemm::Path::detect().name()
+    if f32_gemm::kernel_available() {
+        "avx512f"
+    } else {
+        "gemm-crate"
+    }
 }
 
 /// The CPU backend.

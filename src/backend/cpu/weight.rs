@@ -2,7 +2,8 @@
 //! `f32_gemm`, or bf16 pair words for the kernels of `bf16_gemm`.
 
 use super::bf16_gemm::{self, Isa, PackedB, Start};
-use super::f32_gemm::{self, PackedF32, Path};
+use super::f32_gemm::{self, PackedF32};
+use super::{add_bias, sgemm};
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
@@ -17,10 +18,12 @@ fn start(accumulate: bool) -> Start<'static> {
 
 /// A frozen `[rows, cols]` = `[out, in]` weight matrix on the CPU.
 ///
-/// It is held twice, packed once for each product (`y = x·Wᵀ` and `dx = dy·W`), so both products
-/// stream contiguous column panels and neither reads `W` transposed: in f32 as panels for the
-/// AVX-512F kernel of `f32_gemm` (twice the bytes of the matrix), in bf16 as pair words for the
-/// kernels of `bf16_gemm` (two bf16 copies: the bytes of the one f32 matrix they replace).
+/// Where a hand-written kernel runs its products, it is held twice, packed once for each product
+/// (`y = x·Wᵀ` and `dx = dy·W`), so both stream contiguous column panels and neither reads `W`
+/// transposed: in f32 as panels for the AVX-512F kernel of `f32_gemm` (twice the bytes of the
+/// matrix), in bf16 as pair words for the kernels of `bf16_gemm` (two bf16 copies: the bytes of
+/// the one f32 matrix they replace). In f32 on a CPU without AVX-512F it is the row-major matrix,
+/// for the `gemm` crate.
 pub struct CpuWeight {
     rows: usize,
     cols: usize,
@@ -28,7 +31,9 @@ pub struct CpuWeight {
 }
 
 enum Repr {
-    F32 {
+    /// Row-major `[rows, cols]`, for the `gemm` crate.
+    F32(Vec<f32>),
+    F32Packed {
         /// `Wᵀ` as `[k = cols, n = rows]`: the forward product.
         fwd: PackedF32,
         /// `W` as `[k = rows, n = cols]`: the input-gradient product.
@@ -69,10 +74,11 @@ impl CpuWeight {
             )));
         }
         let repr = match precision {
-            WeightPrecision::F32 => Repr::F32 {
+            WeightPrecision::F32 if f32_gemm::kernel_available() => Repr::F32Packed {
                 fwd: PackedF32::pack(cols, rows, |k, n| data[n * cols + k]),
                 bwd: PackedF32::pack(rows, cols, |k, n| data[k * cols + n]),
             },
+            WeightPrecision::F32 => Repr::F32(data.to_vec()),
             WeightPrecision::Bf16 => Repr::Bf16 {
                 fwd: PackedB::pack(cols, rows, |k, n| data[n * cols + k]),
                 bwd: PackedB::pack(rows, cols, |k, n| data[k * cols + n]),
@@ -89,7 +95,7 @@ impl CpuWeight {
     /// The storage precision.
     pub fn precision(&self) -> WeightPrecision {
         match self.repr {
-            Repr::F32 { .. } => WeightPrecision::F32,
+            Repr::F32(_) | Repr::F32Packed { .. } => WeightPrecision::F32,
             Repr::Bf16 { .. } => WeightPrecision::Bf16,
         }
     }
@@ -97,7 +103,8 @@ impl CpuWeight {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match &self.repr {
-            Repr::F32 { fwd, bwd } => fwd.bytes() + bwd.bytes(),
+            Repr::F32(v) => v.len() * 4,
+            Repr::F32Packed { fwd, bwd } => fwd.bytes() + bwd.bytes(),
             Repr::Bf16 { fwd, bwd } => fwd.bytes() + bwd.bytes(),
         }
     }
@@ -105,7 +112,8 @@ impl CpuWeight {
     /// The stored values as a row-major f32 matrix.
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.repr {
-            Repr::F32 { bwd, .. } => bwd.to_f32(),
+            Repr::F32(v) => v.clone(),
+            Repr::F32Packed { bwd, .. } => bwd.to_f32(),
             // `bwd` is `W` itself, `[rows, cols]`.
             Repr::Bf16 { bwd, .. } => bwd.to_f32(),
         }
@@ -121,9 +129,10 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32 { fwd, .. } => {
-                f32_gemm::gemm(y, x, fwd, m, start(accumulate), Path::detect())
-            }
+            Repr::F32(w) => sgemm(
+                y, x, w, m, self.rows, self.cols, false, true, accumulate, 1.0, true,
+            ),
+            Repr::F32Packed { fwd, .. } => f32_gemm::gemm(y, x, fwd, m, start(accumulate)),
             Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, start(accumulate), isa),
         }
     }
@@ -139,9 +148,11 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32 { fwd, .. } => {
-                f32_gemm::gemm(y, x, fwd, m, Start::Bias(bias), Path::detect())
+            Repr::F32(_) => {
+                self.linear(y, x, m, false, isa)?;
+                add_bias(y, bias, m, self.rows)
             }
+            Repr::F32Packed { fwd, .. } => f32_gemm::gemm(y, x, fwd, m, Start::Bias(bias)),
             Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, Start::Bias(bias), isa),
         }
     }
@@ -156,10 +167,105 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32 { bwd, .. } => {
-                f32_gemm::gemm(dx, dy, bwd, m, start(accumulate), Path::detect())
-            }
+            Repr::F32(w) => sgemm(
+                dx, dy, w, m, self.cols, self.rows, false, false, accumulate, 1.0, true,
+            ),
+            Repr::F32Packed { bwd, .. } => f32_gemm::gemm(dx, dy, bwd, m, start(accumulate)),
             Repr::Bf16 { bwd, .. } => bf16_gemm::gemm(dx, dy, bwd, m, start(accumulate), isa),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Both f32 layouts: row-major (the `gemm` crate) and, where the CPU has AVX-512F, packed.
+    fn f32_layouts(w: &[f32], rows: usize, cols: usize) -> Vec<(&'static str, CpuWeight)> {
+        let mut out = vec![(
+            "row-major",
+            CpuWeight {
+                rows,
+                cols,
+                repr: Repr::F32(w.to_vec()),
+            },
+        )];
+        if f32_gemm::kernel_available() {
+            out.push((
+                "packed",
+                CpuWeight::new(w, rows, cols, WeightPrecision::F32).unwrap(),
+            ));
+        } else {
+            eprintln!("no AVX-512F kernel here: only the row-major f32 layout is tested");
+        }
+        out
+    }
+
+    /// `got[i][j]` against the f64 sum `c0 + Σ_kk a[i][kk]·b(kk, j)`.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        got: &[f32],
+        c0: &[f32],
+        a: &[f32],
+        b: impl Fn(usize, usize) -> f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        what: &str,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut want = f64::from(c0[i * n + j]);
+                let mut mag = want.abs();
+                for kk in 0..k {
+                    let t = f64::from(a[i * k + kk]) * f64::from(b(kk, j));
+                    want += t;
+                    mag += t.abs();
+                }
+                let g = f64::from(got[i * n + j]);
+                assert!(
+                    (g - want).abs() <= 2e-7 * (mag + 1.0) * (k as f64).sqrt(),
+                    "{what}: [{i},{j}] got {g}, want {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn f32_weights_compute_all_three_products_in_either_layout() {
+        let mut rng = Rng::new(21);
+        for &(m, out, inp) in &[(1, 1, 1), (9, 50, 33), (70, 130, 200)] {
+            let w = rng.vec_range(out * inp, -1.0, 1.0);
+            for (name, cw) in f32_layouts(&w, out, inp) {
+                assert_eq!(cw.to_f32(), w, "{name}");
+                let x = rng.vec_range(m * inp, -1.0, 1.0);
+                let y0 = rng.vec_range(m * out, -1.0, 1.0);
+                let wt = |kk: usize, j: usize| w[j * inp + kk];
+                let mut y = y0.clone();
+                cw.linear(&mut y, &x, m, true, Isa::Portable).unwrap();
+                check(&y, &y0, &x, wt, m, inp, out, &format!("{name} y+="));
+                let bias = rng.vec_range(out, -1.0, 1.0);
+                let rows: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+                let mut y = vec![f32::NAN; m * out];
+                cw.linear_bias(&mut y, &x, &bias, m, Isa::Portable).unwrap();
+                check(&y, &rows, &x, wt, m, inp, out, &format!("{name} y=b+"));
+                let dy = rng.vec_range(m * out, -1.0, 1.0);
+                let mut dx = vec![f32::NAN; m * inp];
+                cw.linear_backward_input(&mut dx, &dy, m, false, Isa::Portable)
+                    .unwrap();
+                let wn = |kk: usize, j: usize| w[kk * inp + j];
+                check(
+                    &dx,
+                    &vec![0.0; m * inp],
+                    &dy,
+                    wn,
+                    m,
+                    out,
+                    inp,
+                    &format!("{name} dx"),
+                );
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ const MC: usize = 64;
 
 /// `C` shared by the tasks of one product.
 #[derive(Clone, Copy)]
-pub(super) struct CPtr(pub(super) *mut f32);
+pub(crate) struct CPtr(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint tiles of `C` (distinct row blocks or column panels), and the
 // pointer does not outlive the `&mut` borrow `gemm` holds for the whole parallel region.
 unsafe impl Send for CPtr {}

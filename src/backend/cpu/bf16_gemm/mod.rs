@@ -271,7 +271,7 @@ pub(crate) fn gemm(
 }
 
 /// Every row of `c` set to `row`.
-fn fill_rows(c: &mut [f32], row: &[f32]) {
+pub(crate) fn fill_rows(c: &mut [f32], row: &[f32]) {
     c.par_chunks_mut(row.len())
         .for_each(|r| r.copy_from_slice(row));
 }
@@ -352,6 +352,8 @@ fn portable(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) -
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::CPtr;
 
 #[cfg(test)]
 mod tests {
