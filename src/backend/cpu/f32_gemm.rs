@@ -15,7 +15,7 @@
 //! a share of the next block of `B`: on one thread that took the shapes whose `B` outgrows L2
 //! from ~100 to ~115 GFLOP/s (docs/performance.md, fourth pass).
 
-use super::bf16_gemm::{fill_rows, for_each_task, Start};
+use super::bf16_gemm::{dense, finish_trivial, for_each_task, Start};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -78,16 +78,7 @@ impl PackedF32 {
 
     /// The matrix as dense row-major `[k, n]`.
     pub(crate) fn to_f32(&self) -> Vec<f32> {
-        let n = self.n;
-        let mut out = vec![0.0f32; self.k * n];
-        out.par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(kk, row)| {
-                row.iter_mut()
-                    .enumerate()
-                    .for_each(|(j, v)| *v = self.get(kk, j))
-            });
-        out
+        dense(self.k, self.n, |kk, j| self.get(kk, j))
     }
 
     /// Panel `pi` from row `kk` on.
@@ -128,30 +119,7 @@ pub(crate) fn gemm(
     start: Start<'_>,
 ) -> Result<()> {
     let (k, n) = (b.k, b.n);
-    if c.len() < m * n || a.len() < m * k {
-        return Err(Error::Backend(format!(
-            "f32 linear shape [{m}x{k}]·[{k}x{n}] does not fit buffers a={}, c={}",
-            a.len(),
-            c.len()
-        )));
-    }
-    if let Start::Bias(bias) = start {
-        if bias.len() != n {
-            return Err(Error::Backend(format!(
-                "f32 linear: bias of {} values for {n} outputs",
-                bias.len()
-            )));
-        }
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        match start {
-            Start::Zero => c[..m * n].fill(0.0),
-            Start::Accumulate => {}
-            Start::Bias(bias) => fill_rows(&mut c[..m * n], bias),
-        }
+    if finish_trivial(c, a, m, k, n, start, "f32")? {
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
@@ -168,7 +136,7 @@ pub(crate) fn gemm(
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::super::bf16_gemm::CPtr;
+    use super::super::bf16_gemm::{mask16, CPtr};
     use super::{for_each_task, PackedF32, Start, KC, MC, MR, NB, NR};
     use core::arch::x86_64::*;
 
@@ -269,14 +237,6 @@ mod kernel {
         }
     }
 
-    fn mask16(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    }
-
     /// `C[0..rows, 0..cols] = init + Σ_p a[·][p] ⊗ b[p]` over `kc` steps.
     ///
     /// # Safety
@@ -346,7 +306,7 @@ mod kernel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rng::Rng;
 
@@ -376,13 +336,14 @@ mod tests {
         (512, 384, 384),
     ];
 
-    /// Checks `c` against the f64 sum `c0 + Σ a·b`, to the error of an f32 sum of `k` terms.
+    /// Checks `c[m,n]` against the f64 sum `c0 + Σ_kk a[i][kk]·b(kk, j)`, to the error of an f32
+    /// sum of `k` terms.
     #[allow(clippy::too_many_arguments)]
-    fn check(
+    pub(crate) fn check(
         c: &[f32],
         c0: &[f32],
         a: &[f32],
-        b: &[f32],
+        b: impl Fn(usize, usize) -> f32,
         m: usize,
         k: usize,
         n: usize,
@@ -393,7 +354,7 @@ mod tests {
                 let mut want = f64::from(c0[i * n + j]);
                 let mut mag = want.abs();
                 for kk in 0..k {
-                    let t = f64::from(a[i * k + kk]) * f64::from(b[kk * n + j]);
+                    let t = f64::from(a[i * k + kk]) * f64::from(b(kk, j));
                     want += t;
                     mag += t.abs();
                 }
@@ -408,41 +369,30 @@ mod tests {
 
     #[test]
     fn products_match_f64_on_every_start() {
-        let mut rng = Rng::new(11);
         if !testable() {
             return;
         }
-        {
-            for &(m, k, n) in SHAPES {
-                let b = rng.vec_range(k * n, -1.0, 1.0);
-                let pb = PackedF32::pack(k, n, |kk, j| b[kk * n + j]);
-                let a = rng.vec_range(m * k, -1.0, 1.0);
-                let bias = rng.vec_range(n, -1.0, 1.0);
-                let what = "kernel";
-                // Overwrite: C starts as NaN, which must not survive.
-                let mut c = vec![f32::NAN; m * n];
-                gemm(&mut c, &a, &pb, m, Start::Zero).unwrap();
-                check(
-                    &c,
-                    &vec![0.0; m * n],
-                    &a,
-                    &b,
-                    m,
-                    k,
-                    n,
-                    &format!("{what} zero"),
-                );
-                // Accumulate onto C's values.
-                let c0 = rng.vec_range(m * n, -1.0, 1.0);
-                let mut c = c0.clone();
-                gemm(&mut c, &a, &pb, m, Start::Accumulate).unwrap();
-                check(&c, &c0, &a, &b, m, k, n, &format!("{what} acc"));
-                // Bias broadcast over rows, C's NaNs overwritten.
-                let mut c = vec![f32::NAN; m * n];
-                gemm(&mut c, &a, &pb, m, Start::Bias(&bias)).unwrap();
-                let rows: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
-                check(&c, &rows, &a, &b, m, k, n, &format!("{what} bias"));
-            }
+        let mut rng = Rng::new(11);
+        for &(m, k, n) in SHAPES {
+            let b = rng.vec_range(k * n, -1.0, 1.0);
+            let bat = |kk: usize, j: usize| b[kk * n + j];
+            let pb = PackedF32::pack(k, n, bat);
+            let a = rng.vec_range(m * k, -1.0, 1.0);
+            let bias = rng.vec_range(n, -1.0, 1.0);
+            // Overwrite: C starts as NaN, which must not survive.
+            let mut c = vec![f32::NAN; m * n];
+            gemm(&mut c, &a, &pb, m, Start::Zero).unwrap();
+            check(&c, &vec![0.0; m * n], &a, bat, m, k, n, "zero");
+            // Accumulate onto C's values.
+            let c0 = rng.vec_range(m * n, -1.0, 1.0);
+            let mut c = c0.clone();
+            gemm(&mut c, &a, &pb, m, Start::Accumulate).unwrap();
+            check(&c, &c0, &a, bat, m, k, n, "accumulate");
+            // Bias broadcast over rows, C's NaNs overwritten.
+            let mut c = vec![f32::NAN; m * n];
+            gemm(&mut c, &a, &pb, m, Start::Bias(&bias)).unwrap();
+            let rows: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+            check(&c, &rows, &a, bat, m, k, n, "bias");
         }
     }
 
@@ -461,20 +411,18 @@ mod tests {
         if !testable() {
             return;
         }
-        {
-            let pb = PackedF32::pack(0, 3, |_, _| 0.0);
-            let mut c = vec![5.0; 6];
-            gemm(&mut c, &[], &pb, 2, Start::Accumulate).unwrap();
-            assert_eq!(c, vec![5.0; 6]);
-            gemm(&mut c, &[], &pb, 2, Start::Bias(&[1.0, 2.0, 3.0])).unwrap();
-            assert_eq!(c, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
-            gemm(&mut c, &[], &pb, 2, Start::Zero).unwrap();
-            assert_eq!(c, vec![0.0; 6]);
-            let pb = PackedF32::pack(3, 2, |_, _| 1.0);
-            gemm(&mut [], &[], &pb, 0, Start::Zero).unwrap();
-            assert!(gemm(&mut [0.0; 3], &[1.0; 6], &pb, 2, Start::Zero).is_err());
-            assert!(gemm(&mut [0.0; 4], &[1.0; 5], &pb, 2, Start::Zero).is_err());
-            assert!(gemm(&mut [0.0; 4], &[1.0; 6], &pb, 2, Start::Bias(&[1.0])).is_err());
-        }
+        let pb = PackedF32::pack(0, 3, |_, _| 0.0);
+        let mut c = vec![5.0; 6];
+        gemm(&mut c, &[], &pb, 2, Start::Accumulate).unwrap();
+        assert_eq!(c, vec![5.0; 6]);
+        gemm(&mut c, &[], &pb, 2, Start::Bias(&[1.0, 2.0, 3.0])).unwrap();
+        assert_eq!(c, vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        gemm(&mut c, &[], &pb, 2, Start::Zero).unwrap();
+        assert_eq!(c, vec![0.0; 6]);
+        let pb = PackedF32::pack(3, 2, |_, _| 1.0);
+        gemm(&mut [], &[], &pb, 0, Start::Zero).unwrap();
+        assert!(gemm(&mut [0.0; 3], &[1.0; 6], &pb, 2, Start::Zero).is_err());
+        assert!(gemm(&mut [0.0; 4], &[1.0; 5], &pb, 2, Start::Zero).is_err());
+        assert!(gemm(&mut [0.0; 4], &[1.0; 6], &pb, 2, Start::Bias(&[1.0])).is_err());
     }
 }

@@ -178,6 +178,7 @@ impl CpuWeight {
 
 #[cfg(test)]
 mod tests {
+    use super::super::f32_gemm::tests::check;
     use super::*;
     use crate::rng::Rng;
 
@@ -200,36 +201,6 @@ mod tests {
             eprintln!("no AVX-512F kernel here: only the row-major f32 layout is tested");
         }
         out
-    }
-
-    /// `got[i][j]` against the f64 sum `c0 + Σ_kk a[i][kk]·b(kk, j)`.
-    #[allow(clippy::too_many_arguments)]
-    fn check(
-        got: &[f32],
-        c0: &[f32],
-        a: &[f32],
-        b: impl Fn(usize, usize) -> f32,
-        m: usize,
-        k: usize,
-        n: usize,
-        what: &str,
-    ) {
-        for i in 0..m {
-            for j in 0..n {
-                let mut want = f64::from(c0[i * n + j]);
-                let mut mag = want.abs();
-                for kk in 0..k {
-                    let t = f64::from(a[i * k + kk]) * f64::from(b(kk, j));
-                    want += t;
-                    mag += t.abs();
-                }
-                let g = f64::from(got[i * n + j]);
-                assert!(
-                    (g - want).abs() <= 2e-7 * (mag + 1.0) * (k as f64).sqrt(),
-                    "{what}: [{i},{j}] got {g}, want {want}"
-                );
-            }
-        }
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub(super) unsafe fn pack_a(
 }
 
 /// The first `min(n, 16)` lanes.
-fn mask16(n: usize) -> __mmask16 {
+pub(crate) fn mask16(n: usize) -> __mmask16 {
     if n >= 16 {
         0xffff
     } else {

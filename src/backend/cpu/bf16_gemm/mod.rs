@@ -180,22 +180,23 @@ impl PackedB {
 
     /// The matrix as dense row-major f32 `[k, n]`.
     pub(crate) fn to_f32(&self) -> Vec<f32> {
-        let n = self.n;
-        let mut out = vec![0.0f32; self.k * n];
-        out.par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(kk, row)| {
-                row.iter_mut()
-                    .enumerate()
-                    .for_each(|(j, v)| *v = self.get(kk, j))
-            });
-        out
+        dense(self.k, self.n, |kk, j| self.get(kk, j))
     }
 
     /// Words of panel `pi` from pair `p` on.
     fn panel_at(&self, pi: usize, p: usize) -> *const u32 {
         self.lines[(pi * self.k2p + p) * NR..].as_ptr().cast()
     }
+}
+
+/// The row-major `[k, n]` matrix whose element `(kk, j)` is `at(kk, j)` (unpacking a packed
+/// matrix).
+pub(crate) fn dense(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; k * n];
+    out.par_chunks_mut(n.max(1))
+        .enumerate()
+        .for_each(|(kk, row)| row.iter_mut().enumerate().for_each(|(j, v)| *v = at(kk, j)));
+    out
 }
 
 /// What `C` holds before a product is added to it.
@@ -220,30 +221,7 @@ pub(crate) fn gemm(
     isa: Isa,
 ) -> Result<()> {
     let (k, n) = (b.k, b.n);
-    if c.len() < m * n || a.len() < m * k {
-        return Err(Error::Backend(format!(
-            "bf16 linear shape [{m}x{k}]·[{k}x{n}] does not fit buffers a={}, c={}",
-            a.len(),
-            c.len()
-        )));
-    }
-    if let Start::Bias(bias) = start {
-        if bias.len() != n {
-            return Err(Error::Backend(format!(
-                "bf16 linear: bias of {} values for {n} outputs",
-                bias.len()
-            )));
-        }
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        match start {
-            Start::Zero => c[..m * n].fill(0.0),
-            Start::Accumulate => {}
-            Start::Bias(bias) => fill_rows(&mut c[..m * n], bias),
-        }
+    if finish_trivial(c, a, m, k, n, start, "bf16")? {
         return Ok(());
     }
     match isa {
@@ -270,8 +248,50 @@ pub(crate) fn gemm(
     }
 }
 
+/// Checks a product's buffers and bias against its shape (an error names `what` precision),
+/// then does the products with nothing to multiply: `m` or `n` zero (nothing to do), or `k` zero
+/// (`C` becomes its start). Returns whether `C` is finished; if not, `m, n, k > 0`, `c` holds
+/// at least `m·n` values, `a` at least `m·k`, and a bias `n`.
+pub(crate) fn finish_trivial(
+    c: &mut [f32],
+    a: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    start: Start<'_>,
+    what: &str,
+) -> Result<bool> {
+    if c.len() < m * n || a.len() < m * k {
+        return Err(Error::Backend(format!(
+            "{what} linear shape [{m}x{k}]·[{k}x{n}] does not fit buffers a={}, c={}",
+            a.len(),
+            c.len()
+        )));
+    }
+    if let Start::Bias(bias) = start {
+        if bias.len() != n {
+            return Err(Error::Backend(format!(
+                "{what} linear: bias of {} values for {n} outputs",
+                bias.len()
+            )));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(true);
+    }
+    if k == 0 {
+        match start {
+            Start::Zero => c[..m * n].fill(0.0),
+            Start::Accumulate => {}
+            Start::Bias(bias) => fill_rows(&mut c[..m * n], bias),
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// Every row of `c` set to `row`.
-pub(crate) fn fill_rows(c: &mut [f32], row: &[f32]) {
+fn fill_rows(c: &mut [f32], row: &[f32]) {
     c.par_chunks_mut(row.len())
         .for_each(|r| r.copy_from_slice(row));
 }
@@ -353,7 +373,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx512::CPtr;
+pub(crate) use avx512::{mask16, CPtr};
 
 #[cfg(test)]
 mod tests {
