@@ -1,5 +1,6 @@
-//! Frozen base weights of the CPU backend, packed once per product: f32 panels for the kernel of
-//! `f32_gemm`, or bf16 pair words for the kernels of `bf16_gemm`.
+//! Frozen base weights of the CPU backend, packed once per product where a hand-written kernel
+//! runs them (f32 panels for `f32_gemm`, bf16 pair words for `bf16_gemm`), else row-major f32
+//! for the `gemm` crate.
 
 use super::bf16_gemm::{self, Isa, PackedB, Start};
 use super::f32_gemm::{self, PackedF32};
@@ -33,6 +34,7 @@ pub struct CpuWeight {
 enum Repr {
     /// Row-major `[rows, cols]`, for the `gemm` crate.
     F32(Vec<f32>),
+    /// Packed for the AVX-512F kernel.
     F32Packed {
         /// `Wᵀ` as `[k = cols, n = rows]`: the forward product.
         fwd: PackedF32,
@@ -113,8 +115,8 @@ impl CpuWeight {
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.repr {
             Repr::F32(v) => v.clone(),
-            Repr::F32Packed { bwd, .. } => bwd.to_f32(),
             // `bwd` is `W` itself, `[rows, cols]`.
+            Repr::F32Packed { bwd, .. } => bwd.to_f32(),
             Repr::Bf16 { bwd, .. } => bwd.to_f32(),
         }
     }
