@@ -1,6 +1,7 @@
 //! Base-weight products of the CPU backend at all-MiniLM-L6-v2 shapes: f32 weights (the packed
 //! AVX-512F kernel, or the `gemm` crate without AVX-512F) against bf16 weights (AMX tiles, the
-//! AVX-512 BF16 micro-kernel, or the portable path, whichever the CPU has), forward (`y = x·Wᵀ`) and input gradient (`dx = dy·W`), and the
+//! AVX-512 BF16 micro-kernel, or the portable path, whichever the CPU has), forward
+//! (`y = x·Wᵀ`) and input gradient (`dx = dy·W`), and the
 //! machine's peak of the instruction the bf16 kernel uses (`tdpbf16ps` or `vdpbf16ps`) measured
 //! by a tight in-register loop, which is the bound the bf16 kernel is judged against. Ends with a
 //! summary table (GFLOP/s and % of peak). Reading: docs/performance.md.

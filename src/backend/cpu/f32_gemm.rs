@@ -1,7 +1,7 @@
 //! f32 products with frozen f32 weights packed once at load, on an AVX-512F micro-kernel (CPUs
 //! without AVX-512F keep f32 weights row-major for the `gemm` crate: see `weight.rs`).
 //!
-//! Same shape of problem as `bf16_gemm`: `C[m,n] (+)= A[m,k]·B` with `A` a row-major f32
+//! Same shape of problem as `bf16_gemm` (what both share is in `packed`): `C[m,n] (+)= A[m,k]·B` with `A` a row-major f32
 //! activation matrix and `B` a view of a frozen weight. [`PackedF32`] stores `B` in column panels
 //! of [`NB`] columns, each panel `[k][NB]` (64-byte aligned rows), so the kernel streams one
 //! panel contiguously from L1 however `W` is laid out; a weight keeps one packing per product.
@@ -15,7 +15,7 @@
 //! a share of the next block of `B`: on one thread that took the shapes whose `B` outgrows L2
 //! from ~100 to ~115 GFLOP/s (docs/performance.md, fourth pass).
 
-use super::bf16_gemm::{dense, finish_trivial, for_each_task, Start};
+use super::packed::{dense, finish_trivial, for_each_task, Start};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -136,7 +136,7 @@ pub(crate) fn gemm(
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::super::bf16_gemm::{mask16, CPtr};
+    use super::super::packed::{mask16, CPtr};
     use super::{for_each_task, PackedF32, Start, KC, MC, MR, NB, NR};
     use core::arch::x86_64::*;
 

@@ -14,6 +14,7 @@ mod loss;
 mod math;
 mod norm;
 mod optim;
+mod packed;
 mod pool;
 mod rope;
 mod weight;

@@ -2,8 +2,9 @@
 //! runs them (f32 panels for `f32_gemm`, bf16 pair words for `bf16_gemm`), else row-major f32
 //! for the `gemm` crate.
 
-use super::bf16_gemm::{self, Isa, PackedB, Start};
+use super::bf16_gemm::{self, Isa, PackedB};
 use super::f32_gemm::{self, PackedF32};
+use super::packed::Start;
 use super::{add_bias, sgemm};
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};

@@ -22,8 +22,10 @@
 //! is asked once per process, and any failure (old kernel, seccomp, a VM that hides AMX) means
 //! the AVX-512 path is used instead.
 
-use super::avx512::{pack_a, CPtr};
-use super::{for_each_task, PackedB, Start, KP_ALIGN, NB, NR};
+use super::super::packed::CPtr;
+use super::super::packed::{for_each_task, Start};
+use super::avx512::pack_a;
+use super::{PackedB, KP_ALIGN, NB, NR};
 use core::arch::asm;
 use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
 use std::cell::RefCell;

@@ -11,7 +11,8 @@
 //! those for the pool, ranges of column panels), run over rayon; each converts its own
 //! activations ([`pack_a`], shared with the AMX path), which then stay in its core's caches.
 
-use super::{for_each_task, PackedB, NB, NR};
+use super::super::packed::{for_each_task, mask16, CPtr};
+use super::{PackedB, NB, NR};
 use core::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -21,16 +22,6 @@ const MR: usize = 8;
 const KC: usize = 512;
 /// Rows of `C` per task.
 const MC: usize = 64;
-
-/// `C` shared by the tasks of one product.
-#[derive(Clone, Copy)]
-pub(crate) struct CPtr(pub(crate) *mut f32);
-// SAFETY: tasks write disjoint tiles of `C` (distinct row blocks or column panels), and the
-// pointer does not outlive the `&mut` borrow `gemm` holds for the whole parallel region.
-unsafe impl Send for CPtr {}
-// SAFETY: as above; the pointer itself is only copied, never used to create overlapping
-// references.
-unsafe impl Sync for CPtr {}
 
 thread_local! {
     /// Packed activations of the current task, reused across calls on this thread.
@@ -119,15 +110,6 @@ pub(super) unsafe fn pack_a(
             );
             kk += 32;
         }
-    }
-}
-
-/// The first `min(n, 16)` lanes.
-pub(crate) fn mask16(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        (1u16 << n) - 1
     }
 }
 

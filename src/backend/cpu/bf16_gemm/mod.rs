@@ -20,7 +20,8 @@
 //! odd is padded with a zero, and the `n` and `m` tails with zero columns and rows that are
 //! never stored.
 
-use crate::error::{Error, Result};
+use super::packed::{fill_rows, finish_trivial, Start};
+use crate::error::Result;
 use half::bf16;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -29,8 +30,6 @@ use std::sync::OnceLock;
 pub(crate) const NR: usize = 3;
 /// Columns of a packed panel of `B`.
 pub(crate) const NB: usize = 16 * NR;
-/// Products smaller than this many multiply-adds run on the calling thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// Packed pair rows per panel are a multiple of this (an AMX tile's 16 rows).
 const KP_ALIGN: usize = 16;
 
@@ -180,35 +179,13 @@ impl PackedB {
 
     /// The matrix as dense row-major f32 `[k, n]`.
     pub(crate) fn to_f32(&self) -> Vec<f32> {
-        dense(self.k, self.n, |kk, j| self.get(kk, j))
+        super::packed::dense(self.k, self.n, |kk, j| self.get(kk, j))
     }
 
     /// Words of panel `pi` from pair `p` on.
     fn panel_at(&self, pi: usize, p: usize) -> *const u32 {
         self.lines[(pi * self.k2p + p) * NR..].as_ptr().cast()
     }
-}
-
-/// The row-major `[k, n]` matrix whose element `(kk, j)` is `at(kk, j)` (unpacking a packed
-/// matrix).
-pub(crate) fn dense(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; k * n];
-    out.par_chunks_mut(n.max(1))
-        .enumerate()
-        .for_each(|(kk, row)| row.iter_mut().enumerate().for_each(|(j, v)| *v = at(kk, j)));
-    out
-}
-
-/// What `C` holds before a product is added to it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Start<'a> {
-    /// Nothing: `C` is overwritten.
-    Zero,
-    /// Its current values: the product accumulates.
-    Accumulate,
-    /// A bias row of `n` values, broadcast over the rows: `C = bias + A·B`. The AMX path loads
-    /// it straight into its accumulator tiles, which saves the separate pass over `C`.
-    Bias(&'a [f32]),
 }
 
 /// `c[m,n] = start + a[m,k] · b` with `a` row-major f32 rounded to bf16, f32 accumulation.
@@ -248,54 +225,6 @@ pub(crate) fn gemm(
     }
 }
 
-/// Checks a product's buffers and bias against its shape (an error names `what` precision),
-/// then does the products with nothing to multiply: `m` or `n` zero (nothing to do), or `k` zero
-/// (`C` becomes its start). Returns whether `C` is finished; if not, `m, n, k > 0`, `c` holds
-/// at least `m·n` values, `a` at least `m·k`, and a bias `n`.
-pub(crate) fn finish_trivial(
-    c: &mut [f32],
-    a: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-    start: Start<'_>,
-    what: &str,
-) -> Result<bool> {
-    if c.len() < m * n || a.len() < m * k {
-        return Err(Error::Backend(format!(
-            "{what} linear shape [{m}x{k}]·[{k}x{n}] does not fit buffers a={}, c={}",
-            a.len(),
-            c.len()
-        )));
-    }
-    if let Start::Bias(bias) = start {
-        if bias.len() != n {
-            return Err(Error::Backend(format!(
-                "{what} linear: bias of {} values for {n} outputs",
-                bias.len()
-            )));
-        }
-    }
-    if m == 0 || n == 0 {
-        return Ok(true);
-    }
-    if k == 0 {
-        match start {
-            Start::Zero => c[..m * n].fill(0.0),
-            Start::Accumulate => {}
-            Start::Bias(bias) => fill_rows(&mut c[..m * n], bias),
-        }
-        return Ok(true);
-    }
-    Ok(false)
-}
-
-/// Every row of `c` set to `row`.
-fn fill_rows(c: &mut [f32], row: &[f32]) {
-    c.par_chunks_mut(row.len())
-        .for_each(|r| r.copy_from_slice(row));
-}
-
 /// The AVX-512 and portable paths, which start from zero or from `C`'s values; `m, n, k > 0`
 /// and the buffers checked by [`gemm`].
 fn gemm_from_c(
@@ -319,43 +248,6 @@ fn gemm_from_c(
     }
 }
 
-/// Runs a product of `m` rows and `units` column units as rayon tasks: blocks of `mc` rows and,
-/// when those are too few for the pool (two tasks per thread, so an uneven last block is
-/// absorbed), ranges of column units. `body(r0, rows, u0, u1)` computes rows `r0..r0+rows`
-/// against units `u0..u1`; products under [`PARALLEL_MIN_FLOPS`] multiply-adds (`m·n·k`) stay
-/// on the calling thread.
-pub(crate) fn for_each_task(
-    m: usize,
-    mc: usize,
-    units: usize,
-    madds: usize,
-    body: impl Fn(usize, usize, usize, usize) + Sync,
-) {
-    let row_blocks = m.div_ceil(mc);
-    let threads = if madds >= PARALLEL_MIN_FLOPS {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let col_splits = if row_blocks >= 2 * threads {
-        1
-    } else {
-        (2 * threads).div_ceil(row_blocks).min(units)
-    };
-    let tasks = row_blocks * col_splits;
-    let run = |t: usize| {
-        let (rb, cs) = (t / col_splits, t % col_splits);
-        let r0 = rb * mc;
-        let (u0, u1) = (cs * units / col_splits, (cs + 1) * units / col_splits);
-        body(r0, mc.min(m - r0), u0, u1);
-    };
-    if tasks > 1 && threads > 1 {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
-    }
-}
-
 /// The portable path: the same arithmetic (activations rounded to bf16, bf16 weights, f32
 /// accumulation) through the f32 GEMM, with both operands widened to f32 for the call. The
 /// widened weight is a temporary: the weight stays bf16 between calls.
@@ -372,8 +264,6 @@ fn portable(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, accumulate: bool) -
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-#[cfg(target_arch = "x86_64")]
-pub(crate) use avx512::{mask16, CPtr};
 
 #[cfg(test)]
 mod tests {
