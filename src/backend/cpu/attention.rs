@@ -20,17 +20,22 @@
 //! `dP = dO Vᵀ`, `dS = P ∘ (dP − D)`, `dQ = scale · dS K` (written), `dK += scale · dSᵀ Q` and
 //! `dV += Pᵀ dO` (accumulated over tiles and heads into columns the task zeroed first).
 //!
-//! All products go through `gemm` with the row/column strides of the interleaved layouts, so head
-//! slices are never copied.
+//! All products go through `small_gemm::mm` with the row/column strides of the interleaved layouts,
+//! so head slices of `Q`, `O` and their gradients are never copied. Its kernel needs the right
+//! operand's rows contiguous, so each task first copies its `K` (and in the backward `V`) head
+//! slice transposed, `hd × len`: `Q Kᵀ` and `dO Vᵀ` then read `Kᵀ`/`Vᵀ` rows. The copy is `len·hd`
+//! values against the `len²·hd` multiply-adds of each product that reads it.
 //!
 //! # Memory
 //!
 //! Nothing of size `T×T` is ever materialised: each worker thread holds one (forward) or two
-//! (backward) scratch tiles of `TILE × len` floats, `len` being the longest sequence, i.e.
-//! `O(TILE · len)` per thread (2 MiB for a 8192-token sequence in the forward, 4 MiB in the
+//! (backward) scratch tiles of `TILE × len` floats, `len` being the longest sequence, and one
+//! (forward) or two (backward) transposed head slices of `hd × len`, i.e. `O((TILE + hd) · len)`
+//! per thread (for an 8192-token sequence and `hd` = 64: 4 MiB in the forward, 8 MiB in the
 //! backward).
 
 use super::math::exp;
+use super::small_gemm::mm;
 use crate::backend::{AttnShape, Span};
 use rayon::prelude::*;
 
@@ -84,73 +89,6 @@ fn row_sum(xs: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
-}
-
-/// `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` with `lhs: [m,k]`, `rhs: [k,n]`,
-/// `dst: [m,n]`, every matrix given as a pointer plus a row stride and a column stride (in
-/// elements).
-///
-/// # Safety
-///
-/// Every element `p + i·rs + j·cs` addressed by the three shapes must lie inside a live
-/// allocation; `dst`'s elements must not be accessed by any other thread during the call and must
-/// not overlap `lhs` or `rhs`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    dst_cs: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-    alpha: f32,
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    // SAFETY: (i, j) is inside dst's shape, which the caller guarantees is valid
-                    // and exclusively ours.
-                    unsafe { *dst.add(i * dst_rs + j * dst_cs) = 0.0 };
-                }
-            }
-        }
-        return;
-    }
-    // SAFETY: forwarded from this function's contract (valid, in-bounds, unaliased dst).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// Checks the buffer sizes and that the spans do not overlap (which the disjoint-write argument of
@@ -216,6 +154,103 @@ fn probs_and_score_grads(p: &mut [f32], ds: &mut [f32], valid: usize, lse: f32, 
     )
 }
 
+/// Asks for the `len × hd` head slice of a `[rows, width]` matrix starting at element `start` to
+/// be brought into L2. A task's slices are `hd` values out of each `width`-value row, so the
+/// hardware prefetchers do not follow them, and reading them on demand left one or two cache
+/// misses in flight at a time (docs/performance.md, fifth pass); prefetches for all rows up
+/// front overlap them.
+fn prefetch_slice(src: &[f32], start: usize, width: usize, len: usize, hd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let base = src.as_ptr().wrapping_add(start);
+        for r in 0..len {
+            for c in (0..hd).step_by(16) {
+                // SAFETY: a prefetch never faults and reads nothing architecturally; the address
+                // is computed with `wrapping_add`, so no out-of-bounds pointer is formed either.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(r * width + c).cast()) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (src, start, width, len, hd);
+}
+
+/// Copies the `len × hd` head slice of a `[rows, width]` matrix starting at element `start` into
+/// `dst` transposed (`hd × len`, row stride `len`), growing `dst` as needed. With AVX-512F it
+/// gathers a column of 16 rows per instruction: the scalar copy's scattered stores made it a
+/// sixth of the forward's time (docs/performance.md, fifth pass).
+fn transpose_into(
+    dst: &mut Vec<f32>,
+    src: &[f32],
+    start: usize,
+    width: usize,
+    len: usize,
+    hd: usize,
+) {
+    if dst.len() < hd * len {
+        dst.resize(hd * len, 0.0);
+    }
+    if len == 0 || hd == 0 {
+        return;
+    }
+    assert!(
+        hd <= width && start + (len - 1) * width + hd <= src.len(),
+        "attention: head slice out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && 16 * width <= i32::MAX as usize {
+        // SAFETY: AVX-512F detected; the slice's elements are in bounds (asserted above), the
+        // gathers read only rows < len under their mask, and dst holds hd·len values.
+        unsafe { transpose_gather(dst.as_mut_ptr(), src.as_ptr().add(start), width, len, hd) };
+        return;
+    }
+    for (r, row) in src[start..].chunks(width).take(len).enumerate() {
+        for (c, &x) in row[..hd].iter().enumerate() {
+            dst[c * len + r] = x;
+        }
+    }
+}
+
+/// [`transpose_into`]'s AVX-512F path.
+///
+/// # Safety
+/// AVX-512F; `src + r·width + c` readable for `r < len`, `c < hd`; `dst` holds `hd·len` values;
+/// `16·width` fits an `i32`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_gather(dst: *mut f32, src: *const f32, width: usize, len: usize, hd: usize) {
+    use core::arch::x86_64::*;
+    let w = width as i32;
+    let idx = _mm512_setr_epi32(
+        0,
+        w,
+        2 * w,
+        3 * w,
+        4 * w,
+        5 * w,
+        6 * w,
+        7 * w,
+        8 * w,
+        9 * w,
+        10 * w,
+        11 * w,
+        12 * w,
+        13 * w,
+        14 * w,
+        15 * w,
+    );
+    for r0 in (0..len).step_by(16) {
+        let mask = super::packed::mask16(len - r0);
+        let rows = src.add(r0 * width);
+        for c in 0..hd {
+            let col =
+                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, idx, rows.add(c).cast());
+            _mm512_mask_storeu_ps(dst.add(c * len + r0), mask, col);
+        }
+    }
+}
+
 /// Attention forward. `q: [rows, heads·hd]`, `k, v: [rows, kv_heads·hd]`; writes
 /// `o: [rows, heads·hd]` and `lse: [rows, heads]` (the log-sum-exp of the scaled scores) for the
 /// rows covered by `seqs`, leaving the other rows untouched.
@@ -253,9 +288,9 @@ pub(crate) fn forward(
 
     let o_ptr = SharedMut(o.as_mut_ptr());
     let lse_ptr = SharedMut(lse.as_mut_ptr());
-    tasks
-        .par_iter()
-        .for_each_init(Vec::<f32>::new, |scratch, &(sp, h)| {
+    tasks.par_iter().for_each_init(
+        || (Vec::<f32>::new(), Vec::<f32>::new()),
+        |(scratch, kt), &(sp, h)| {
             let kvh = h / group;
             let l = sp.len;
             let need = TILE.min(l) * l;
@@ -264,16 +299,21 @@ pub(crate) fn forward(
             }
             let q0 = sp.start * qs + h * hd;
             let kv0 = sp.start * kvs + kvh * hd;
+            prefetch_slice(q, q0, qs, l, hd);
+            prefetch_slice(k, kv0, kvs, l, hd);
+            prefetch_slice(v, kv0, kvs, l, hd);
+            transpose_into(kt, k, kv0, kvs, l, hd);
             for i0 in (0..l).step_by(TILE) {
                 let i1 = (i0 + TILE).min(l);
                 let tr = i1 - i0;
                 let nk = if s.causal { i1 } else { l };
                 let p = &mut scratch[..tr * nk];
                 // S = scale · Q_tile Kᵀ.
-                // SAFETY: `check` guaranteed q and k hold every row of the span, so the tile's
-                // `tr × hd` block of q (row stride qs, starting at row start+i0, column h·hd) and
-                // the `nk × hd` block of k are in bounds; `p` is this task's own scratch, of
-                // exactly `tr·nk` elements.
+                // SAFETY: `check` guaranteed q holds every row of the span, so the tile's
+                // `tr × hd` block of q (row stride qs, starting at row start+i0, column h·hd) is
+                // in bounds; `kt` holds `hd × l` values (row stride l) of which the product reads
+                // the first nk ≤ l columns; `p` is this task's own scratch, of exactly `tr·nk`
+                // elements.
                 unsafe {
                     mm(
                         tr,
@@ -285,9 +325,9 @@ pub(crate) fn forward(
                         q.as_ptr().add(q0 + i0 * qs),
                         qs,
                         1,
-                        k.as_ptr().add(kv0),
+                        kt.as_ptr(),
+                        l,
                         1,
-                        kvs,
                         s.scale,
                         false,
                     );
@@ -325,7 +365,8 @@ pub(crate) fn forward(
                     );
                 }
             }
-        });
+        },
+    );
 }
 
 /// Attention backward: overwrites `dq: [rows, heads·hd]`, `dk, dv: [rows, kv_heads·hd]` for the
@@ -375,10 +416,26 @@ pub(crate) fn backward(
     let dk_ptr = SharedMut(dk.as_mut_ptr());
     let dv_ptr = SharedMut(dv.as_mut_ptr());
     tasks.par_iter().for_each_init(
-        || (Vec::<f32>::new(), Vec::<f32>::new()),
-        |(p_buf, ds_buf), &(sp, kvh)| {
+        || {
+            (
+                Vec::<f32>::new(),
+                Vec::<f32>::new(),
+                Vec::<f32>::new(),
+                Vec::<f32>::new(),
+            )
+        },
+        |(p_buf, ds_buf, kt, vt), &(sp, kvh)| {
             let l = sp.len;
             let kv0 = sp.start * kvs + kvh * hd;
+            prefetch_slice(k, kv0, kvs, l, hd);
+            prefetch_slice(v, kv0, kvs, l, hd);
+            for h in kvh * group..(kvh + 1) * group {
+                let q0 = sp.start * qs + h * hd;
+                prefetch_slice(q, q0, qs, l, hd);
+                prefetch_slice(do_, q0, qs, l, hd);
+            }
+            transpose_into(kt, k, kv0, kvs, l, hd);
+            transpose_into(vt, v, kv0, kvs, l, hd);
             let need = TILE.min(l) * l;
             if p_buf.len() < need {
                 p_buf.resize(need, 0.0);
@@ -409,9 +466,10 @@ pub(crate) fn backward(
                     let ds = &mut ds_buf[..tr * nk];
                     let qt = q0 + i0 * qs;
                     // S = scale · Q_tile Kᵀ and dP = dO_tile Vᵀ.
-                    // SAFETY: q/do_ tile blocks (`tr × hd`, row stride qs) and k/v blocks
-                    // (`nk × hd`, row stride kvs) lie inside the span's rows, which `check`
-                    // bounded; `p` and `ds` are this task's own scratch of `tr·nk` elements.
+                    // SAFETY: q/do_ tile blocks (`tr × hd`, row stride qs) lie inside the span's
+                    // rows, which `check` bounded; `kt`/`vt` hold `hd × l` values (row stride
+                    // l), of which the products read the first nk ≤ l columns; `p` and `ds` are
+                    // this task's own scratch of `tr·nk` elements.
                     unsafe {
                         mm(
                             tr,
@@ -423,9 +481,9 @@ pub(crate) fn backward(
                             q.as_ptr().add(qt),
                             qs,
                             1,
-                            k.as_ptr().add(kv0),
+                            kt.as_ptr(),
+                            l,
                             1,
-                            kvs,
                             s.scale,
                             false,
                         );
@@ -439,9 +497,9 @@ pub(crate) fn backward(
                             do_.as_ptr().add(qt),
                             qs,
                             1,
-                            v.as_ptr().add(kv0),
+                            vt.as_ptr(),
+                            l,
                             1,
-                            kvs,
                             1.0,
                             false,
                         );

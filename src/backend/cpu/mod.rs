@@ -17,6 +17,7 @@ mod optim;
 mod packed;
 mod pool;
 mod rope;
+mod small_gemm;
 mod weight;
 
 use super::checks::{buf_len as check, spans_rows};
