@@ -1,6 +1,7 @@
 //! Small f32 products over strided operands: the tiles of attention (`64 x 64 x head_dim` and
-//! alike), on an AVX-512F register kernel where the CPU has it, through the `gemm` crate
-//! elsewhere.
+//! alike) and the rank-`r` LoRA products, on an AVX-512F register kernel where the CPU has it,
+//! through the `gemm` crate elsewhere. [`product`] is the checked entry point over slices;
+//! [`mm`] the raw one for attention's shared outputs.
 //!
 //! The `gemm` crate packs both operands on every call; at these sizes that packing and its
 //! dispatch were most of the time (attention's products ran at ~20 GFLOP/s on one thread,
@@ -11,6 +12,108 @@
 //! blocking is needed.
 
 use super::f32_gemm::kernel_available;
+use crate::error::{Error, Result};
+
+/// A read-only matrix inside a slice: element `(i, j)` at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// The row-major `[rows, cols]` matrix at the start of `data`.
+    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
+        View {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, reading the same elements.
+    pub(crate) fn t(self) -> View<'a> {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1)
+                .checked_mul(self.rs)
+                .and_then(|r| r.checked_add((self.cols - 1).checked_mul(self.cs)?))
+                .is_some_and(|last| last < self.data.len())
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` with `dst` row-major of row stride `ldc`,
+/// on the calling thread; an error when the shapes disagree or a view leaves its slice. The
+/// kernel runs when `rhs`'s rows are contiguous (`rhs.cs == 1`).
+pub(crate) fn product(
+    dst: &mut [f32],
+    ldc: usize,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let dst_fits = m == 0 || n == 0 || (ldc >= n && (m - 1) * ldc + n <= dst.len());
+    if rhs.rows != k || !lhs.in_bounds() || !rhs.in_bounds() || !dst_fits {
+        return Err(Error::Backend(format!(
+            "small product [{m}x{k}]·[{}x{n}] does not fit its buffers (lhs {}, rhs {}, dst {} \
+             at row stride {ldc})",
+            rhs.rows,
+            lhs.data.len(),
+            rhs.data.len(),
+            dst.len()
+        )));
+    }
+    // SAFETY: the views and dst were checked to hold every element the shapes address; dst is
+    // a `&mut`, so nothing else reads or writes it, and it cannot overlap the shared inputs.
+    unsafe {
+        mm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            ldc,
+            1,
+            lhs.data.as_ptr(),
+            lhs.rs,
+            lhs.cs,
+            rhs.data.as_ptr(),
+            rhs.rs,
+            rhs.cs,
+            alpha,
+            accumulate,
+        )
+    };
+    Ok(())
+}
+
+/// The `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `m`, times `alpha`.
+pub(crate) fn transposed(m: &[f32], rows: usize, cols: usize, alpha: f32) -> Vec<f32> {
+    let mut out = vec![0.0; rows * cols];
+    for (i, row) in m.chunks_exact(cols).take(rows).enumerate() {
+        for (j, &x) in row.iter().enumerate() {
+            out[j * rows + i] = alpha * x;
+        }
+    }
+    out
+}
 
 /// `dst = (accumulate ? dst : 0) + alpha · lhs · rhs` with `lhs: [m,k]`, `rhs: [k,n]`,
 /// `dst: [m,n]`, every matrix given as a pointer plus a row stride and a column stride (in
@@ -326,6 +429,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn product_rejects_views_outside_their_slices() {
+        let (a, b) = (vec![1.0f32; 6], vec![1.0f32; 6]);
+        let mut c = vec![0.0f32; 4];
+        let ok = product(
+            &mut c,
+            2,
+            View::rows(&a, 2, 3),
+            View::rows(&b, 3, 2),
+            1.0,
+            false,
+        );
+        assert!(ok.is_ok());
+        assert_eq!(c, vec![3.0; 4]);
+        // Depth mismatch, a view past its slice, a destination too short.
+        assert!(product(
+            &mut c,
+            2,
+            View::rows(&a, 2, 3),
+            View::rows(&b, 2, 3),
+            1.0,
+            false
+        )
+        .is_err());
+        assert!(product(
+            &mut c,
+            2,
+            View::rows(&a, 3, 3),
+            View::rows(&b, 3, 2),
+            1.0,
+            false
+        )
+        .is_err());
+        assert!(product(
+            &mut c,
+            3,
+            View::rows(&a, 2, 3),
+            View::rows(&b, 3, 2),
+            1.0,
+            false
+        )
+        .is_err());
+        // The transpose of a [3,2] view is [2,3]; its elements are the same slice's.
+        let t = View::rows(&b, 3, 2).t();
+        assert_eq!((t.rows, t.cols, t.rs, t.cs), (2, 3, 1, 2));
+        assert_eq!(
+            transposed(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3, 2.0),
+            [2.0, 8.0, 4.0, 10.0, 6.0, 12.0]
+        );
     }
 
     #[test]
