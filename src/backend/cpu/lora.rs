@@ -17,6 +17,33 @@ use rayon::prelude::*;
 /// Rows per task of the row-wise products.
 const ROWS: usize = 64;
 
+/// `buf`'s first `rows` rows of `width` values in blocks of [`ROWS`] rows (the last shorter):
+/// one slice per task, empty ones when `width` is 0, so that the operands of a task line up
+/// whatever their widths.
+fn row_blocks_mut(mut buf: &mut [f32], width: usize, rows: usize) -> Vec<&mut [f32]> {
+    (0..rows)
+        .step_by(ROWS)
+        .map(|r0| {
+            let (block, rest) = std::mem::take(&mut buf).split_at_mut(ROWS.min(rows - r0) * width);
+            buf = rest;
+            block
+        })
+        .collect()
+}
+
+/// [`row_blocks_mut`] for a shared buffer.
+fn row_blocks(buf: &[f32], width: usize, rows: usize) -> Vec<&[f32]> {
+    (0..rows)
+        .step_by(ROWS)
+        .map(|r0| &buf[r0 * width..(r0 + ROWS.min(rows - r0)) * width])
+        .collect()
+}
+
+/// Rows of task `i` of `rows`.
+fn task_rows(i: usize, rows: usize) -> usize {
+    ROWS.min(rows - i * ROWS)
+}
+
 pub(crate) fn forward<B: Backend<Buf = Vec<f32>> + ?Sized>(
     y: &mut [f32],
     x: &[f32],
@@ -30,14 +57,17 @@ pub(crate) fn forward<B: Backend<Buf = Vec<f32>> + ?Sized>(
     segs.par_iter()
         .zip(ys.into_par_iter().zip(us.into_par_iter()))
         .try_for_each(|(g, (ys, us))| -> Result<()> {
+            let rows = g.rows.len;
             let xs = &x[g.rows.start * s.d_in..g.rows.end() * s.d_in];
             let at = transposed(g.a, s.rank, s.d_in, 1.0);
             let sbt = transposed(g.b, s.d_out, s.rank, s.scale);
-            ys.par_chunks_mut(ROWS * s.d_out)
-                .zip(us.par_chunks_mut(ROWS * s.rank))
-                .zip(xs.par_chunks(ROWS * s.d_in))
-                .try_for_each(|((yc, uc), xc)| -> Result<()> {
-                    let n = xc.len() / s.d_in;
+            row_blocks_mut(ys, s.d_out, rows)
+                .into_par_iter()
+                .zip(row_blocks_mut(us, s.rank, rows))
+                .zip(row_blocks(xs, s.d_in, rows))
+                .enumerate()
+                .try_for_each(|(i, ((yc, uc), xc))| -> Result<()> {
+                    let n = task_rows(i, rows);
                     // u = x · aᵀ   [n, rank]
                     product(
                         uc,
@@ -80,10 +110,12 @@ pub(crate) fn backward<B: Backend<Buf = Vec<f32>> + ?Sized>(
             let us = &u[r.start * s.rank..r.end() * s.rank];
             // du = scale · dy · b   [n, rank]
             let mut du = vec![0.0f32; n * s.rank];
-            du.par_chunks_mut(ROWS * s.rank)
-                .zip(dys.par_chunks(ROWS * s.d_out))
-                .try_for_each(|(duc, dyc)| {
-                    let m = dyc.len() / s.d_out;
+            row_blocks_mut(&mut du, s.rank, n)
+                .into_par_iter()
+                .zip(row_blocks(dys, s.d_out, n))
+                .enumerate()
+                .try_for_each(|(i, (duc, dyc))| {
+                    let m = task_rows(i, n);
                     product(
                         duc,
                         s.rank,
@@ -98,10 +130,12 @@ pub(crate) fn backward<B: Backend<Buf = Vec<f32>> + ?Sized>(
             let (rows_done, grads_done) = rayon::join(
                 || {
                     // dx += du · a   [n, in]
-                    dxs.par_chunks_mut(ROWS * s.d_in)
-                        .zip(du.par_chunks(ROWS * s.rank))
-                        .try_for_each(|(dxc, duc)| {
-                            let m = duc.len() / s.rank;
+                    row_blocks_mut(dxs, s.d_in, n)
+                        .into_par_iter()
+                        .zip(row_blocks(du, s.rank, n))
+                        .enumerate()
+                        .try_for_each(|(i, (dxc, duc))| {
+                            let m = task_rows(i, n);
                             product(
                                 dxc,
                                 s.d_in,

@@ -107,6 +107,9 @@ pub(crate) fn product(
 /// The `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `m`, times `alpha`.
 pub(crate) fn transposed(m: &[f32], rows: usize, cols: usize, alpha: f32) -> Vec<f32> {
     let mut out = vec![0.0; rows * cols];
+    if cols == 0 {
+        return out;
+    }
     for (i, row) in m.chunks_exact(cols).take(rows).enumerate() {
         for (j, &x) in row.iter().enumerate() {
             out[j * rows + i] = alpha * x;
