@@ -192,11 +192,12 @@ impl<B: Backend> BlockCtx<'_, B> {
     }
 
     /// `dx (+)= dy·W`, `dx += LoRA input gradient`, and LoRA parameter gradients into `grads`;
-    /// `dx` is overwritten by the dense product unless `accumulate`.
+    /// `dx` is overwritten by the dense product unless `accumulate`. With `dense == false` the
+    /// dense product is skipped (the caller discards `dx`) and only the LoRA work runs.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
-        accumulate: bool,
+        (accumulate, dense): (bool, bool),
         dx: &mut B::Buf,
         dy: &B::Buf,
         x: &B::Buf,
@@ -207,7 +208,9 @@ impl<B: Backend> BlockCtx<'_, B> {
         grads: &mut [AdapterSet<B>],
     ) -> Result<()> {
         let be = self.backend;
-        be.linear_backward_input(dx, dy, &lin.w, act.rows, accumulate)?;
+        if dense {
+            be.linear_backward_input(dx, dy, &lin.w, act.rows, accumulate)?;
+        }
         let Some(u) = u else { return Ok(()) };
         let segs = self.lora_segs(act, t);
         let shape = self.adapters[act.runs[0].adapter].shape(self.cfg, t);
@@ -359,6 +362,11 @@ impl<B: Backend> BlockCtx<'_, B> {
 
     /// Backward of block `w`: from the output gradient `dy` to the input gradient; LoRA
     /// gradients accumulate into `grads` by each run's slot.
+    ///
+    /// With `need_dx == false` (the lowest block of a pass whose inputs are tokens: nothing
+    /// below needs the gradient) the products that only feed the input gradient (`dx = dq·W_q
+    /// + dk·W_k + dv·W_v`, a quarter of the block's backward products) and the ops after them
+    /// are skipped, and `None` is returned; autograd frameworks skip them the same way.
     pub fn backward(
         &self,
         w: &Block<B>,
@@ -366,7 +374,8 @@ impl<B: Backend> BlockCtx<'_, B> {
         dy: B::Buf,
         act: &Active,
         grads: &mut [AdapterSet<B>],
-    ) -> Result<B::Buf> {
+        need_dx: bool,
+    ) -> Result<Option<B::Buf>> {
         let be = self.backend;
         let (n, d, ff) = (act.rows, self.cfg.hidden, self.cfg.intermediate);
         let pre = self.cfg.placement == NormPlacement::Pre;
@@ -382,7 +391,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         // Buffers below are scratch: the first product or op into each overwrites it.
         let mut da = be.scratch(n * ff)?;
         self.linear_backward(
-            false,
+            (false, true),
             &mut da,
             &dsum,
             &t.act,
@@ -399,7 +408,7 @@ impl<B: Backend> BlockCtx<'_, B> {
                 let mut dg = be.scratch(n * ff)?;
                 be.swiglu_backward(&mut dg, &mut dup, &da, g, &t.up, n * ff)?;
                 self.linear_backward(
-                    false,
+                    (false, true),
                     &mut dmlp_in,
                     &dg,
                     &t.mlp_in,
@@ -422,7 +431,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         };
         be.recycle(da);
         self.linear_backward(
-            gated,
+            (gated, true),
             &mut dmlp_in,
             &dup,
             &t.mlp_in,
@@ -450,7 +459,7 @@ impl<B: Backend> BlockCtx<'_, B> {
         be.recycle(dsum);
         let mut dattn = be.scratch(n * self.cfg.q_dim())?;
         self.linear_backward(
-            false,
+            (false, true),
             &mut dattn,
             &dh,
             &t.attn,
@@ -496,9 +505,11 @@ impl<B: Backend> BlockCtx<'_, B> {
             )?;
         }
         be.recycle(dattn);
+        // Without need_dx, only the q/v LoRA gradients are wanted here: their input-gradient
+        // terms still land in this scratch buffer, which is then dropped unread.
         let mut dattn_in = be.scratch(n * d)?;
         self.linear_backward(
-            false,
+            (false, need_dx),
             &mut dattn_in,
             &dq,
             &t.attn_in,
@@ -509,7 +520,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             grads,
         )?;
         self.linear_backward(
-            true,
+            (true, need_dx),
             &mut dattn_in,
             &dk,
             &t.attn_in,
@@ -520,7 +531,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             grads,
         )?;
         self.linear_backward(
-            true,
+            (true, need_dx),
             &mut dattn_in,
             &dv,
             &t.attn_in,
@@ -533,6 +544,11 @@ impl<B: Backend> BlockCtx<'_, B> {
         be.recycle(dq);
         be.recycle(dk);
         be.recycle(dv);
+        if !need_dx {
+            be.recycle(dattn_in);
+            be.recycle(dh);
+            return Ok(None);
+        }
         let dx = if pre {
             let mut dx = norm_backward(be, self.cfg, &dattn_in, &w.norm1, &t.norm1, n)?;
             be.add_assign(&mut dx, &dh, n * d)?;
@@ -543,6 +559,6 @@ impl<B: Backend> BlockCtx<'_, B> {
             dattn_in
         };
         be.recycle(dh);
-        Ok(dx)
+        Ok(Some(dx))
     }
 }

@@ -580,6 +580,10 @@ impl<'a, B: Backend> Executor<'a, B> {
         let mut dh = be.zeros(lay.rows * d)?;
         heads::backward(self, adapters, grads, lay, &tape.heads, out_grads, &mut dh)?;
 
+        // The input gradient of the lowest block is needed only by sequences that came in as
+        // hidden states (a split's server side): for token inputs it would be dropped.
+        let any_hidden = lay.jobs.iter().any(|j| j.hidden_input);
+        let lowest = tape.blocks.iter().position(Option::is_some);
         for (l, entry) in tape.blocks.iter().enumerate().rev() {
             let Some((act, bt)) = entry else { continue };
             let dy = match &act.gather {
@@ -596,13 +600,19 @@ impl<'a, B: Backend> Executor<'a, B> {
                 layer: l,
                 adapters,
             };
-            let dx = ctx.backward(&self.model.blocks[l], bt, dy, act, grads)?;
+            let need_dx = any_hidden || lowest != Some(l);
+            let Some(dx) = ctx.backward(&self.model.blocks[l], bt, dy, act, grads, need_dx)? else {
+                break; // the lowest block: nothing below needs its input gradient
+            };
             match &act.gather {
                 None => dh = dx,
                 Some(g) => be.scatter_rows(&mut dh, &dx, g, d)?,
             }
         }
 
+        if !any_hidden {
+            return Ok(vec![None; n_seq]);
+        }
         let host = be.download(&dh)?;
         Ok((0..n_seq)
             .map(|i| {
