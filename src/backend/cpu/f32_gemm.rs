@@ -87,9 +87,10 @@ impl PackedF32 {
     }
 }
 
-/// Whether the micro-kernel can run here: the CPU has AVX-512F, and `FLEXP_F32_KERNEL` is not
-/// `portable` (which keeps f32 weights row-major for the `gemm` crate, to compare the two or to
-/// rule the kernel out). Decided once per process.
+/// Whether the hand-written f32 kernels can run here: the CPU has AVX-512F, and
+/// `FLEXP_F32_KERNEL` is not `portable` (which keeps f32 weights row-major for the `gemm` crate
+/// and sends attention's and LoRA's small products there too, to compare the two or to rule the
+/// kernels out). Decided once per process; `small_gemm` asks the same question.
 pub(crate) fn kernel_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
