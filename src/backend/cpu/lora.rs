@@ -188,21 +188,10 @@ pub(crate) fn backward<B: Backend<Buf = Vec<f32>> + ?Sized>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::small_gemm::tests::values;
     use super::*;
     use crate::backend::cpu::Cpu;
     use crate::backend::Span;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// Segments longer than a task, with partial last tasks and a gap row, at sizes that reach
     /// the kernel's full tiles and column blocks: every output against f64 sums.
