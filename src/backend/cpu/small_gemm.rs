@@ -272,6 +272,9 @@ mod kernel {
     }
 
     /// All `m` rows of one column block: tiles of `MR` rows, then the rest one row at a time.
+    ///
+    /// # Safety
+    /// As [`mm`], for this block's `op.cols` columns from `c` and `op.b`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn rows<const MR: usize, const NV: usize>(
@@ -292,6 +295,10 @@ mod kernel {
     }
 
     /// One `MR x cols` tile of `C`, its accumulators in registers over all `k` steps.
+    ///
+    /// # Safety
+    /// As [`mm`]: `MR` rows of `A` from `a` and of `C` from `c`, `op.k` rows of `B`, all in
+    /// bounds for `op.cols` columns (lanes past them are masked, never read or written).
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const MR: usize, const NV: usize>(a: *const f32, c: *mut f32, op: &Op) {
