@@ -2,73 +2,29 @@
 //! personalized accuracy rises well above chance. Plus fault isolation: a client producing NaN is
 //! rejected without touching anyone else.
 
+mod common;
+
+use common::tiny;
 use flexp::algorithms::{
-    self, evaluate, AlgorithmKind, Align, ClientData, Example, Federation, Hyper, ServerAgg,
-    ServerUpdate,
+    self, evaluate, AlgorithmKind, Align, Example, Federation, Hyper, ServerAgg, ServerUpdate,
 };
 use flexp::backend::cpu::Cpu;
 use flexp::backend::{Backend, WeightPrecision};
-use flexp::federated::CostModel;
-use flexp::model::{LoraConfig, Model, ModelConfig, Pooling};
+use flexp::model::Model;
 use flexp::rng::Rng;
 
-const SIGNAL: u32 = 5;
-
 fn tiny_model() -> Model<Cpu> {
-    tiny_model_in(WeightPrecision::F32)
+    tiny::model()
 }
 
-/// The tiny model with its block weights stored in `precision` (same random draws).
 fn tiny_model_in(precision: WeightPrecision) -> Model<Cpu> {
-    let cfg = ModelConfig::from_json(&serde_json::json!({
-        "model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32,
-        "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12
-    }))
-    .unwrap();
-    Model::random_with(&Cpu, cfg, &mut Rng::new(11), precision).unwrap()
+    tiny::model_in(precision)
 }
 
-/// Label 1 iff the signal token occurs; half the examples carry it.
-fn example(rng: &mut Rng) -> Example {
-    let len = 6 + rng.below(7);
-    let mut ids: Vec<u32> = (0..len).map(|_| 10 + rng.below(54) as u32).collect();
-    let label = rng.below(2);
-    if label == 1 {
-        let at = rng.below(len);
-        ids[at] = SIGNAL;
-    }
-    Example { ids, label }
-}
-
-fn clients(n: usize, rng: &mut Rng) -> Vec<ClientData> {
-    (0..n)
-        .map(|_| ClientData {
-            train: (0..48).map(|_| example(rng)).collect(),
-            test: (0..24).map(|_| example(rng)).collect(),
-        })
-        .collect()
-}
-
+/// Four clients of 48 training and 24 test examples, cuts 1, 2, 1, 3.
 fn federation<'a>(model: &'a Model<Cpu>, hyper: Hyper) -> Federation<'a, Cpu> {
-    let lora = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        ..LoraConfig::default_for(&model.config)
-    };
-    let cost = CostModel::new(&model.config, &lora, 12, hyper.batch_size).unwrap();
-    Federation {
-        backend: &Cpu,
-        model,
-        lora,
-        classes: 2,
-        pooling: Pooling::Mean,
-        clients: clients(4, &mut Rng::new(3)),
-        splits: vec![1, 2, 1, 3],
-        hyper,
-        cost,
-        on_step: None,
-    }
+    let clients = tiny::clients_sized(&[48; 4], 24, &mut Rng::new(3));
+    tiny::federation(model, hyper, clients, vec![1, 2, 1, 3])
 }
 
 fn hyper() -> Hyper {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: reading reference fixtures and comparing tensors.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
