@@ -2,7 +2,8 @@
 //!
 //! Tokenise each text with the checkpoint's `tokenizer.json`, run every block of the base model
 //! (no adapters), pool the last hidden state as the checkpoint's sentence-transformers pooling
-//! config says (attention-mask mean, or the first token), optionally L2-normalise.
+//! config says (attention-mask mean, or the first token), and L2-normalise where its
+//! `modules.json` ends in a `Normalize` module (or where the caller asks).
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -23,8 +24,9 @@ pub enum SentencePooling {
 /// Options of [`Embedder::embed`].
 #[derive(Clone, Copy, Debug)]
 pub struct EmbedOptions {
-    /// L2-normalise each embedding.
-    pub normalize: bool,
+    /// L2-normalise each embedding: `None` follows the checkpoint's `modules.json` (as
+    /// sentence-transformers' `encode` does), `Some` overrides it.
+    pub normalize: Option<bool>,
     /// What to do with texts longer than the model's limit.
     pub long_text: LongText,
     /// Tokens per forward batch (bounds memory).
@@ -34,7 +36,7 @@ pub struct EmbedOptions {
 impl Default for EmbedOptions {
     fn default() -> Self {
         EmbedOptions {
-            normalize: false,
+            normalize: None,
             long_text: LongText::Truncate,
             batch_tokens: 8192,
         }
@@ -59,6 +61,8 @@ pub struct Embedder<B: Backend> {
     pub max_len: usize,
     /// Pooling from the checkpoint's `1_Pooling/config.json` (mean when absent).
     pub pooling: SentencePooling,
+    /// Whether the checkpoint's `modules.json` has a `Normalize` module.
+    pub normalizes: bool,
 }
 
 impl<B: Backend> Embedder<B> {
@@ -76,12 +80,14 @@ impl<B: Backend> Embedder<B> {
             }
         }
         let pooling = pooling_mode(dir)?;
+        let normalizes = normalizes(dir)?;
         Ok(Embedder {
             backend,
             model,
             tokenizer,
             max_len,
             pooling,
+            normalizes,
         })
     }
 
@@ -116,6 +122,7 @@ impl<B: Backend> Embedder<B> {
         let exec = Executor::new(&self.backend, &self.model);
         let d = self.model.config.hidden;
         let layers = self.model.layers();
+        let normalize = opts.normalize.unwrap_or(self.normalizes);
         let mut vectors = Vec::with_capacity(texts.len());
         let mut start = 0;
         while start < enc.len() {
@@ -147,7 +154,7 @@ impl<B: Backend> Embedder<B> {
                     .hidden
                     .ok_or_else(|| Error::Backend("missing hidden output".into()))?;
                 let mut v = pool(&h, d, self.pooling);
-                if opts.normalize {
+                if normalize {
                     let norm = v
                         .iter()
                         .map(|x| (*x as f64).powi(2))
@@ -184,6 +191,40 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
         path: path.into(),
         reason: format!("not valid JSON: {e}"),
     })
+}
+
+/// Reads the sentence-transformers pipeline (`modules.json`, absent: transformer and pooling
+/// only) and says whether it ends in `Normalize`. A module this pipeline does not implement (a
+/// `Dense` projection, say) is refused: its output would silently differ from the checkpoint's.
+fn normalizes(dir: &Path) -> Result<bool> {
+    let p = dir.join("modules.json");
+    if !p.exists() {
+        return Ok(false);
+    }
+    let v = read_json(&p)?;
+    let modules = v.as_array().ok_or_else(|| Error::Config {
+        path: p.clone(),
+        reason: "expected a list of modules".into(),
+    })?;
+    let mut normalize = false;
+    for m in modules {
+        let ty = m.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        match ty.rsplit('.').next().unwrap_or("") {
+            "Transformer" | "Pooling" => {}
+            "Normalize" => normalize = true,
+            other => {
+                return Err(Error::Config {
+                    path: p.clone(),
+                    reason: format!(
+                        "module `{}` is not supported (the embedding pipeline runs Transformer, \
+                         Pooling and Normalize only)",
+                        if other.is_empty() { ty } else { other }
+                    ),
+                })
+            }
+        }
+    }
+    Ok(normalize)
 }
 
 fn pooling_mode(dir: &Path) -> Result<SentencePooling> {

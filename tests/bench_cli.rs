@@ -136,3 +136,62 @@ fn bad_sizes_are_refused_with_a_message() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn help_names_exactly_the_keys_the_json_line_writes() {
+    let help = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args(["bench", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let named: Vec<&str> = help
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    assert!(
+        named.len() >= 10,
+        "help names too few keys: {named:?}\n{help}"
+    );
+    let out = bench(&[
+        "--clients",
+        "1",
+        "--batch",
+        "1",
+        "--seq",
+        "4",
+        "--steps",
+        "1",
+        "--rank",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    for k in &named {
+        assert!(
+            v.get(*k).is_some(),
+            "help names `{k}`, the JSON line has {keys:?}"
+        );
+    }
+    for k in &keys {
+        assert!(
+            k.as_str() == "impl" || named.contains(&k.as_str()),
+            "help does not name `{k}`"
+        );
+    }
+    // The machine beside the numbers: the CPU model as /proc/cpuinfo has it, and the ISA list.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = v["cpu"].as_str().unwrap();
+    assert!(
+        !cpu.is_empty() && (cpuinfo.is_empty() || cpuinfo.contains(cpu)),
+        "{cpu}"
+    );
+    assert!(v["isa"].is_array(), "{v}");
+    assert!(v["kernel"].is_string(), "{v}");
+}

@@ -86,12 +86,14 @@ fn embeddings_match_sentence_transformers() {
     let refs = reference();
     let e = Embedder::load(Cpu, &model_dir()).unwrap();
     let texts: Vec<String> = refs.iter().map(|r| r.text.clone()).collect();
-    let raw = e.embed(&texts, EmbedOptions::default()).unwrap();
-    let normed = e
+    // modules.json ends in Normalize: the default output is what encode() returns.
+    assert!(e.normalizes, "MiniLM's modules.json has a Normalize module");
+    let normed = e.embed(&texts, EmbedOptions::default()).unwrap();
+    let raw = e
         .embed(
             &texts,
             EmbedOptions {
-                normalize: true,
+                normalize: Some(false),
                 ..EmbedOptions::default()
             },
         )
@@ -111,7 +113,7 @@ fn cli_embed_writes_reference_jsonl() {
     let refs = reference();
     let out = std::env::temp_dir().join(format!("flexp-embed-{}.jsonl", std::process::id()));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_flexp-run"))
-        .args(["embed", "--normalize", "--model"])
+        .args(["embed", "--model"])
         .arg(model_dir())
         .arg("--input")
         .arg(fixture("minilm/texts.txt"))
@@ -162,4 +164,50 @@ fn long_text_error_policy_refuses() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("exceeds the model's limit of 256"), "{err}");
+}
+
+/// The checkpoint folder with its modules.json replaced by `modules` (the other files linked).
+fn with_modules(tag: &str, modules: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("flexp-modules-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(model_dir()).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "modules.json" {
+            std::os::unix::fs::symlink(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::write(dst.join("modules.json"), modules).unwrap();
+    dst
+}
+
+#[test]
+fn modules_json_decides_normalisation_and_unknown_modules_are_refused() {
+    let refs = reference();
+    let texts = vec![refs[0].text.clone()];
+    // Without the Normalize module the default is the pooled vector.
+    let dir = with_modules(
+        "plain",
+        r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+            {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+    );
+    let e = Embedder::load(Cpu, &dir).unwrap();
+    assert!(!e.normalizes);
+    let v = e.embed(&texts, EmbedOptions::default()).unwrap();
+    let d = max_abs_diff(&v.vectors[0], &refs[0].pooled);
+    assert!(d < 1e-4, "pooled embedding differs by {d:e}");
+    // A Dense projection is not implemented: refused, naming the module.
+    let dir = with_modules(
+        "dense",
+        r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+            {"idx":1,"name":"1","path":"2_Dense","type":"sentence_transformers.models.Dense"}]"#,
+    );
+    let err = Embedder::load(Cpu, &dir)
+        .err()
+        .expect("Dense must be refused")
+        .to_string();
+    assert!(
+        err.contains("Dense") && err.contains("modules.json"),
+        "{err}"
+    );
 }

@@ -9,7 +9,6 @@ use flexp::run::RawConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("flexp-run-{name}-{}", std::process::id()));
@@ -211,35 +210,23 @@ fn killed_run_resumes_to_the_same_metrics() {
     let full = d.join("full");
     ok(&flexp(&base_args(&data, &full)));
 
+    // The run dies right after round 2's checkpoint, as a kill would (no unwinding, nothing
+    // cleaned up): a fixed point, not a race against a polling timer.
     let cut = d.join("cut");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+    let killed = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
         .args(base_args(&data, &cut))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+        .env("FLEXP_ABORT_AFTER_CHECKPOINT", "2")
+        .output()
         .unwrap();
-    let meta = cut.join("checkpoint/meta.json");
-    let t0 = Instant::now();
-    let killed_after = loop {
-        if let Ok(t) = std::fs::read_to_string(&meta) {
-            if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                let r = v["round"].as_u64().unwrap_or(0);
-                if r >= 2 {
-                    child.kill().unwrap();
-                    break r;
-                }
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    child.wait().unwrap();
-    assert!(
-        killed_after < 6,
-        "the run finished before it could be killed"
+    assert!(!killed.status.success(), "the run should have been aborted");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("checkpoint/meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["round"], 2, "{meta}");
+    assert_eq!(
+        metrics(&cut),
+        metrics(&full)[..1],
+        "the killed run wrote round 2's evaluation"
     );
     assert!(!cut.join("report.json").exists(), "killed before the end");
 
@@ -390,6 +377,50 @@ fn bad_settings_are_clear_errors() {
     );
     let e = run(&["partition=\"zipf:2\""]);
     assert!(e.contains("zipf") && e.contains("dirichlet"), "{e}");
+}
+
+#[test]
+fn settings_that_would_mislead_are_refused_before_training() {
+    let d = tmp("mislead");
+    let data = write_data(&d);
+    let run = |extra: &[&str]| -> String {
+        let mut args = base_args(&data, &d.join("never"));
+        for e in extra {
+            args.extend(["--set".into(), e.to_string()]);
+        }
+        let o = flexp(&args);
+        assert_eq!(o.status.code(), Some(2), "should fail: {extra:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = run(&["lora.alpha=0"]);
+    assert!(e.contains("`lora.alpha` must be positive"), "{e}");
+    let e = run(&["lora.alpha=-2.5"]);
+    assert!(
+        e.contains("`lora.alpha` must be positive") && e.contains("-2.5"),
+        "{e}"
+    );
+    let e = run(&["lora.targets=[]"]);
+    assert!(e.contains("`lora.targets` is empty"), "{e}");
+    // u_tail is a FlexP-SFL setting: elsewhere it would only distort the cost accounting.
+    let e = run(&["algorithm=\"fedavg\"", "u_tail=1"]);
+    assert!(e.contains("`u_tail`") && e.contains("fedavg"), "{e}");
+    // A client without test examples would make the personalized mean NaN.
+    let e = run(&["test_fraction=0"]);
+    assert!(
+        e.contains("has no test examples") && e.contains("test_fraction"),
+        "{e}"
+    );
+    let e = run(&["clients=50", "partition=\"iid\""]);
+    assert!(e.contains("has no test examples"), "{e}");
+    assert!(
+        !d.join("never").exists(),
+        "nothing may be written for a refused run"
+    );
+    // --threads 0 would silently mean "all cores" to the thread pool.
+    let o = flexp(&["--threads".into(), "0".into(), "plan".into()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("--threads") && e.contains("at least 1"), "{e}");
 }
 
 #[test]

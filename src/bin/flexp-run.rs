@@ -39,8 +39,8 @@ fn keep_freed_memory() {
                   device profiles, dirichlet:0.5 (assets are fetched on first use)."
 )]
 struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads, at least 1 (default: all cores).
+    #[arg(long, global = true, value_parser = at_least_one)]
     threads: Option<usize>,
     /// Plain log lines instead of progress bars.
     #[arg(long, global = true)]
@@ -106,6 +106,10 @@ enum Command {
     },
     /// Time one FlexP-SFL training round (random tokens and labels) and print one JSON line;
     /// tools/torch_reference/flexp_round.py is the PyTorch counterpart.
+    ///
+    /// Keys: the sizes (`clients`, `batch`, `seq`, `steps`), `tokens`, `seconds`, `tokens_per_s`,
+    /// `loss`, `backend`, `precision`, `threads`, the machine (`cpu`, the CPU's model name, and
+    /// `isa`, the instruction sets detected) and, on the CPU, `kernel` (the product kernel used).
     Bench {
         /// Checkpoint folder.
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
@@ -132,7 +136,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Storage of the frozen base weights: f32, or bf16 (products on AMX tiles or the
-        /// AVX512-BF16 kernel where the CPU has them; the JSON line says which in `bf16_kernel`).
+        /// AVX512-BF16 kernel where the CPU has them; the JSON line says which in `kernel`).
         #[arg(long, default_value = "f32")]
         precision: String,
     },
@@ -147,13 +151,26 @@ enum Command {
         /// Output file of JSON lines {"text": ..., "embedding": [...]}.
         #[arg(long)]
         output: PathBuf,
-        /// L2-normalise the embeddings.
-        #[arg(long)]
+        /// L2-normalise the embeddings (the default where the checkpoint's modules.json ends in
+        /// Normalize, as sentence-transformers does).
+        #[arg(long, conflicts_with = "no_normalize")]
         normalize: bool,
+        /// Write the pooled embeddings without L2 normalisation, whatever modules.json says.
+        #[arg(long)]
+        no_normalize: bool,
         /// Texts longer than the model's limit.
         #[arg(long, value_enum, default_value = "truncate")]
         long_text: LongTextArg,
     },
+}
+
+/// `--threads`: a positive count (rayon would read 0 as "all cores", which is not what was asked).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (omit --threads to use every core)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a thread count: {e}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -406,13 +423,18 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             input,
             output,
             normalize,
+            no_normalize,
             long_text,
         } => {
             let t0 = std::time::Instant::now();
             let (be, line) = select(backend)?;
             eprintln!("{line}");
             let opts = EmbedOptions {
-                normalize,
+                normalize: match (normalize, no_normalize) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
                 long_text: match long_text {
                     LongTextArg::Truncate => LongText::Truncate,
                     LongTextArg::Error => LongText::Error,

@@ -72,8 +72,24 @@ impl BenchResult {
             "precision": precision,
             "threads": threads,
             "loss": self.loss,
+            "cpu": cpu_model(),
+            "isa": crate::backend::cpu::instruction_sets(),
         })
     }
+}
+
+/// The CPU's model name as the kernel reports it (`/proc/cpuinfo`), or `"unknown"`: ratios
+/// against another implementation mean little without the machine beside them.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Checks a spec against the model it will run on.

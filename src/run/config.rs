@@ -265,6 +265,18 @@ impl RawConfig {
             .iter()
             .map(|t| Target::parse(t))
             .collect::<Result<Vec<_>>>()?;
+        if targets.is_empty() {
+            return Err(Error::Input(
+                "`lora.targets` is empty: LoRA needs at least one projection to adapt (e.g. [\"q\", \"v\"])"
+                    .into(),
+            ));
+        }
+        let lora_alpha = f("lora.alpha")?;
+        if lora_alpha <= 0.0 {
+            return Err(Error::Input(format!(
+                "`lora.alpha` must be positive (the adapters' scale is alpha / rank), got {lora_alpha}"
+            )));
+        }
         let hyper = Hyper {
             lr: f("lr")? as f32,
             weight_decay: f("weight_decay")? as f32,
@@ -324,6 +336,16 @@ impl RawConfig {
         if hyper.lr <= 0.0 {
             return Err(Error::Input("`lr` must be positive".into()));
         }
+        // Only FlexP-SFL keeps a U-shaped tail on the client; elsewhere the key would change the
+        // cost accounting of a model that is not split that way.
+        if hyper.u_tail > 0 && algorithm != AlgorithmKind::FlexpSfl {
+            return Err(Error::Input(format!(
+                "`u_tail` = {} applies only to algorithm = \"flexp-sfl\" (the U-shaped split); `{}` \
+                 has no client-side tail: remove the key or set it to 0",
+                hyper.u_tail,
+                algorithm.name()
+            )));
+        }
         let seed = u("seed")? as u64;
         let out = match s("out")? {
             o if o.is_empty() => PathBuf::from(format!("runs/{}-seed{seed}", algorithm.name())),
@@ -345,7 +367,7 @@ impl RawConfig {
             rounds: positive("rounds", u("rounds")?)?,
             seq_len: positive("seq_len", u("seq_len")?)?,
             lora_rank: positive("lora.rank", u("lora.rank")?)?,
-            lora_alpha: f("lora.alpha")? as f32,
+            lora_alpha: lora_alpha as f32,
             lora_targets: targets,
             algorithm,
             split,

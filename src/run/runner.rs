@@ -190,6 +190,17 @@ pub fn prepare<B: Backend>(
             "client {k} has no training examples; use fewer clients or more data"
         )));
     }
+    // Personalized accuracy is each client's own test split: a client without one would turn the
+    // headline mean and spread into NaN, so the split is refused before any training.
+    if let Some(k) = clients.iter().position(|c| c.test.is_empty()) {
+        return Err(Error::Input(format!(
+            "client {k} has no test examples (it holds {} examples; test_fraction = {}): every \
+             client needs at least one to report personalized accuracy; raise `test_fraction`, \
+             use fewer clients or more data",
+            clients[k].train.len(),
+            cfg.test_fraction
+        )));
+    }
     let global_test = data::global_test(&splits).into_iter().map(ex).collect();
     let classes = ds.label_names.clone();
     let (cost, plan, profiles) = plan(cfg, &model.config, classes.len())?;
@@ -308,9 +319,6 @@ pub fn run<B: Backend + 'static>(
             dir.display()
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    write_atomic(&dir.join("config.toml"), resolved_toml.as_bytes())?;
-
     progress.message(&format!(
         "model: loading {} (block weights in {})",
         cfg.model.display(),
@@ -318,6 +326,10 @@ pub fn run<B: Backend + 'static>(
     ));
     let model = load_model_with(be, &cfg.model, cfg.precision)?;
     let prep = prepare(cfg, &model, progress)?;
+    // The folder is made only once the model and data are known to be usable, so a refused run
+    // leaves nothing behind.
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    write_atomic(&dir.join("config.toml"), resolved_toml.as_bytes())?;
     progress.message(&format!(
         "data: {} clients, {} train / {} test examples, classes {:?}",
         cfg.clients,
@@ -485,6 +497,7 @@ pub fn run<B: Backend + 'static>(
                 rejected,
             };
             checkpoint::save(&ckpt_dir, be, algo.as_mut(), &meta)?;
+            abort_if_asked(r);
         }
     }
 
@@ -515,6 +528,18 @@ fn finite_or_null(v: f64) -> Value {
 }
 
 /// Clients of one round: each joins with probability q, at least one (deterministic per seed).
+/// Fault injection for the resume tests (docs/testing.md): with `FLEXP_ABORT_AFTER_CHECKPOINT=N`
+/// the process dies right after round N's checkpoint, as a kill would (no unwinding, nothing
+/// flushed or cleaned up), at a point a test can name instead of racing a timer.
+fn abort_if_asked(round: usize) {
+    let asked = std::env::var("FLEXP_ABORT_AFTER_CHECKPOINT")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if asked == Some(round) {
+        std::process::abort();
+    }
+}
+
 pub fn sample_participants(n: usize, q: f64, rng: &mut Rng) -> Vec<usize> {
     if q >= 1.0 {
         return (0..n).collect();

@@ -67,6 +67,25 @@ pub fn f32_kernel() -> &'static str {
     }
 }
 
+/// The instruction-set extensions the CPU kernels choose between, as detected at run time
+/// (`amx-bf16` only where the OS also grants the tile state).
+pub fn instruction_sets() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut out = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let found = [
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512bf16", bf16_gemm::avx512_bf16_available()),
+            ("amx-bf16", bf16_gemm::amx_available()),
+        ];
+        out.extend(found.iter().filter(|(_, on)| *on).map(|(n, _)| *n));
+    }
+    out
+}
+
 /// The CPU backend.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
