@@ -5,32 +5,53 @@ use flexp::backend::cuda::driver::CudaDriver;
 use flexp::backend::cuda::{select, BackendChoice, Selected};
 use std::process::Command;
 
+/// Whether this machine has a usable GPU, observed independently of the code under test:
+/// `FLEXP_EXPECT_GPU=1|0` where the runner knows (tools and CI set it), else whether the NVIDIA
+/// device node exists.
+fn machine_has_gpu() -> bool {
+    match std::env::var("FLEXP_EXPECT_GPU").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => std::path::Path::new("/dev/nvidia0").exists(),
+    }
+}
+
 #[test]
 fn cuda_choice_matches_what_the_machine_has() {
-    let probe = CudaDriver::probe();
-    match (select(BackendChoice::Cuda), probe) {
-        (Ok((Selected::Cuda(_), line)), Ok(_)) => assert!(line.contains("cuda on")),
-        (Err(e), Err(_)) => {
-            let msg = e.to_string();
-            assert!(msg.contains("CUDA") || msg.contains("NVRTC"), "{msg}");
-        }
-        (Ok((Selected::Cpu(_), _)), _) => panic!("--backend cuda must never give the CPU"),
-        (Ok(_), Err(e)) => panic!("cuda selected although the probe failed: {e}"),
-        (Err(e), Ok(n)) => {
-            // A GPU is present but unusable (e.g. NVRTC missing): the message must say why.
-            assert!(n > 0 && !e.to_string().is_empty());
-        }
+    let chosen = select(BackendChoice::Cuda);
+    if machine_has_gpu() {
+        let (sel, line) = chosen.expect("a GPU is present: --backend cuda must open it");
+        assert!(matches!(sel, Selected::Cuda(_)), "{line}");
+        assert!(line.contains("cuda on"), "{line}");
+        assert!(CudaDriver::probe().expect("probe on a GPU machine") > 0);
+    } else {
+        let msg = match chosen {
+            Ok((_, line)) => panic!("no GPU here, yet --backend cuda gave: {line}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("CUDA"),
+            "the error must say CUDA is missing: {msg}"
+        );
+        assert!(CudaDriver::probe().is_err(), "the probe must agree: no GPU");
     }
 }
 
 #[test]
 fn auto_falls_back_to_cpu_with_a_reason_when_no_gpu() {
     let (sel, line) = select(BackendChoice::Auto).expect("auto never fails");
-    match (sel, CudaDriver::probe()) {
-        (Selected::Cpu(_), Err(_)) => assert!(line.contains("no usable GPU"), "{line}"),
-        (Selected::Cuda(_), Ok(_)) => assert!(line.contains("cuda on"), "{line}"),
-        (Selected::Cpu(_), Ok(_)) => assert!(line.contains("no usable GPU"), "{line}"),
-        (Selected::Cuda(_), Err(e)) => panic!("auto chose cuda although the probe failed: {e}"),
+    if machine_has_gpu() {
+        assert!(matches!(sel, Selected::Cuda(_)), "{line}");
+        assert!(
+            line.contains("cuda on") && line.contains("(auto)"),
+            "{line}"
+        );
+    } else {
+        assert!(matches!(sel, Selected::Cpu(_)), "{line}");
+        assert!(
+            line.contains("no usable GPU") && line.contains("CUDA"),
+            "{line}"
+        );
     }
 }
 
@@ -44,7 +65,7 @@ fn emulator_choice_gives_the_cuda_backend() {
 
 #[test]
 fn cli_backend_cuda_without_gpu_exits_2_with_message() {
-    if CudaDriver::probe().is_ok() {
+    if machine_has_gpu() {
         // With a GPU the same command must succeed instead.
         let out = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
             .args(["--backend", "cuda", "plan"])
