@@ -272,6 +272,6 @@ pub fn embed_file<B: Backend>(
         out.push_str(&line.to_string());
         out.push('\n');
     }
-    crate::model::write_atomic(output, out.as_bytes())?;
+    crate::fsutil::write_atomic(output, out.as_bytes())?;
     Ok(emb)
 }

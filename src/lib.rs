@@ -10,6 +10,7 @@
 //!   structure, checkpoint loading (safetensors, config.json, tokenizer.json), LoRA adapters and
 //!   task heads.
 //! - [`backend`]: the tensor operations, with a CPU implementation.
+//! - [`fsutil`]: atomic file writes, used by every layer above.
 //!
 //! [`embed`] is the sentence-embedding pipeline behind `flexp-run embed`.
 
@@ -20,6 +21,7 @@ pub mod embed;
 pub mod error;
 pub mod executor;
 pub mod federated;
+pub mod fsutil;
 pub mod model;
 pub mod report;
 pub mod rng;

@@ -397,7 +397,7 @@ impl<B: Backend> AdapterSet<B> {
         }
         let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::Backend(format!("serialising adapters: {e:?}")))?;
-        crate::model::write_atomic(path, &data)
+        crate::fsutil::write_atomic(path, &data)
     }
 
     /// Loads a set saved by [`AdapterSet::save`] for a model with configuration `cfg`.

@@ -7,7 +7,7 @@ use super::run_report::time_to_target;
 use super::schema::Run;
 use super::svg::BarChart;
 use crate::error::{Error, Result};
-use crate::model::write_atomic;
+use crate::fsutil::write_atomic;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@ use super::fmt::{cell, gflop, int, mb, mib, pct, pct_pm, secs, table, text, Alig
 use super::schema::{BestSource, MetricsRow, RoundFigures, Run};
 use super::svg::{BarChart, LineChart, Series};
 use crate::error::Result;
-use crate::model::write_atomic;
+use crate::fsutil::write_atomic;
 use std::path::Path;
 
 /// Accuracy vs round plot, written into the run folder.

@@ -5,7 +5,7 @@
 use crate::algorithms::Algorithm;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::write_atomic;
+use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;

@@ -10,9 +10,8 @@ use crate::error::{Error, Result};
 use crate::federated::{
     mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
 };
-use crate::model::{
-    load_model_with, write_atomic, LoraConfig, Model, ModelConfig, Pooling, Tokenizer,
-};
+use crate::fsutil::write_atomic;
+use crate::model::{load_model_with, LoraConfig, Model, ModelConfig, Pooling, Tokenizer};
 use crate::rng::Rng;
 use serde_json::{json, Value};
 use std::io::Write;

@@ -157,7 +157,7 @@ pub fn compile_cached(file_name: &str, file_text: &str, arch: &'static str) -> R
     let ptx = compile(file_name, file_text, arch)?;
     if let (Some(d), Some(p)) = (&dir, &path) {
         if std::fs::create_dir_all(d).is_ok() {
-            let _ = crate::model::write_atomic(p, ptx.as_bytes());
+            let _ = crate::fsutil::write_atomic(p, ptx.as_bytes());
         }
     }
     Ok(ptx)

@@ -1,0 +1,34 @@
+//! File utilities below every layer: whatever writes a file a user keeps (checkpoints, reports,
+//! embeddings, the kernel cache) writes it through here.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Writes `data` to `path` atomically: a temporary file in the same folder, synced, then renamed
+/// over the target, so a crash never leaves a half-written file under the final name.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        // The target is untouched; do not leave the temporary copy behind either.
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
