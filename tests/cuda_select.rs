@@ -68,7 +68,11 @@ fn cli_backend_cuda_without_gpu_exits_2_with_message() {
     if machine_has_gpu() {
         // With a GPU the same command must succeed instead.
         let out = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
-            .args(["--backend", "cuda", "plan"])
+            .args(["--backend", "cuda", "plan", "--config"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/rotten_tomatoes.toml"
+            ))
             .output()
             .unwrap();
         assert!(out.status.success());

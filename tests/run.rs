@@ -57,8 +57,6 @@ fn base_args(data: &Path, out: &Path) -> Vec<String> {
         format!("data.path={}", toml_str(data)),
         "data.text_column=\"review\"".into(),
         "data.label_column=\"label\"".into(),
-        "data.labels=[]".into(),
-        "data.max_examples=0".into(),
         "partition=\"column:movie\"".into(),
         "clients=3".into(),
         "rounds=6".into(),
@@ -423,10 +421,123 @@ fn settings_that_would_mislead_are_refused_before_training() {
     assert!(e.contains("--threads") && e.contains("at least 1"), "{e}");
 }
 
+/// A user's own data set with nothing but its path and columns named: every label found is
+/// used and nothing is capped (the bundled example's `data.labels` and `data.max_examples` live
+/// in examples/rotten_tomatoes.toml, not in the keys' defaults), and the run's config.toml
+/// records the classes trained on.
+#[test]
+fn own_data_set_needs_only_its_path_and_columns() {
+    let d = tmp("own-data");
+    // More rows than the example's cap of 3,000, in classes the example does not have.
+    let animals = [
+        ("cat", ["purrs", "naps", "meows"]),
+        ("dog", ["barks", "fetches", "wags"]),
+        ("bird", ["sings", "flies", "nests"]),
+    ];
+    let mut csv = String::from("sentence,animal\n");
+    let rows = 3012;
+    for i in 0..rows {
+        let (label, verbs) = &animals[i % 3];
+        csv.push_str(&format!(
+            "it {} at {},{label}\n",
+            verbs[(i / 3) % 3],
+            i % 17
+        ));
+    }
+    let data = d.join("animals.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = d.join("run");
+    let mut args = vec!["--quiet".to_string(), "train".to_string()];
+    for s in [
+        format!("data.path={}", toml_str(&data)),
+        "data.text_column=\"sentence\"".into(),
+        "data.label_column=\"animal\"".into(),
+        // Run size only: small enough for a test, nothing about the data.
+        format!("model={}", toml_str(&model())),
+        "clients=3".into(),
+        "rounds=1".into(),
+        "local_steps=1".into(),
+        "batch_size=4".into(),
+        "seq_len=12".into(),
+        "lora.rank=2".into(),
+        "split=[1]".into(),
+        format!("out={}", toml_str(&out)),
+    ] {
+        args.extend(["--set".into(), s]);
+    }
+    let o = flexp(&args);
+    ok(&o);
+    let r = json(&out.join("report.json"));
+    let clients = r["clients"].as_array().unwrap();
+    let used: u64 = clients
+        .iter()
+        .map(|c| c["train_examples"].as_u64().unwrap() + c["test_examples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(used, rows as u64, "every row is used, none capped");
+    let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let cfg = RawConfig::from_toml(&text).unwrap().resolve().unwrap();
+    assert_eq!(cfg.labels, ["bird", "cat", "dog"], "{text}");
+    assert_eq!(cfg.max_examples, 0, "{text}");
+    assert_eq!(cfg.global_eval_max, 0, "{text}");
+    assert_eq!(cfg.data_path, data);
+}
+
+/// U-shaped FlexP-SFL keeps the tail blocks and the head on the clients, so G is never trained
+/// there: the run reports no global model (with the reason) instead of scoring an untrained head.
+#[test]
+fn u_shaped_run_reports_no_global_model_and_says_why() {
+    let d = tmp("u-shaped");
+    let data = write_data(&d);
+    let out = d.join("run");
+    let mut args = base_args(&data, &out);
+    for s in ["u_tail=1", "rounds=2"] {
+        args.extend(["--set".into(), s.into()]);
+    }
+    ok(&flexp(&args));
+    let r = json(&out.join("report.json"));
+    let s = &r["summary"];
+    assert!(s["global_model_acc"].is_null(), "{s}");
+    assert!(s["personalized_acc_mean"].is_number() && s["global_acc_mean"].is_number());
+    let note = s["global_model_note"].as_str().unwrap_or_default();
+    assert!(note.contains("U-shaped"), "{s}");
+    for m in metrics(&out) {
+        assert!(m["global_model_acc"].is_null(), "{m}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("No global model: in the U-shaped split"),
+        "{md}"
+    );
+}
+
+/// Without `data.path` the run is refused with the key's name and the bundled example.
+#[test]
+fn missing_data_path_is_a_clear_error() {
+    let d = tmp("no-data");
+    let o = flexp(&[
+        "--quiet".into(),
+        "train".into(),
+        "--set".into(),
+        format!("out={}", toml_str(&d.join("never"))),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("`data.path` is not set") && e.contains("examples/rotten_tomatoes.toml"),
+        "{e}"
+    );
+    assert!(!d.join("never").exists());
+}
+
 #[test]
 fn plan_prints_the_split_table() {
     let o = flexp(&[
         "plan".into(),
+        "--config".into(),
+        root()
+            .join("examples/rotten_tomatoes.toml")
+            .display()
+            .to_string(),
         "--set".into(),
         format!("model={}", toml_str(&model())),
         "--set".into(),

@@ -22,7 +22,7 @@ prev_n=""; prev_rss=""; first_n=""; first_rss=""; last_state=""
 for n in "${counts[@]}"; do
   frac=$(python3 -c "print(min(1.0, 10/$n))")
   start=$(date +%s.%N)
-  /usr/bin/time -f '%M' -o "$tmp/rss" "$bin" --quiet --backend cpu train \
+  /usr/bin/time -f '%M' -o "$tmp/rss" "$bin" --quiet --backend cpu train --config examples/rotten_tomatoes.toml \
     --set clients="$n" --set client_fraction="$frac" --set rounds=1 --set local_steps=1 \
     --set data.max_examples=0 --set eval.global_max=5 --set partition='"iid"' \
     --set checkpoint_every=0 --set out="\"$tmp/run$n\"" > "$tmp/log$n" 2>&1

@@ -17,7 +17,7 @@ cargo build --release --quiet
 bin=target/release/flexp-run
 
 # The protocol: small enough for a 2-core machine, the same for every algorithm.
-common=(--set rounds=6 --set local_steps=3 --set eval_every=3 --set data.max_examples=2000
+common=(--config examples/rotten_tomatoes.toml --set rounds=6 --set local_steps=3 --set eval_every=3 --set data.max_examples=2000
         --set eval.global_max=100 --set clients=10 --set batch_size=8 --set seq_len=64)
 
 list=$(mktemp)

@@ -147,6 +147,10 @@ impl<B: Backend> Algorithm<B> for FedBip<B> {
         None
     }
 
+    fn no_global_model(&self) -> &'static str {
+        "FedBip aggregates per client (similarity-weighted), so there is no single global model"
+    }
+
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
         self.aggregates
             .iter_mut()

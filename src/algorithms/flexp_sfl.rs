@@ -320,7 +320,15 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
     }
 
     fn global(&self) -> Option<Chain<'_, B>> {
-        Some(whole(&self.global))
+        // U-shaped, the tail blocks and the head are the clients' own and the server never
+        // trains G there: G alone would put an untrained tail and head on the global test set.
+        (self.tail == 0).then(|| whole(&self.global))
+    }
+
+    fn no_global_model(&self) -> &'static str {
+        "in the U-shaped split the last blocks and the head stay on the clients and are personal, \
+         so the server's global adapters are never trained there and are no model on their own; \
+         the personalized models' accuracy on the global test set is the comparable figure"
     }
 
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {

@@ -105,6 +105,10 @@ impl<B: Backend> Algorithm<B> for Local<B> {
         None
     }
 
+    fn no_global_model(&self) -> &'static str {
+        "local training never aggregates, so there is no global model"
+    }
+
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)> {
         self.clients.state()
     }

@@ -108,8 +108,12 @@ pub trait Algorithm<B: Backend> {
     ) -> Result<RoundLog>;
     /// Client k's personalized model.
     fn personal(&self, k: usize) -> Chain<'_, B>;
-    /// The global model, where the algorithm has one.
+    /// The global model, where the algorithm has one that is a trained model on its own.
     fn global(&self) -> Option<Chain<'_, B>>;
+    /// Why [`Algorithm::global`] is `None`, in one sentence for the run report.
+    fn no_global_model(&self) -> &'static str {
+        "this algorithm keeps no global model"
+    }
     /// Every trainable state tensor set (parameters and optimizer moments) by a stable name, for
     /// checkpoints.
     fn state(&mut self) -> Vec<(String, &mut AdapterSet<B>)>;

@@ -34,9 +34,10 @@ fn keep_freed_memory() {
     name = "flexp-run",
     version,
     about = "Personalized split federated fine-tuning engine",
-    long_about = "Personalized split federated fine-tuning engine.\n\nWith no command, runs the default \
-                  experiment: FlexP-SFL on all-MiniLM-L6-v2 with Rotten Tomatoes, 10 clients with mixed \
-                  device profiles, dirichlet:0.5 (assets are fetched on first use)."
+    long_about = "Personalized split federated fine-tuning engine.\n\nWith no command, runs the bundled \
+                  example, `train --config examples/rotten_tomatoes.toml` (from the repository root): \
+                  FlexP-SFL on all-MiniLM-L6-v2 with Rotten Tomatoes, 10 clients with mixed device \
+                  profiles, dirichlet:0.5 (assets are fetched on first use)."
 )]
 struct Cli {
     /// Worker threads, at least 1 (default: all cores).
@@ -76,7 +77,8 @@ enum LongTextArg {
 enum Command {
     /// Fine-tune with a federated / split algorithm and write a run folder.
     Train {
-        /// Experiment configuration (TOML); every key has a default.
+        /// Experiment configuration (TOML); a key it does not set takes its default, and
+        /// `data.path` has none (examples/rotten_tomatoes.toml is the bundled example).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override a configuration key (repeatable), e.g. --set rounds=20 --set algorithm=fedavg.
@@ -186,7 +188,7 @@ fn main() -> ExitCode {
         }
     }
     let command = cli.command.unwrap_or(Command::Train {
-        config: None,
+        config: Some(PathBuf::from(EXAMPLE_CONFIG)),
         set: Vec::new(),
         resume: None,
     });
@@ -269,8 +271,18 @@ impl Progress for BarProgress {
     }
 }
 
+/// The bundled example's configuration, which `flexp-run` with no command runs.
+const EXAMPLE_CONFIG: &str = "examples/rotten_tomatoes.toml";
+
 fn load_raw(config: Option<&Path>, set: &[String]) -> flexp::Result<RawConfig> {
     let mut raw = match config {
+        Some(p) if p == Path::new(EXAMPLE_CONFIG) && !p.exists() => {
+            return Err(flexp::Error::Input(format!(
+                "{EXAMPLE_CONFIG} not found: `flexp-run` with no command runs the bundled example \
+                 from the repository root; elsewhere use `flexp-run train --config FILE.toml` or \
+                 `--set data.path=FILE`"
+            )))
+        }
         Some(p) => RawConfig::from_file(p)?,
         None => RawConfig::default(),
     };
@@ -371,11 +383,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
         Command::Plan { config, set } => {
             let cfg = load_raw(config.as_deref(), &set)?.resolve()?;
             let mc = ModelConfig::from_file(&cfg.model.join("config.json"))?;
-            let classes = if cfg.labels.is_empty() {
-                2
-            } else {
-                cfg.labels.len()
-            };
+            let classes = flexp::run::runner::class_count(&cfg)?;
             let (_, plan, _) = flexp::run::runner::plan(&cfg, &mc, classes)?;
             println!("{}", plan.table());
             Ok(())

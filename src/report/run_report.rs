@@ -242,6 +242,9 @@ fn markdown(run: &Run) -> String {
         &rows,
     ));
     md.push('\n');
+    if let (None, Some(note)) = (last.global_model_acc, &r.summary.global_model_note) {
+        md.push_str(&format!("No global model: {note}.\n\n"));
+    }
     md.push_str(match best.as_ref().map(|(_, s)| s) {
         Some(BestSource::Report) => "Best round: as selected by the run (`report.json`).\n",
         Some(BestSource::Metrics) => {

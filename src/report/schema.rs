@@ -76,6 +76,8 @@ pub struct Summary {
     pub global_acc_mean: Option<f64>,
     /// Last-round accuracy of the global model.
     pub global_model_acc: Option<f64>,
+    /// Why the run has no global model, when it has none.
+    pub global_model_note: Option<String>,
     /// Bytes sent per client over the run (mean over clients).
     pub bytes_up_per_client: Option<f64>,
     /// Bytes received per client over the run (mean over clients).

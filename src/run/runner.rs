@@ -2,7 +2,7 @@
 //! evaluation, accounting, checkpoints, report.
 
 use super::checkpoint::{self, Meta};
-use super::config::{RunConfig, SplitSpec};
+use super::config::{RawConfig, RunConfig, SplitSpec};
 use crate::algorithms::{self, evaluate, Chain, ClientData, Example, Federation};
 use crate::backend::Backend;
 use crate::data::{self, DataSpec, Dataset};
@@ -122,20 +122,48 @@ fn lora_config(cfg: &RunConfig) -> LoraConfig {
     }
 }
 
+/// Refuses a configuration without a data file, naming the key and the bundled example.
+fn require_data_path(cfg: &RunConfig) -> Result<()> {
+    if cfg.data_path.as_os_str().is_empty() {
+        return Err(Error::Input(
+            "`data.path` is not set: name your CSV or JSONL file (`--set data.path=FILE` with \
+             `data.text_column` and `data.label_column`), or run the bundled example with \
+             `--config examples/rotten_tomatoes.toml`"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn data_spec(cfg: &RunConfig) -> DataSpec {
+    DataSpec {
+        path: cfg.data_path.clone(),
+        text_column: cfg.text_column.clone(),
+        label_column: cfg.label_column.clone(),
+        group_column: cfg.partition.group_column().map(str::to_string),
+    }
+}
+
+/// The number of classes a run trains on: the listed `data.labels`, or every label in the data
+/// file when none are listed (reads the file).
+pub fn class_count(cfg: &RunConfig) -> Result<usize> {
+    if !cfg.labels.is_empty() {
+        return Ok(cfg.labels.len());
+    }
+    require_data_path(cfg)?;
+    let (ds, _) = Dataset::load_skipping_empty(&data_spec(cfg))?;
+    Ok(ds.num_classes())
+}
+
 /// Loads, filters, caps, partitions, splits and tokenises the data.
 pub fn prepare<B: Backend>(
     cfg: &RunConfig,
     model: &Model<B>,
     progress: &mut dyn Progress,
 ) -> Result<Prepared> {
+    require_data_path(cfg)?;
     let tok = Tokenizer::from_file(&cfg.model.join("tokenizer.json"), model.config.vocab_size)?;
-    let spec = DataSpec {
-        path: cfg.data_path.clone(),
-        text_column: cfg.text_column.clone(),
-        label_column: cfg.label_column.clone(),
-        group_column: cfg.partition.group_column().map(str::to_string),
-    };
-    let (mut ds, skipped) = Dataset::load_skipping_empty(&spec)?;
+    let (mut ds, skipped) = Dataset::load_skipping_empty(&data_spec(cfg))?;
     if !skipped.is_empty() {
         progress.message(&format!(
             "data: skipped {} rows with an empty text or label (file lines {:?}{})",
@@ -251,6 +279,8 @@ struct Eval {
     personal: Vec<f64>,
     global_of_personal: Vec<f64>,
     global_model: Option<f64>,
+    /// Why there is no global model, when there is none.
+    global_model_note: Option<&'static str>,
 }
 
 fn run_eval<B: Backend>(
@@ -279,11 +309,25 @@ fn run_eval<B: Backend>(
         Some(g) => acc(&evaluate(fed, &[g], &[global_test])?).first().copied(),
         None => None,
     };
+    let global_model_note = global_model.is_none().then(|| algo.no_global_model());
     Ok(Eval {
         personal,
         global_of_personal,
         global_model,
+        global_model_note,
     })
+}
+
+/// The resolved configuration with `data.labels` naming the classes found when the user listed
+/// none, so the run folder records what was trained on (and `--resume` reads the same classes).
+fn with_labels_used(resolved_toml: &str, cfg: &RunConfig, classes: &[String]) -> Result<String> {
+    if !cfg.labels.is_empty() {
+        return Ok(resolved_toml.to_string());
+    }
+    let mut raw = RawConfig::from_toml(resolved_toml)?;
+    let list = toml::Value::Array(classes.iter().cloned().map(toml::Value::String).collect());
+    raw.set(&format!("data.labels={list}"))?;
+    Ok(raw.resolved_toml())
 }
 
 /// Runs an experiment. With `resume`, continues from the run folder's last checkpoint.
@@ -323,12 +367,18 @@ pub fn run<B: Backend + 'static>(
         cfg.model.display(),
         cfg.precision
     ));
+    require_data_path(cfg)?;
     let model = load_model_with(be, &cfg.model, cfg.precision)?;
     let prep = prepare(cfg, &model, progress)?;
     // The folder is made only once the model and data are known to be usable, so a refused run
     // leaves nothing behind.
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    write_atomic(&dir.join("config.toml"), resolved_toml.as_bytes())?;
+    let recorded = if resume {
+        resolved_toml.to_string()
+    } else {
+        with_labels_used(resolved_toml, cfg, &prep.classes)?
+    };
+    write_atomic(&dir.join("config.toml"), recorded.as_bytes())?;
     progress.message(&format!(
         "data: {} clients, {} train / {} test examples, classes {:?}",
         cfg.clients,
@@ -526,7 +576,6 @@ fn finite_or_null(v: f64) -> Value {
     }
 }
 
-/// Clients of one round: each joins with probability q, at least one (deterministic per seed).
 /// Fault injection for the resume tests (docs/testing.md): with `FLEXP_ABORT_AFTER_CHECKPOINT=N`
 /// the process dies right after round N's checkpoint, as a kill would (no unwinding, nothing
 /// flushed or cleaned up), at a point a test can name instead of racing a timer.
@@ -539,6 +588,7 @@ fn abort_if_asked(round: usize) {
     }
 }
 
+/// Clients of one round: each joins with probability q, at least one (deterministic per seed).
 pub fn sample_participants(n: usize, q: f64, rng: &mut Rng) -> Vec<usize> {
     if q >= 1.0 {
         return (0..n).collect();
@@ -627,6 +677,7 @@ fn build_report(
             "personalized_acc_min": finite_or_null(pmin),
             "global_acc_mean": finite_or_null(gm),
             "global_model_acc": ev.global_model,
+            "global_model_note": ev.global_model_note,
             "bytes_up_per_client": totals.iter().map(|t| t.up).sum::<f64>() / n,
             "bytes_down_per_client": totals.iter().map(|t| t.down).sum::<f64>() / n,
             "client_flops_mean": totals.iter().map(|t| t.flops).sum::<f64>() / n,
