@@ -97,6 +97,17 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Run a grid of runs (e.g. algorithms x partitions x seeds) from one sweep file, one after
+    /// another, resumable (run it again to finish), then compare them: the mean over seeds with
+    /// 95% confidence intervals and paired t-tests against a reference (out/sweep.md).
+    Sweep {
+        /// The sweep file (TOML: `base`, `out`, `[set]`, `[grid]`; see
+        /// examples/sweep_paper.toml).
+        file: PathBuf,
+        /// Only rebuild sweep.md and sweep.csv from the runs finished so far.
+        #[arg(long)]
+        report_only: bool,
+    },
     /// One table and one plot across run folders.
     Compare {
         /// Run folders.
@@ -258,7 +269,9 @@ impl Progress for BarProgress {
         bar.set_message(format!("loss {loss:.4}{acc}"));
         if round == rounds {
             bar.finish();
-            if let Some(s) = &self.steps {
+            // A sweep runs several trainings through one display: the next starts new bars.
+            self.rounds = None;
+            if let Some(s) = self.steps.take() {
                 s.finish_and_clear();
             }
         }
@@ -419,6 +432,53 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             println!("{json}");
             Ok(())
         }
+        Command::Sweep { file, report_only } => {
+            let spec = flexp::run::sweep::SweepSpec::from_file(&file)?;
+            if report_only {
+                let md = flexp::run::sweep::report(&spec)?;
+                println!("{}", md.display());
+                return Ok(());
+            }
+            if let Some(first) = spec.runs().first() {
+                let cfg = first.raw.resolve()?;
+                ensure_asset(
+                    &cfg.model,
+                    "models/all-MiniLM-L6-v2",
+                    "tools/fetch_minilm.sh",
+                )?;
+                ensure_asset(
+                    &cfg.data_path,
+                    "data/rotten_tomatoes.csv",
+                    "tools/fetch_rotten_tomatoes.sh",
+                )?;
+            }
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            let out = match be {
+                Selected::Cpu(b) => sweep(&b, &spec, quiet)?,
+                Selected::Cuda(b) => sweep(&b, &spec, quiet)?,
+            };
+            eprintln!(
+                "sweep: {} runs finished now, {} were already done, {} failed",
+                out.finished,
+                out.skipped,
+                out.failed.len()
+            );
+            println!("{}", out.report.display());
+            if !out.failed.is_empty() {
+                let list: Vec<String> = out
+                    .failed
+                    .iter()
+                    .map(|(d, e)| format!("{}: {e}", d.display()))
+                    .collect();
+                return Err(flexp::Error::Input(format!(
+                    "{} runs of the sweep failed (the others are in the report):\n  {}",
+                    out.failed.len(),
+                    list.join("\n  ")
+                )));
+            }
+            Ok(())
+        }
         Command::Compare { runs, output } => {
             let c = flexp::report::compare(&runs)?;
             flexp::report::write_comparison(&c, &output)?;
@@ -474,6 +534,18 @@ fn train<B: Backend + 'static>(
         flexp::run::run(be, cfg, text, resuming, &mut LogProgress)
     } else {
         flexp::run::run(be, cfg, text, resuming, &mut BarProgress::new())
+    }
+}
+
+fn sweep<B: Backend + 'static>(
+    be: &B,
+    spec: &flexp::run::sweep::SweepSpec,
+    quiet: bool,
+) -> flexp::Result<flexp::run::sweep::SweepOutcome> {
+    if quiet {
+        flexp::run::sweep::run_sweep(be, spec, &mut LogProgress)
+    } else {
+        flexp::run::sweep::run_sweep(be, spec, &mut BarProgress::new())
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`compare`] builds a table per run (and, for runs repeating an algorithm and partition with
 //!   other seeds, a table of means ± standard deviations across seeds), a bar chart and a CSV;
 //!   [`write_comparison`] writes them.
+//! - [`sweep`] compares the runs of a `flexp-run sweep` over seeds: means with 95% confidence
+//!   intervals and paired t-tests with Holm's correction ([`stats`]).
 //! - [`svg`] is the small chart writer behind the plots (no plotting dependency).
 //!
 //! Figures are formatted for papers: accuracy in percent with one decimal ("87.5 ± 2.1"),
@@ -19,7 +21,9 @@ mod compare;
 mod fmt;
 mod run_report;
 pub mod schema;
+pub mod stats;
 pub mod svg;
+pub mod sweep;
 
 pub use compare::{compare, write_comparison, Comparison};
 pub use run_report::{write_run_report, ACC_VS_ROUND_SVG, ACC_VS_TIME_SVG, CLIENTS_SVG, REPORT_MD};

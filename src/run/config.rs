@@ -153,6 +153,23 @@ impl RawConfig {
         Ok(raw)
     }
 
+    /// A configuration from a TOML table (nested tables become dotted keys).
+    pub fn from_table(table: &toml::Table) -> Self {
+        let mut raw = RawConfig::default();
+        flatten("", table, &mut raw.values);
+        raw
+    }
+
+    /// Sets one key (dotted) to a value, replacing what was there.
+    pub fn insert(&mut self, key: &str, value: Value) {
+        self.values.insert(key.to_string(), value);
+    }
+
+    /// The keys set in this configuration and their values, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// Applies `key=value` (value parsed as TOML, else taken as a string).
     pub fn set(&mut self, assignment: &str) -> Result<()> {
         let (k, v) = assignment

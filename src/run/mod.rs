@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod runner;
+pub mod sweep;
 
 pub use config::{RawConfig, RunConfig, SplitSpec};
 pub use runner::{run, LogProgress, Progress, RunOutcome};

@@ -320,7 +320,11 @@ fn run_eval<B: Backend>(
 
 /// The resolved configuration with `data.labels` naming the classes found when the user listed
 /// none, so the run folder records what was trained on (and `--resume` reads the same classes).
-fn with_labels_used(resolved_toml: &str, cfg: &RunConfig, classes: &[String]) -> Result<String> {
+pub(crate) fn with_labels_used(
+    resolved_toml: &str,
+    cfg: &RunConfig,
+    classes: &[String],
+) -> Result<String> {
     if !cfg.labels.is_empty() {
         return Ok(resolved_toml.to_string());
     }
