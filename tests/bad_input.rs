@@ -67,6 +67,11 @@ fn truncated_checkpoint_is_reported_as_corrupt() {
         e.contains("model.safetensors") && e.contains("corrupt"),
         "{e}"
     );
+    // Says what happened and what to do, not the parser's variant name.
+    assert!(
+        e.contains("truncated") && e.contains("fetch it again") && !e.contains("Incomplete"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -76,8 +76,10 @@ fn bert_block_flops_by_hand() {
     // backward = 2·8·512 + 4·8·224 + 2.5·1024 = 8192 + 7168 + 2560 = 17920.
     assert_eq!(c.block_bwd_flops(), 17920.0);
     assert_eq!(c.embed_flops(), 0.0);
-    // classification head, 3 classes: 6·B·d·c = 6·2·8·3 = 288.
-    assert_eq!(c.head_flops(3), 288.0);
+    // classification head, 3 classes: 6·B·d·c + 2·B·c (bias gradient) = 288 + 12 = 300.
+    assert_eq!(c.head_flops(3), 300.0);
+    // Block 0 skips the input gradients of q, k, v: 2·N·d·(q + 2·kv) = 2·8·8·24 = 3072.
+    assert_eq!(c.first_block_skipped_flops(), 3072.0);
     // LM head: 4·N·d·V = 4·8·8·10 = 2560.
     assert_eq!(c.lm_head_flops(), 2560.0);
 }
@@ -85,12 +87,12 @@ fn bert_block_flops_by_hand() {
 #[test]
 fn bert_split_flops_and_bytes_by_hand() {
     let c = bert_cost(3);
-    // One block forward + backward = 12800 + 17920 = 30720; the default head has 2 classes:
-    // 6·2·8·2 = 192.
-    assert_eq!(c.client_flops(1), 30720.0);
-    assert_eq!(c.client_flops(2), 61440.0);
-    assert_eq!(c.server_flops(1), 2.0 * 30720.0 + 192.0);
-    assert_eq!(c.server_flops(2), 30720.0 + 192.0);
+    // One block forward + backward = 12800 + 17920 = 30720, less 3072 on block 0 (no input
+    // gradient of q, k, v); the default head has 2 classes: 6·2·8·2 + 2·2·2 = 200.
+    assert_eq!(c.client_flops(1), 30720.0 - 3072.0);
+    assert_eq!(c.client_flops(2), 61440.0 - 3072.0);
+    assert_eq!(c.server_flops(1), 2.0 * 30720.0 + 200.0);
+    assert_eq!(c.server_flops(2), 30720.0 + 200.0);
     // h: B·T·d·4 = 2·4·8·4 = 256 bytes, each way.
     assert_eq!(c.activation_bytes(), 256.0);
     assert_eq!(c.uplink_bytes(), 256.0);
@@ -144,9 +146,11 @@ fn llama_gate_gqa_causal_and_u_shape_by_hand() {
         .unwrap();
     assert_eq!(u.max_split(), 2);
     let block = 3288.0 + 3792.0; // 7080
-    assert_eq!(u.client_flops(1), 2.0 * block + 960.0);
+                                 // Block 0 skips q, k, v input gradients: 2·N·d·(q + 2·kv) = 2·3·8·16 = 768; the tail
+                                 // block's input gradient goes to the server, so it is computed.
+    assert_eq!(u.client_flops(1), 2.0 * block - 768.0 + 960.0);
     assert_eq!(u.client_flops_u(1, 1), u.client_flops(1));
-    assert_eq!(c.client_flops_u(1, 0), block);
+    assert_eq!(c.client_flops_u(1, 0), block - 768.0);
     // Server: blocks 2..3 of 4, no head.
     assert_eq!(u.server_flops(1), 2.0 * block);
     // h up, the server's output down, its gradient up, dh down: 2·(3·8·4) each way.
@@ -163,7 +167,10 @@ fn llama_gate_gqa_causal_and_u_shape_by_hand() {
         uc.client_memory(1),
         (80.0 + 992.0 + 8.0) * 4.0 + 288.0 + 576.0 + 2352.0 + 216.0
     );
-    assert_eq!(uc.client_flops(1), 2.0 * block + 6.0 * 8.0 * 2.0);
+    assert_eq!(
+        uc.client_flops(1),
+        2.0 * block - 768.0 + 6.0 * 8.0 * 2.0 + 2.0 * 2.0
+    );
 }
 
 #[test]
@@ -234,25 +241,27 @@ fn bert_base_sizes_are_plausible() {
 #[test]
 fn slow_client_gets_a_smaller_split_and_the_deadline_is_hand_computed() {
     let c = bert_cost(3);
-    // Per block 30720 FLOPs. Client "fast" runs 307200 FLOP/s (0.1 s a block), "slow" 30720
-    // (1 s a block); the server 3072000 (0.01 s a block; head 192 / 3072000 = 0.0000625 s).
-    // Both links 2560 B/s: h and dh (256 B) take 0.1 s each.
-    // T_fast(s) = 0.1·s + 0.2 + 0.01·(3-s) + 0.0000625: T(1) = 0.3200625, T(2) = 0.4100625.
-    // T_slow(s) = 1.0·s + 0.2 + 0.01·(3-s) + 0.0000625: T(1) = 1.2200625, T(2) = 2.2100625.
-    // D = max(min T_fast, min T_slow) = 1.2200625: fast takes s = 2, slow s = 1.
+    // Per block 30720 FLOPs, less 3072 on the client's block 0. Client "fast" runs 307200
+    // FLOP/s (0.1 s a block, 0.01 s less in all), "slow" 30720 (1 s a block, 0.1 s less); the
+    // server 3072000 (0.01 s a block; head 200 / 3072000 s). Both links 2560 B/s: h and dh
+    // (256 B) take 0.1 s each.
+    // T_fast(s) = 0.1·s − 0.01 + 0.2 + 0.01·(3-s) + head: T(1) = 0.31 + head, T(2) = 0.40 + head.
+    // T_slow(s) = 1.0·s − 0.1 + 0.2 + 0.01·(3-s) + head: T(1) = 1.12 + head, T(2) = 2.11 + head.
+    // D = max(min T_fast, min T_slow) = 1.12 + head: fast takes s = 2, slow s = 1.
     let profiles = [
         profile("fast", 307200.0, 1e6, 2560.0, 2560.0),
         profile("slow", 30720.0, 1e6, 2560.0, 2560.0),
     ];
     let plan = plan_auto(&c, &profiles, 3072000.0).unwrap();
     assert_eq!(plan.splits, vec![2, 1]);
+    let head = 200.0 / 3072000.0;
     assert!(
-        (plan.deadline_s - 1.2200625).abs() < 1e-12,
+        (plan.deadline_s - (1.12 + head)).abs() < 1e-12,
         "{}",
         plan.deadline_s
     );
-    assert!((plan.rows[0].latency_s - 0.4100625).abs() < 1e-12);
-    assert!((plan.rows[1].latency_s - 1.2200625).abs() < 1e-12);
+    assert!((plan.rows[0].latency_s - (0.40 + head)).abs() < 1e-12);
+    assert!((plan.rows[1].latency_s - (1.12 + head)).abs() < 1e-12);
     assert_eq!(plan.rows[0].feasible_splits, vec![1, 2]);
     assert_eq!(plan.rows[1].feasible_splits, vec![1]);
     assert_eq!(plan.rows[0].memory_bytes, 18432.0);
@@ -277,7 +286,7 @@ fn slow_client_gets_a_smaller_split_and_the_deadline_is_hand_computed() {
     ];
     let plan = plan_auto(&c, &profiles, 3072000.0).unwrap();
     assert_eq!(plan.splits, vec![1, 1]);
-    assert!((plan.deadline_s - 0.3200625).abs() < 1e-12);
+    assert!((plan.deadline_s - (0.31 + 200.0 / 3072000.0)).abs() < 1e-12);
 }
 
 #[test]
@@ -341,8 +350,9 @@ fn manual_splits_are_validated_and_flagged() {
     assert!(!plan.rows[0].over_memory);
     assert!(plan.rows[1].over_memory);
     // Latencies as in the hand-computed case: slow client at s = 2 is the straggler.
-    assert!((plan.rows[0].latency_s - 0.3200625).abs() < 1e-12);
-    assert!((plan.deadline_s - 2.2100625).abs() < 1e-12);
+    let head = 200.0 / 3072000.0;
+    assert!((plan.rows[0].latency_s - (0.31 + head)).abs() < 1e-12);
+    assert!((plan.deadline_s - (2.11 + head)).abs() < 1e-12);
     assert_eq!(plan.rows[1].feasible_splits, vec![1]);
     let t = plan.table();
     assert!(t.contains("over memory"), "{t}");
@@ -366,20 +376,21 @@ fn table_and_json() {
     assert_eq!(lines[0].len(), lines[2].len(), "{t}");
     assert_eq!(lines[2].len(), lines[3].len(), "{t}");
     assert!(
-        lines[2].contains("fast") && lines[2].contains("410.06"),
+        lines[2].contains("fast") && lines[2].contains("400.07"),
         "{t}"
     );
     assert!(
-        lines[3].contains("slow") && lines[3].contains("1220.06"),
+        lines[3].contains("slow") && lines[3].contains("1120.07"),
         "{t}"
     );
-    assert!(lines[4].contains("1220.06 ms"), "{t}");
+    assert!(lines[4].contains("1120.07 ms"), "{t}");
     let j = plan.to_json();
     assert_eq!(j["splits"], json!([2, 1]));
     assert_eq!(j["rows"][1]["profile"], "slow");
     assert_eq!(j["rows"][0]["feasible_splits"], json!([1, 2]));
     assert_eq!(j["rows"][0]["over_memory"], false);
-    assert!((j["deadline_s"].as_f64().unwrap() - 1.2200625).abs() < 1e-12);
+    let deadline = 1.12 + 200.0 / 3072000.0;
+    assert!((j["deadline_s"].as_f64().unwrap() - deadline).abs() < 1e-12);
 }
 
 /// Exhaustive search: the smallest max-latency over all memory-feasible split vectors; `None`

@@ -348,6 +348,10 @@ fn bad_settings_are_clear_errors() {
         e.contains("unknown configuration key `learning_rate`") && e.contains("lr"),
         "{e}"
     );
+    let e = run(&["round=3"]);
+    assert!(e.contains("`round` (did you mean `rounds`?)"), "{e}");
+    let e = run(&["data.label_colum=\"label\""]);
+    assert!(e.contains("did you mean `data.label_column`?"), "{e}");
     let e = run(&["split=[1, 6, 2]"]);
     assert!(e.contains("client 1") && e.contains("valid splits"), "{e}");
     let e = run(&["align=\"cosine\""]);

@@ -212,10 +212,15 @@ fn main() -> ExitCode {
     match run(command, cli.quiet, choice) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            let top = e.to_string();
+            eprintln!("error: {top}");
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
-                eprintln!("  caused by: {s}");
+                // Io errors already end with their cause; saying it twice reads as two failures.
+                let cause = s.to_string();
+                if !top.contains(&cause) {
+                    eprintln!("  caused by: {cause}");
+                }
                 src = s.source();
             }
             ExitCode::from(2)

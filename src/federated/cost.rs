@@ -215,6 +215,21 @@ impl CostModel {
         self.block_fwd_flops() + self.block_bwd_flops()
     }
 
+    /// FLOPs the lowest block of a pass that starts from tokens skips in its backward: the
+    /// input-gradient products of the projections that read the block's input, q, k and v,
+    /// `2·N·d·(q + 2·kv)`. Their only use would be a gradient for the embeddings, which are
+    /// frozen, so the executor does not run them (the LoRA gradients of those projections are
+    /// still computed).
+    pub fn first_block_skipped_flops(&self) -> f64 {
+        [Target::Q, Target::K, Target::V]
+            .into_iter()
+            .map(|t| {
+                let (i, o) = t.dims(&self.cfg);
+                2.0 * self.tokens() * (i * o) as f64
+            })
+            .sum()
+    }
+
     /// FLOPs of the embeddings: 0. They are table lookups and elementwise adds (and a norm for
     /// BERT), and being frozen and first they need no backward.
     pub fn embed_flops(&self) -> f64 {
@@ -222,10 +237,13 @@ impl CostModel {
     }
 
     /// Forward plus backward FLOPs of a trainable classification head with `classes` outputs
-    /// on one pooled vector per sequence: `2·B·d·c` forward, `2·B·d·c` for the weight gradient
-    /// and `2·B·d·c` for the input gradient, `6·B·d·c` in all (pooling is elementwise).
+    /// on one pooled vector per sequence: `2·B·d·c` forward, `2·B·d·c` for the weight gradient,
+    /// `2·B·d·c` for the input gradient and `2·B·c` for the bias gradient (the column sums of
+    /// the logit gradients, taken as a product with a ones vector): `6·B·d·c + 2·B·c` (pooling
+    /// is elementwise).
     pub fn head_flops(&self, classes: usize) -> f64 {
-        6.0 * self.batch as f64 * self.cfg.hidden as f64 * classes as f64
+        let (b, c) = (self.batch as f64, classes as f64);
+        6.0 * b * self.cfg.hidden as f64 * c + 2.0 * b * c
     }
 
     /// Forward plus backward FLOPs of the frozen language-model head on every token:
@@ -244,15 +262,20 @@ impl CostModel {
 
     /// Client FLOPs of one step at split `s` in the configured form:
     /// [`CostModel::client_flops_u`]`(s, u)` with the configured tail `u` (vanilla:
-    /// `embed + s·(fwd + bwd)`).
+    /// `embed + s·(fwd + bwd) − first-block skip`).
     pub fn client_flops(&self, s: usize) -> f64 {
         self.client_flops_u(s, self.tail)
     }
 
     /// Client FLOPs of one step with split `s` and a U-shaped tail of `u` blocks:
-    /// `embed + s·(fwd + bwd)`, plus `u·(fwd + bwd) + head` when `u > 0`.
+    /// `embed + s·(fwd + bwd)` less [`CostModel::first_block_skipped_flops`] (block 0 needs no
+    /// input gradient), plus `u·(fwd + bwd) + head` when `u > 0` (the tail's input gradient is
+    /// sent to the server, so it is computed).
     pub fn client_flops_u(&self, s: usize, u: usize) -> f64 {
         let mut f = self.embed_flops() + s as f64 * self.block_flops();
+        if s > 0 {
+            f -= self.first_block_skipped_flops();
+        }
         if u > 0 {
             f += u as f64 * self.block_flops() + self.task_head_flops();
         }

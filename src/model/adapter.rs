@@ -407,10 +407,11 @@ impl<B: Backend> AdapterSet<B> {
             path: path.into(),
             reason,
         };
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("{e:?}")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| corrupt(format!("{e:?}")))?;
+        let explain = |e: safetensors::SafeTensorError| {
+            corrupt(super::checkpoint::explain_safetensors(&e, bytes.len()))
+        };
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(explain)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(explain)?;
         let md = meta.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
             md.get(k)

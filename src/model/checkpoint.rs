@@ -138,6 +138,22 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
+/// What a safetensors parse error means for someone holding the file: a truncated download reads
+/// as `MetadataIncompleteBuffer` or `HeaderTooSmall` otherwise.
+pub(crate) fn explain_safetensors(e: &safetensors::SafeTensorError, file_bytes: usize) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer | E::HeaderTooSmall | E::InvalidHeaderLength => format!(
+            "the file ends before the data its header describes ({file_bytes} bytes): it is \
+             truncated, e.g. by an interrupted download or copy; fetch it again"
+        ),
+        E::InvalidHeader(_) | E::InvalidHeaderStart | E::InvalidHeaderDeserialization(_) => {
+            format!("not a safetensors file (its header is not valid: {e:?})")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -147,9 +163,10 @@ impl Shard {
         };
         // `deserialize` validates the header and that every tensor's byte range lies inside the
         // file, so a truncated file fails here rather than at first use.
-        SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("{e:?}")))?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(format!("{e:?}")))?;
+        let explain =
+            |e: safetensors::SafeTensorError| corrupt(explain_safetensors(&e, bytes.len()));
+        SafeTensors::deserialize(&bytes).map_err(explain)?;
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(explain)?;
         Ok(Shard {
             path: path.into(),
             bytes,

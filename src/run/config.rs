@@ -190,8 +190,10 @@ impl RawConfig {
         for k in self.values.keys() {
             if !KEYS.iter().any(|(n, _)| n == k) {
                 let names: Vec<&str> = KEYS.iter().map(|(n, _)| *n).collect();
+                let hint = closest(k, &names)
+                    .map_or_else(String::new, |n| format!(" (did you mean `{n}`?)"));
                 return Err(Error::Input(format!(
-                    "unknown configuration key `{k}`; valid keys: {}",
+                    "unknown configuration key `{k}`{hint}; valid keys: {}",
                     names.join(", ")
                 )));
             }
@@ -415,6 +417,32 @@ impl RawConfig {
         }
         out
     }
+}
+
+/// The known key nearest to a misspelt one (at most two edits away, or the one it abbreviates).
+fn closest<'a>(key: &str, names: &[&'a str]) -> Option<&'a str> {
+    names
+        .iter()
+        .map(|n| (edit_distance(key, n), *n))
+        .filter(|(d, n)| *d <= 2 || (key.len() >= 3 && n.starts_with(key)))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn quote_key(k: &str) -> String {

@@ -86,3 +86,4 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
     let e = rel_err(a, b);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
+pub mod counting;
