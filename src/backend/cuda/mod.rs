@@ -53,7 +53,7 @@ pub struct DeviceMem {
     stream: StreamId,
     dev: Arc<dyn Device>,
     /// Other streams that have had work using this allocation issued on them; the free waits
-    /// for each (see [`CudaBackend::claim`]).
+    /// for each (see `CudaBackend::claim`).
     used_on: Mutex<Vec<StreamId>>,
 }
 
@@ -388,7 +388,7 @@ impl Backend for CudaBackend {
     }
     /// Buffers a lane allocates are released on the lane's stream. Memory safety does not
     /// depend on the join: a buffer's first use on another stream waits for its allocation, and
-    /// its release waits for every stream that used it ([`CudaBackend::claim`]); the join is
+    /// its release waits for every stream that used it (see the module docs); the join is
     /// what orders the *data* (a lane's writes before the work that reads them).
     fn fork(&self, n: usize) -> Result<Vec<CudaBackend>> {
         let streams = {
