@@ -200,8 +200,8 @@ impl LaunchCfg {
 /// # Safety
 ///
 /// Implementing this trait promises what [`super::CudaBackend`]'s safe API relies on to keep
-/// every access inside live memory: [`Device::alloc`] returns a non-null address of a fresh
-/// allocation of at least the requested size that overlaps no other live allocation and stays
+/// every access inside live memory: [`Device::alloc`] of `bytes > 0` returns a non-null address
+/// of a fresh allocation of at least the requested size that overlaps no other live allocation and stays
 /// valid until freed; every operation touches only the memory it is given (a launch runs the
 /// named kernel with exactly the given arguments and geometry); operations are ordered per
 /// stream and by events as documented above; and a read has finished when it returns.

@@ -242,7 +242,12 @@ impl CudaBackend {
     /// The contents of `mem` as `T`s (`mem.bytes() / size_of::<T>()` of them), after the work
     /// issued on this stream so far.
     pub fn download_pod<T: bytemuck::Pod>(&self, mem: &DeviceMem) -> Result<Vec<T>> {
-        let mut out = vec![T::zeroed(); mem.bytes / std::mem::size_of::<T>().max(1)];
+        let size = std::mem::size_of::<T>();
+        if size == 0 {
+            // Zero-sized values carry no bytes to read (and bytemuck refuses to cast them).
+            return Ok(Vec::new());
+        }
+        let mut out = vec![T::zeroed(); mem.bytes / size];
         self.read_into(&mut out, mem)?;
         Ok(out)
     }
