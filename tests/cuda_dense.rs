@@ -210,19 +210,23 @@ fn bf16_matmul_matches_cpu_on_rounded_inputs() {
                         block: (256, 1, 1),
                         shared_bytes: 0,
                     };
-                    gpu.launch(
-                        &name,
-                        cfg,
-                        &[
-                            c_gpu.arg(),
-                            KArg::Ptr(ga.ptr()),
-                            KArg::Ptr(gb.ptr()),
-                            KArg::I32(m as i32),
-                            KArg::I32(n as i32),
-                            KArg::I32(k as i32),
-                            KArg::I32(acc as i32),
-                        ],
-                    )
+                    // SAFETY: gemm_bf16_*(C, A, B, m, n, k, acc) reads m·k and k·n bf16 (the
+                    // two uploads) and updates m·n f32 of C; the grid is the host code's.
+                    unsafe {
+                        gpu.launch(
+                            &name,
+                            cfg,
+                            &[
+                                c_gpu.arg(),
+                                ga.arg(),
+                                gb.arg(),
+                                KArg::I32(m as i32),
+                                KArg::I32(n as i32),
+                                KArg::I32(k as i32),
+                                KArg::I32(acc as i32),
+                            ],
+                        )
+                    }
                     .unwrap();
                     let (rtol, atol) = gemm_tol(k);
                     assert_close(

@@ -5,7 +5,7 @@
 #![cfg(feature = "emulator")]
 
 use flexp::backend::cpu::Cpu;
-use flexp::backend::cuda::{CudaBackend, CudaBuf, KArg, LaunchCfg, StreamId};
+use flexp::backend::cuda::{CudaBackend, CudaBuf, KArg, LaunchCfg};
 use flexp::backend::{Activation, Backend, Span};
 use flexp::rng::Rng;
 
@@ -111,11 +111,14 @@ fn grid_stride_loops_cover_everything_with_a_small_grid() {
     let x = rng.vec_range(n, -1.0, 1.0);
     let y = up(&be, &y0);
     let xb = up(&be, &x);
-    be.launch(
-        "ew_add_assign",
-        LaunchCfg::linear(3, 256),
-        &[y.arg(), xb.arg(), KArg::I32(n as i32)],
-    )
+    // SAFETY: ew_add_assign touches y and xb at [0, n), both n long.
+    unsafe {
+        be.launch(
+            "ew_add_assign",
+            LaunchCfg::linear(3, 256),
+            &[y.arg(), xb.arg(), KArg::I32(n as i32)],
+        )
+    }
     .unwrap();
     let want: Vec<f32> = y0.iter().zip(&x).map(|(a, b)| a + b).collect();
     exact("add_assign (3 blocks)", &down(&be, &y), &want);
@@ -136,21 +139,26 @@ fn grid_stride_loops_cover_everything_with_a_small_grid() {
     Cpu.segment_mean(&mut want, &xs, &spans, dim).unwrap();
     let meta = be.upload_pod(&table).unwrap();
     let out = be.zeros(spans.len() * dim).unwrap();
-    be.launch(
-        "ew_segment_mean",
-        LaunchCfg {
-            grid: (1, 2, 1),
-            block: (256, 1, 1),
-            shared_bytes: 0,
-        },
-        &[
-            out.arg(),
-            up(&be, &xs).arg(),
-            KArg::Ptr(meta.ptr()),
-            KArg::I32(spans.len() as i32),
-            KArg::I32(dim as i32),
-        ],
-    )
+    let xg = up(&be, &xs);
+    // SAFETY: ew_segment_mean writes out (spans·dim) and reads the x rows of the spans table,
+    // all inside the rows·dim of `xs`.
+    unsafe {
+        be.launch(
+            "ew_segment_mean",
+            LaunchCfg {
+                grid: (1, 2, 1),
+                block: (256, 1, 1),
+                shared_bytes: 0,
+            },
+            &[
+                out.arg(),
+                xg.arg(),
+                meta.arg(),
+                KArg::I32(spans.len() as i32),
+                KArg::I32(dim as i32),
+            ],
+        )
+    }
     .unwrap();
     exact("segment_mean (1x2 blocks)", &down(&be, &out), &want);
 }
@@ -453,10 +461,8 @@ fn segment_mean_forward_and_backward_match_cpu() {
 }
 
 fn bf16_bits(be: &CudaBackend, mem: &flexp::backend::cuda::DeviceMem, n: usize) -> Vec<u16> {
-    let mut out = vec![0u16; n];
-    be.device()
-        .read(bytemuck::cast_slice_mut(&mut out), mem.ptr(), StreamId(0))
-        .unwrap();
+    let mut out: Vec<u16> = be.download_pod(mem).unwrap();
+    out.truncate(n);
     out
 }
 

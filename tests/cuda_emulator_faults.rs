@@ -6,22 +6,28 @@
 use flexp::backend::cuda::emulator::Emulator;
 use flexp::backend::cuda::{DevPtr, Device, KArg, LaunchCfg, StreamId};
 
+// The raw Device API is unsafe because a GPU would trust these addresses and kernels; the
+// emulator checks every address against its allocation table and every kernel access against
+// its allocation's bounds, so a broken contract, which these tests commit on purpose, is an
+// error and never memory corruption. That is the SAFETY argument of every block below.
+
 fn upload(dev: &Emulator, data: &[f32]) -> DevPtr {
     let p = dev.alloc(data.len() * 4, StreamId(0)).unwrap();
-    dev.write(p, bytemuck::cast_slice(data), StreamId(0))
-        .unwrap();
+    // SAFETY: emulator-checked (see above); `p` holds data.len() floats.
+    unsafe { dev.write(p, bytemuck::cast_slice(data), StreamId(0)) }.unwrap();
     p
 }
 
 fn download(dev: &Emulator, p: DevPtr, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; n];
-    dev.read(bytemuck::cast_slice_mut(&mut out), p, StreamId(0))
-        .unwrap();
+    // SAFETY: emulator-checked (see above).
+    unsafe { dev.read(bytemuck::cast_slice_mut(&mut out), p, StreamId(0)) }.unwrap();
     out
 }
 
 fn launch_err(dev: &Emulator, name: &str, cfg: LaunchCfg, args: &[KArg]) -> String {
-    match dev.launch(name, cfg, args, StreamId(0)) {
+    // SAFETY: emulator-checked (see above); these launches fault on purpose.
+    match unsafe { dev.launch(name, cfg, args, StreamId(0)) } {
         Ok(()) => panic!("{name} should have faulted"),
         Err(e) => e.to_string(),
     }
@@ -102,7 +108,8 @@ fn wrong_argument_type_and_count_are_reported() {
         &[KArg::Ptr(x), KArg::Ptr(y)],
     );
     assert!(err.contains("takes 3 arguments"), "{err}");
-    dev.free(x, StreamId(0)).unwrap();
+    // SAFETY: emulator-checked (see above); `x` is used after this free on purpose.
+    unsafe { dev.free(x, StreamId(0)) }.unwrap();
     let err = launch_err(
         &dev,
         "fault_control_block_sum",
@@ -122,12 +129,15 @@ fn correct_block_reduction_runs_and_matches() {
     let want: f64 = data.iter().map(|&v| v as f64).sum();
     let x = upload(&dev, &data);
     let y = dev.alloc(4, StreamId(0)).unwrap();
-    dev.launch(
-        "fault_control_block_sum",
-        LaunchCfg::linear(1, 96),
-        &[KArg::Ptr(x), KArg::Ptr(y), KArg::I32(1000)],
-        StreamId(0),
-    )
+    // SAFETY: emulator-checked (see above); x holds 1000 floats, y one.
+    unsafe {
+        dev.launch(
+            "fault_control_block_sum",
+            LaunchCfg::linear(1, 96),
+            &[KArg::Ptr(x), KArg::Ptr(y), KArg::I32(1000)],
+            StreamId(0),
+        )
+    }
     .unwrap();
     let got = download(&dev, y, 1)[0];
     assert!((got as f64 - want).abs() < 1e-2, "{got} vs {want}");

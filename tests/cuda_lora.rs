@@ -5,7 +5,7 @@
 #![cfg(feature = "emulator")]
 
 use flexp::backend::cpu::Cpu;
-use flexp::backend::cuda::{CudaBackend, DevPtr, DeviceMem, KArg, LaunchCfg, StreamId};
+use flexp::backend::cuda::{CudaBackend, DeviceMem, KArg, LaunchCfg};
 use flexp::backend::{Backend, LoraGradSeg, LoraSeg, LoraShape, Span};
 use flexp::rng::Rng;
 
@@ -325,15 +325,13 @@ fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// The segment table and row-tile list of kernels/lora.cu for forward segments.
-fn tables(
-    be: &CudaBackend,
-    segs: &[(usize, usize, DevPtr, DevPtr)],
-) -> (DevPtr, u32, Vec<DeviceMem>) {
+/// The segment table and row-tile list of kernels/lora.cu for forward segments (A and B given
+/// as device addresses): `[table, tiles]` and the tile count.
+fn tables(be: &CudaBackend, segs: &[(usize, usize, u64, u64)]) -> ([DeviceMem; 2], u32) {
     let mut table = Vec::new();
     let mut tiles: Vec<i32> = Vec::new();
     for (i, &(start, len, a, b)) in segs.iter().enumerate() {
-        table.extend_from_slice(&[start as u64, len as u64, a.0, b.0, 0, 0]);
+        table.extend_from_slice(&[start as u64, len as u64, a, b, 0, 0]);
         for r0 in (start..start + len).step_by(32) {
             tiles.push(i as i32);
             tiles.push(r0 as i32);
@@ -342,7 +340,7 @@ fn tables(
     let t = be.upload_pod(&table).unwrap();
     let l = be.upload_pod(&tiles).unwrap();
     let n = (tiles.len() / 2) as u32;
-    (t.ptr(), n, vec![t, l])
+    ([t, l], n)
 }
 
 #[test]
@@ -372,48 +370,52 @@ fn bf16_shrink_and_expand_match_cpu_on_rounded_inputs() {
     let segs: Vec<_> = c
         .segs
         .iter()
-        .map(|&(s, n, ad)| (s, n, a[ad].ptr(), b[ad].ptr()))
+        .map(|&(s, n, ad)| (s, n, a[ad].ptr().addr(), b[ad].ptr().addr()))
         .collect();
-    let (tab, ntiles, mems) = tables(&be, &segs);
-    let til = mems[1].ptr();
+    let ([tab, til], ntiles) = tables(&be, &segs);
     let cfg = |gy: u32| LaunchCfg {
         grid: (ntiles, gy, 1),
         block: (256, 1, 1),
         shared_bytes: 0,
     };
-    be.launch(
-        "lora_shrink_bf16",
-        cfg(1),
-        &[
-            KArg::Ptr(x.ptr()),
-            u.arg(),
-            KArg::Ptr(tab),
-            KArg::Ptr(til),
-            KArg::I32(c.d_in as i32),
-            KArg::I32(c.rank as i32),
-        ],
-    )
+    // SAFETY: the shapes of `c` size every buffer the kernels index: x and y (rows·d_in and
+    // rows·d_out bf16), u (rows·rank) and the adapters the table names, which are live buffers
+    // of this backend allocated on its stream; the tiles cover the segments.
+    unsafe {
+        be.launch(
+            "lora_shrink_bf16",
+            cfg(1),
+            &[
+                x.arg(),
+                u.arg(),
+                tab.arg(),
+                til.arg(),
+                KArg::I32(c.d_in as i32),
+                KArg::I32(c.rank as i32),
+            ],
+        )
+    }
     .unwrap();
-    be.launch(
-        "lora_expand_bf16",
-        cfg(c.d_out.div_ceil(128) as u32),
-        &[
-            u.arg(),
-            KArg::Ptr(y.ptr()),
-            KArg::Ptr(tab),
-            KArg::Ptr(til),
-            KArg::I32(c.d_out as i32),
-            KArg::I32(c.rank as i32),
-            KArg::F32(c.scale),
-        ],
-    )
+    // SAFETY: as above.
+    unsafe {
+        be.launch(
+            "lora_expand_bf16",
+            cfg(c.d_out.div_ceil(128) as u32),
+            &[
+                u.arg(),
+                y.arg(),
+                tab.arg(),
+                til.arg(),
+                KArg::I32(c.d_out as i32),
+                KArg::I32(c.rank as i32),
+                KArg::F32(c.scale),
+            ],
+        )
+    }
     .unwrap();
     // u is f32 from exactly converted inputs: f32 tolerance.
     assert_close("u (bf16 x)", &be.download(&u).unwrap(), &want.u, 2e-5, 1e-5);
-    let mut yb = vec![0u16; yh.len()];
-    be.device()
-        .read(bytemuck::cast_slice_mut(&mut yb), y.ptr(), StreamId(0))
-        .unwrap();
+    let yb: Vec<u16> = be.download_pod(&y).unwrap();
     let got_y: Vec<f32> = yb.iter().map(|&h| from_bf16(h)).collect();
     // One bf16 rounding of the sum: half an ulp of 8 mantissa bits.
     assert_close("y (bf16)", &got_y, &want.y, 1e-6, 1.0 / 256.0);
@@ -426,10 +428,12 @@ fn table_address_outside_any_allocation_faults() {
     let u = be.zeros(4).unwrap();
     let b = be.zeros(8).unwrap();
     // Below any allocation the emulator hands out (and not null, which reads as "no adapter").
-    let bogus = DevPtr(0x10);
-    let (tab, ntiles, mems) = tables(&be, &[(0, 1, bogus, b.ptr())]);
-    let err = be
-        .launch(
+    let bogus = 0x10;
+    let ([tab, til], ntiles) = tables(&be, &[(0, 1, bogus, b.ptr().addr())]);
+    // SAFETY: deliberately broken (a table address outside every allocation): the emulator
+    // looks up every address a kernel reads from a table and reports this as an error.
+    let err = unsafe {
+        be.launch(
             "lora_shrink_f32",
             LaunchCfg {
                 grid: (ntiles, 1, 1),
@@ -439,13 +443,14 @@ fn table_address_outside_any_allocation_faults() {
             &[
                 x.arg(),
                 u.arg(),
-                KArg::Ptr(tab),
-                KArg::Ptr(mems[1].ptr()),
+                tab.arg(),
+                til.arg(),
                 KArg::I32(8),
                 KArg::I32(1),
             ],
         )
-        .expect_err("a bogus adapter address must fault");
+    }
+    .expect_err("a bogus adapter address must fault");
     let err = err.to_string();
     assert!(err.contains("no live allocation"), "{err}");
     assert!(err.contains("lora_shrink_f32"), "{err}");

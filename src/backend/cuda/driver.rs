@@ -146,7 +146,11 @@ impl CudaDriver {
     }
 }
 
-impl Device for CudaDriver {
+// SAFETY: addresses come from the stream-ordered allocator of this context (fresh, disjoint,
+// valid until freed); each method issues exactly the one driver call it names on the stream it
+// is given, so the driver's stream and event semantics are the trait's; `read` synchronises
+// its stream before returning.
+unsafe impl Device for CudaDriver {
     fn describe(&self) -> String {
         self.name.clone()
     }
@@ -157,53 +161,59 @@ impl Device for CudaDriver {
         // SAFETY: the stream belongs to this context, which is bound to the calling thread.
         let p = unsafe { result::malloc_async(s.cu_stream(), bytes) }
             .map_err(|e| drv(&format!("allocating {bytes} bytes"), e))?;
-        Ok(DevPtr(p))
+        Ok(DevPtr::from_raw(p))
     }
 
-    fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()> {
+    unsafe fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()> {
         self.bind()?;
         let s = self.stream(stream)?;
-        // Work on other streams that still reads `ptr` has been joined into `stream` (the
-        // backend's fork/join contract).
-        // SAFETY: `ptr` came from `alloc` on this context and is freed once (DeviceMem::drop).
-        unsafe { result::free_async(ptr.0, s.cu_stream()) }.map_err(|e| drv("free", e))
+        // SAFETY: the caller's contract (Device::free): `ptr` came from `alloc` on this context,
+        // is freed once, and work on other streams that uses it has been joined into `stream`.
+        unsafe { result::free_async(ptr.addr(), s.cu_stream()) }.map_err(|e| drv("free", e))
     }
 
-    fn write(&self, dst: DevPtr, src: &[u8], stream: StreamId) -> Result<()> {
+    unsafe fn write(&self, dst: DevPtr, src: &[u8], stream: StreamId) -> Result<()> {
         self.bind()?;
         let s = self.stream(stream)?;
         // SAFETY: pageable host memory: the driver stages the bytes before returning, so `src`
-        // may be reused at once; the backend checked the destination's size.
-        unsafe { result::memcpy_htod_async(dst.0, src, s.cu_stream()) }
+        // may be reused at once; the destination range is live (the caller's contract).
+        unsafe { result::memcpy_htod_async(dst.addr(), src, s.cu_stream()) }
             .map_err(|e| drv("host-to-device copy", e))
     }
 
-    fn read(&self, dst: &mut [u8], src: DevPtr, stream: StreamId) -> Result<()> {
+    unsafe fn read(&self, dst: &mut [u8], src: DevPtr, stream: StreamId) -> Result<()> {
         self.bind()?;
         let s = self.stream(stream)?;
-        // SAFETY: the copy completes before synchronize returns, while `dst` is borrowed.
-        unsafe { result::memcpy_dtoh_async(dst, src.0, s.cu_stream()) }
+        // SAFETY: the source range is live (the caller's contract); the copy completes before
+        // synchronize returns, while `dst` is still borrowed.
+        unsafe { result::memcpy_dtoh_async(dst, src.addr(), s.cu_stream()) }
             .map_err(|e| drv("device-to-host copy", e))?;
         s.synchronize().map_err(|e| drv("synchronize", e))
     }
 
-    fn zero(&self, dst: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
+    unsafe fn zero(&self, dst: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
         self.bind()?;
         let s = self.stream(stream)?;
-        // SAFETY: the range lies within an allocation (checked by the backend).
-        unsafe { result::memset_d8_async(dst.0, 0, bytes, s.cu_stream()) }
+        // SAFETY: the range lies within a live allocation (the caller's contract).
+        unsafe { result::memset_d8_async(dst.addr(), 0, bytes, s.cu_stream()) }
             .map_err(|e| drv("memset", e))
     }
 
-    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
         self.bind()?;
         let s = self.stream(stream)?;
-        // SAFETY: both ranges lie within allocations (checked by the backend).
-        unsafe { result::memcpy_dtod_async(dst.0, src.0, bytes, s.cu_stream()) }
+        // SAFETY: both ranges lie within live allocations (the caller's contract).
+        unsafe { result::memcpy_dtod_async(dst.addr(), src.addr(), bytes, s.cu_stream()) }
             .map_err(|e| drv("device-to-device copy", e))
     }
 
-    fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg], stream: StreamId) -> Result<()> {
+    unsafe fn launch(
+        &self,
+        name: &str,
+        cfg: LaunchCfg,
+        args: &[KArg<'_>],
+        stream: StreamId,
+    ) -> Result<()> {
         self.bind()?;
         let f = self.function(name)?;
         let s = self.stream(stream)?;
@@ -232,8 +242,9 @@ impl Device for CudaDriver {
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: each params[i] points at 8 bytes holding argument i in the layout of the
-        // kernel's parameter (KArg matches the kernel signature; the emulator tests check the
-        // same calls against the same signatures). The driver copies the arguments at launch.
+        // kernel's parameter, and what the kernel then accesses is inside live allocations:
+        // both are the caller's contract (Device::launch; the emulator tests check the same
+        // calls against the same signatures). The driver copies the arguments at launch.
         unsafe {
             result::launch_kernel(
                 f.cu_function(),

@@ -3,10 +3,11 @@
 //! and, in its strict-streams mode, the ordering of work across streams; it runs the backend's
 //! host code end to end without a GPU.
 
-use super::device::{DevPtr, Device, EventId, KArg, LaunchCfg, StreamId};
+use super::device::{DevPtr, Device, EventId, KArg, LaunchCfg, RawArg, StreamId};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 extern "C" {
@@ -40,10 +41,17 @@ extern "C" {
 /// whenever it is not held back by an event wait. So a missing wait or a buffer freed while
 /// another stream still uses it produces wrong results or a use-after-free fault here, where a
 /// GPU would usually get lucky.
+///
+/// Every address is checked against the emulator's allocation table, so a broken
+/// [`Device`] contract (a freed or forged pointer, an out-of-bounds kernel) is reported as an
+/// error instead of corrupting memory; tests rely on that to exercise the raw API.
 #[derive(Debug, Default)]
 pub struct Emulator {
     deferred: bool,
     state: Mutex<Queues>,
+    /// Allocations made through this instance and not yet freed (the C++ allocation table is
+    /// shared by every instance, so it cannot answer per device).
+    live: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +72,7 @@ enum Op {
     Launch {
         name: String,
         cfg: LaunchCfg,
-        args: Vec<KArg>,
+        args: Vec<RawArg>,
     },
     Write {
         dst: DevPtr,
@@ -103,7 +111,15 @@ impl Emulator {
                 issued: vec![0],
                 ..Default::default()
             }),
+            live: AtomicUsize::new(0),
         }
+    }
+
+    /// How many allocations made through this device are live: allocated and not yet freed (a
+    /// free counts once it has run, which in the strict-streams mode is at the next
+    /// synchronisation). Lets tests check that owned buffers release their memory exactly once.
+    pub fn live_allocations(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
     }
 
     /// Names of every kernel compiled into the emulator.
@@ -127,7 +143,7 @@ impl Emulator {
     /// Runs `op` now, or queues it on `stream`.
     fn issue(&self, stream: StreamId, op: Op) -> Result<()> {
         if !self.deferred {
-            return execute(&op);
+            return self.execute(&op);
         }
         let mut q = self.queues();
         if stream.0 >= q.pending.len() {
@@ -192,7 +208,7 @@ impl Emulator {
             };
             let (_, op) = q.pending[s].pop_front().expect("picked a non-empty queue");
             q.done[s] += 1;
-            if let Err(e) = execute(&op) {
+            if let Err(e) = self.execute(&op) {
                 q.pending.iter_mut().for_each(VecDeque::clear);
                 let done = q.done.clone();
                 q.issued = done;
@@ -200,29 +216,36 @@ impl Emulator {
             }
         }
     }
-}
 
-fn execute(op: &Op) -> Result<()> {
-    match op {
-        // SAFETY (all arms): pointers refer to live locals of the stated lengths; the emulator
-        // bounds-checks every device address against its allocation table.
-        Op::Write { dst, data } => {
-            check(unsafe { flexp_emu_write(dst.0, data.as_ptr().cast(), data.len()) })
+    fn execute(&self, op: &Op) -> Result<()> {
+        match op {
+            // SAFETY (all arms): host pointers refer to live locals of the stated lengths; the
+            // emulator bounds-checks every device address against its allocation table.
+            Op::Write { dst, data } => {
+                check(unsafe { flexp_emu_write(dst.addr(), data.as_ptr().cast(), data.len()) })
+            }
+            Op::Zero { dst, bytes } => check(unsafe { flexp_emu_memset(dst.addr(), 0, *bytes) }),
+            Op::Copy { dst, src, bytes } => {
+                check(unsafe { flexp_emu_copy(dst.addr(), src.addr(), *bytes) })
+            }
+            Op::Free { ptr } => {
+                check(unsafe { flexp_emu_free(ptr.addr()) })?;
+                // Only a free the table accepted counts: a double free fails above.
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Op::Wait { .. } => Ok(()),
+            Op::Launch { name, cfg, args } => launch_now(name, *cfg, args),
         }
-        Op::Zero { dst, bytes } => check(unsafe { flexp_emu_memset(dst.0, 0, *bytes) }),
-        Op::Copy { dst, src, bytes } => check(unsafe { flexp_emu_copy(dst.0, src.0, *bytes) }),
-        Op::Free { ptr } => check(unsafe { flexp_emu_free(ptr.0) }),
-        Op::Wait { .. } => Ok(()),
-        Op::Launch { name, cfg, args } => launch_now(name, *cfg, args),
     }
 }
 
-fn launch_now(name: &str, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
+fn launch_now(name: &str, cfg: LaunchCfg, args: &[RawArg]) -> Result<()> {
     let cname = CString::new(name)
         .map_err(|_| Error::Backend(format!("kernel name {name:?} contains a NUL byte")))?;
-    let mut slots: Vec<[u8; 8]> = args.iter().map(KArg::bytes).collect();
+    let mut slots: Vec<[u8; 8]> = args.iter().map(|a| a.bytes).collect();
     let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
-    let tags: Vec<c_int> = args.iter().map(KArg::tag).collect();
+    let tags: Vec<c_int> = args.iter().map(|a| a.tag).collect();
     let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
     let block = [cfg.block.0, cfg.block.1, cfg.block.2];
     // SAFETY: every pointer refers to a live local array of the stated length; `ptrs[i]` points
@@ -253,7 +276,11 @@ fn check(rc: c_int) -> Result<()> {
     Err(Error::Backend(msg))
 }
 
-impl Device for Emulator {
+// SAFETY: allocations come from the C++ runtime's allocator (fresh, disjoint, recorded in its
+// table until freed); each operation runs, now or in stream order, exactly what it names, and
+// every device address it touches is checked against the table; `read` drains the queues
+// before copying.
+unsafe impl Device for Emulator {
     fn describe(&self) -> String {
         if self.deferred {
             "SIMT emulator with strict stream ordering (kernels/emu, CPU)".into()
@@ -266,15 +293,18 @@ impl Device for Emulator {
         let mut p = 0u64;
         // SAFETY: `p` is a valid out-pointer for the duration of the call.
         check(unsafe { flexp_emu_alloc(bytes, &mut p) })?;
-        Ok(DevPtr(p))
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Ok(DevPtr::from_raw(p))
     }
 
-    fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()> {
+    // The emulator checks every address itself, so these are memory-safe whatever the caller
+    // passes; they are `unsafe` because the trait's contract is shared with the GPU driver.
+    unsafe fn free(&self, ptr: DevPtr, stream: StreamId) -> Result<()> {
         // Stream-ordered, like cuMemFreeAsync in the driver implementation.
         self.issue(stream, Op::Free { ptr })
     }
 
-    fn write(&self, dst: DevPtr, src: &[u8], stream: StreamId) -> Result<()> {
+    unsafe fn write(&self, dst: DevPtr, src: &[u8], stream: StreamId) -> Result<()> {
         self.issue(
             stream,
             Op::Write {
@@ -284,27 +314,33 @@ impl Device for Emulator {
         )
     }
 
-    fn read(&self, dst: &mut [u8], src: DevPtr, _stream: StreamId) -> Result<()> {
+    unsafe fn read(&self, dst: &mut [u8], src: DevPtr, _stream: StreamId) -> Result<()> {
         self.drain()?;
         // SAFETY: `dst` is valid for writes of `dst.len()` bytes; the emulator bounds-checks `src`.
-        check(unsafe { flexp_emu_read(dst.as_mut_ptr().cast(), src.0, dst.len()) })
+        check(unsafe { flexp_emu_read(dst.as_mut_ptr().cast(), src.addr(), dst.len()) })
     }
 
-    fn zero(&self, dst: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
+    unsafe fn zero(&self, dst: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
         self.issue(stream, Op::Zero { dst, bytes })
     }
 
-    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, stream: StreamId) -> Result<()> {
         self.issue(stream, Op::Copy { dst, src, bytes })
     }
 
-    fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg], stream: StreamId) -> Result<()> {
+    unsafe fn launch(
+        &self,
+        name: &str,
+        cfg: LaunchCfg,
+        args: &[KArg<'_>],
+        stream: StreamId,
+    ) -> Result<()> {
         self.issue(
             stream,
             Op::Launch {
                 name: name.to_string(),
                 cfg,
-                args: args.to_vec(),
+                args: args.iter().map(KArg::raw).collect(),
             },
         )
     }

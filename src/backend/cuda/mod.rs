@@ -6,6 +6,22 @@
 //! tables) is uploaded next to the launch that reads it. Every op validates its shapes on the
 //! host before launching, with the same messages as the CPU backend, so a bad shape is an error
 //! and never an out-of-bounds access on the device.
+//!
+//! # Memory safety
+//!
+//! [`Device`] is the raw, `unsafe` layer (see its module docs). This module is the safe one:
+//! - [`DeviceMem`] owns an allocation: its address is private, it is not `Clone`, and its drop
+//!   frees it exactly once;
+//! - buffers are checked to belong to the backend's device before any address of theirs reaches
+//!   the device, and the byte ranges of copies, memsets and reads are checked against their
+//!   allocations;
+//! - a buffer used on a stream other than the one it was allocated on is ordered automatically:
+//!   the first use on that stream waits for the allocation (and everything issued before it on
+//!   its stream), and the free waits for every stream that used it, so dropping a buffer while
+//!   a lane still works on it cannot free memory under a running kernel;
+//! - launching a kernel by name ([`CudaBackend::launch`]) stays `unsafe`, since only the caller
+//!   knows how far the kernel indexes; the ops in `ops/` make it safe by checking every buffer
+//!   against the shapes they pass, each launch site saying which check covers it.
 
 pub mod device;
 pub mod driver;
@@ -23,38 +39,71 @@ use super::{
     Activation, AdamW, AttnShape, Backend, LoraGradSeg, LoraSeg, LoraShape, Span, WeightPrecision,
 };
 use crate::error::{Error, Result};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// A device allocation, freed on drop.
+/// A device allocation, freed exactly once, on drop.
+///
+/// It is the only owner of its address: the address cannot be set from outside the backend,
+/// the type is not `Clone`, and [`DeviceMem::ptr`] hands out a copy that only `unsafe` code
+/// can use. Kernel arguments borrow it ([`DeviceMem::arg`]).
 pub struct DeviceMem {
     ptr: DevPtr,
     bytes: usize,
     /// The stream it was allocated on, which also orders its release.
     stream: StreamId,
     dev: Arc<dyn Device>,
+    /// Other streams that have had work using this allocation issued on them; the free waits
+    /// for each (see `CudaBackend::claim`).
+    used_on: Mutex<Vec<StreamId>>,
 }
 
 impl DeviceMem {
-    /// The device address.
+    /// The device address of byte 0. Copying the number out is harmless; only `unsafe` code can
+    /// give it to the device ([`Device`], [`KArg::Ptr`]), and it is stale once `self` is dropped.
     pub fn ptr(&self) -> DevPtr {
         self.ptr
     }
-    /// Size in bytes.
+    /// Size in bytes (as requested; the allocation may be larger).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+    /// A kernel pointer argument to byte 0, borrowing the allocation for as long as the
+    /// argument exists.
+    pub fn arg(&self) -> KArg<'_> {
+        KArg::Buf(self)
+    }
+    fn on_device(&self, dev: &Arc<dyn Device>) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.dev), Arc::as_ptr(dev))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded lists stay consistent whatever panicked while one was held.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for DeviceMem {
     fn drop(&mut self) {
+        // Work on other streams may still use the allocation: make its stream wait for them.
+        // If that cannot be arranged, leaking is the safe outcome.
+        for &s in lock(&self.used_on).iter() {
+            let Ok(ev) = self.dev.record(s) else { return };
+            if self.dev.wait(self.stream, ev).is_err() {
+                return;
+            }
+        }
+        // SAFETY: `ptr` came from `dev.alloc` (CudaBackend::alloc_bytes) and this value is its
+        // only owner (private field, no Clone), so this is the one free. Every use was issued
+        // while `self` was borrowed, hence before now, on `stream` or on a stream in `used_on`,
+        // each of which `stream` has just been made to wait for; nothing can use it afterwards.
         // A failed free leaks at worst; there is no caller to report it to from drop.
-        let _ = self.dev.free(self.ptr, self.stream);
+        let _ = unsafe { self.dev.free(self.ptr, self.stream) };
     }
 }
 
 impl std::fmt::Debug for DeviceMem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceMem({:#x}, {} bytes)", self.ptr.0, self.bytes)
+        write!(f, "DeviceMem({:#x}, {} bytes)", self.ptr.addr(), self.bytes)
     }
 }
 
@@ -66,14 +115,25 @@ pub struct CudaBuf {
 }
 
 impl CudaBuf {
-    /// The device address of element 0.
+    /// The device address of element 0 (see [`DeviceMem::ptr`]).
     pub fn ptr(&self) -> DevPtr {
         self.mem.ptr
     }
-    /// A kernel pointer argument for this buffer.
-    pub fn arg(&self) -> KArg {
-        KArg::Ptr(self.mem.ptr)
+    /// A kernel pointer argument for this buffer, borrowing it.
+    pub fn arg(&self) -> KArg<'_> {
+        self.mem.arg()
     }
+    /// The allocation behind the buffer.
+    pub fn mem(&self) -> &DeviceMem {
+        &self.mem
+    }
+}
+
+/// Bytes of `len` elements of `size` bytes, refusing sizes that overflow (a wrapped size would
+/// let a buffer claim more elements than its allocation holds).
+pub(crate) fn bytes_of(what: &str, len: usize, size: usize) -> Result<usize> {
+    len.checked_mul(size)
+        .ok_or_else(|| Error::Backend(format!("{what}: {len} elements overflow the address space")))
 }
 
 /// The CUDA backend over any [`Device`].
@@ -154,7 +214,7 @@ impl CudaBackend {
         &self.dev
     }
 
-    /// Allocates `bytes` bytes.
+    /// Allocates `bytes` bytes (contents undefined: the emulator fills them with NaN).
     pub fn alloc_bytes(&self, bytes: usize) -> Result<DeviceMem> {
         // Zero-byte allocations are legal in the API but not on every driver.
         let ptr = self.dev.alloc(bytes.max(4), self.stream)?;
@@ -163,6 +223,7 @@ impl CudaBackend {
             bytes,
             stream: self.stream,
             dev: self.dev.clone(),
+            used_on: Mutex::default(),
         })
     }
 
@@ -171,18 +232,144 @@ impl CudaBackend {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let mem = self.alloc_bytes(bytes.len())?;
         if !bytes.is_empty() {
-            self.dev.write(mem.ptr, bytes, self.stream)?;
+            // SAFETY: `mem` was just allocated with `bytes.len()` bytes on this stream and is
+            // owned here; its drop is stream-ordered after this write.
+            unsafe { self.dev.write(mem.ptr, bytes, self.stream)? };
         }
         Ok(mem)
     }
 
-    /// Launches a kernel on this backend's stream.
-    pub fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
-        self.dev.launch(name, cfg, args, self.stream)
+    /// The contents of `mem` as `T`s (`mem.bytes() / size_of::<T>()` of them), after the work
+    /// issued on this stream so far.
+    pub fn download_pod<T: bytemuck::Pod>(&self, mem: &DeviceMem) -> Result<Vec<T>> {
+        let size = std::mem::size_of::<T>();
+        if size == 0 {
+            // Zero-sized values carry no bytes to read (and bytemuck refuses to cast them).
+            return Ok(Vec::new());
+        }
+        let mut out = vec![T::zeroed(); mem.bytes / size];
+        self.read_into(&mut out, mem)?;
+        Ok(out)
     }
 
-    pub(crate) fn stream(&self) -> StreamId {
-        self.stream
+    /// Fills `out` from the start of `mem`, after the work issued on this stream so far.
+    pub(crate) fn read_into<T: bytemuck::Pod>(&self, out: &mut [T], mem: &DeviceMem) -> Result<()> {
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(out);
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let src = self.claim(mem, dst.len())?;
+        // SAFETY: `claim` checked that `mem` is a live allocation of this device holding
+        // `dst.len()` bytes and ordered it on this stream; `mem` is borrowed for the call, and
+        // the read has finished when it returns.
+        unsafe { self.dev.read(dst, src, self.stream) }
+    }
+
+    /// Zeroes the first `bytes` bytes of `mem`.
+    pub(crate) fn zero_mem(&self, mem: &DeviceMem, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let dst = self.claim(mem, bytes)?;
+        // SAFETY: `claim` checked the range and the device and ordered `mem` on this stream,
+        // whose work its drop waits for.
+        unsafe { self.dev.zero(dst, bytes, self.stream) }
+    }
+
+    /// Copies the first `bytes` bytes of `src` to the start of `dst`.
+    pub(crate) fn copy_mem(&self, dst: &DeviceMem, src: &DeviceMem, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let (d, s) = (self.claim(dst, bytes)?, self.claim(src, bytes)?);
+        // SAFETY: as in `zero_mem`, for both ranges.
+        unsafe { self.dev.copy(d, s, bytes, self.stream) }
+    }
+
+    /// Checks that `mem` belongs to this backend's device and holds `bytes` bytes, orders it on
+    /// this backend's stream, and returns its address for one operation issued there.
+    ///
+    /// Ordering: the first time work using `mem` is issued on a stream other than the one that
+    /// allocated it, that stream waits for an event recorded on the allocating stream, so it
+    /// cannot touch the memory before the allocation (and the writes issued before it) has
+    /// happened; the stream is remembered, and [`DeviceMem`]'s drop makes the free wait for it.
+    pub(crate) fn claim(&self, mem: &DeviceMem, bytes: usize) -> Result<DevPtr> {
+        if !mem.on_device(&self.dev) {
+            return Err(Error::Backend(format!(
+                "{mem:?} belongs to another device than this backend's ({})",
+                self.dev.describe()
+            )));
+        }
+        if bytes > mem.bytes {
+            return Err(Error::Backend(format!(
+                "device access of {bytes} bytes to {mem:?}"
+            )));
+        }
+        if self.stream != mem.stream {
+            let mut used = lock(&mem.used_on);
+            if !used.contains(&self.stream) {
+                let ev = self.dev.record(mem.stream)?;
+                self.dev.wait(self.stream, ev)?;
+                used.push(self.stream);
+            }
+        }
+        Ok(mem.ptr)
+    }
+
+    /// The address of `buf` for a device-side pointer table (the LoRA segment table), claimed
+    /// for this stream as [`CudaBackend::claim`] does, since no [`KArg::Buf`] will name it.
+    pub(crate) fn table_addr(&self, buf: &CudaBuf) -> Result<u64> {
+        Ok(self.claim(&buf.mem, buf.mem.bytes)?.addr())
+    }
+
+    /// Launches kernel `name` of kernels/*.cu on this backend's stream. [`KArg::Buf`] arguments
+    /// are checked to belong to this device and ordered on this stream ([`DeviceMem`]'s
+    /// guarantees); everything else is the caller's to vouch for.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Device::launch`], which this calls:
+    /// - `args` match the kernel's parameters in number and type;
+    /// - every raw address ([`KArg::Ptr`] other than null, or one the kernel reads from a
+    ///   device table) lies in a [`DeviceMem`] of this backend's device that is not dropped
+    ///   before this call returns, and that was allocated on this backend's stream or has been
+    ///   claimed for it (a [`KArg::Buf`] of it, or the crate's table helper);
+    /// - with the sizes passed and this geometry the kernel stays inside every allocation it is
+    ///   given (kernels/*.cu document what each kernel reads and writes).
+    ///
+    /// ```
+    /// use flexp::backend::cuda::{CudaBackend, KArg, LaunchCfg};
+    /// use flexp::backend::Backend;
+    /// let be = CudaBackend::emulated();
+    /// let y = be.upload(&[1.0; 4])?;
+    /// let x = be.upload(&[2.0; 4])?;
+    /// let args = [y.arg(), x.arg(), KArg::I32(4)];
+    /// // SAFETY: ew_add_assign(y, x, n) touches y and x at [0, n), and both hold 4 floats.
+    /// unsafe { be.launch("ew_add_assign", LaunchCfg::linear(1, 32), &args)? };
+    /// assert_eq!(be.download(&y)?, vec![3.0; 4]);
+    /// # Ok::<(), flexp::error::Error>(())
+    /// ```
+    ///
+    /// Without `unsafe` it does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// use flexp::backend::cuda::{CudaBackend, KArg, LaunchCfg};
+    /// use flexp::backend::Backend;
+    /// let be = CudaBackend::emulated();
+    /// let y = be.upload(&[1.0; 4]).unwrap();
+    /// let x = be.upload(&[2.0; 4]).unwrap();
+    /// let args = [y.arg(), x.arg(), KArg::I32(4)];
+    /// be.launch("ew_add_assign", LaunchCfg::linear(1, 32), &args).unwrap();
+    /// ```
+    pub unsafe fn launch(&self, name: &str, cfg: LaunchCfg, args: &[KArg<'_>]) -> Result<()> {
+        for a in args {
+            if let KArg::Buf(mem) = a {
+                self.claim(mem, 0)?;
+            }
+        }
+        // SAFETY: buffer arguments are live (borrowed), of this device and ordered on this
+        // stream (claimed above); the rest is this function's own contract.
+        unsafe { self.dev.launch(name, cfg, args, self.stream) }
     }
 }
 
@@ -204,8 +391,10 @@ impl Backend for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
     }
-    /// Buffers a lane allocates are released on the lane's stream; buffers that outlive the
-    /// lane's work and are used elsewhere must be dropped only after [`Backend::join`].
+    /// Buffers a lane allocates are released on the lane's stream. Memory safety does not
+    /// depend on the join: a buffer's first use on another stream waits for its allocation, and
+    /// its release waits for every stream that used it (see the module docs); the join is
+    /// what orders the *data* (a lane's writes before the work that reads them).
     fn fork(&self, n: usize) -> Result<Vec<CudaBackend>> {
         let streams = {
             let mut pool = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,8 +424,9 @@ impl Backend for CudaBackend {
         true
     }
     fn zeros(&self, len: usize) -> Result<CudaBuf> {
-        let mem = self.alloc_bytes(len * 4)?;
-        self.dev.zero(mem.ptr, len * 4, self.stream)?;
+        let bytes = bytes_of("zeros", len, 4)?;
+        let mem = self.alloc_bytes(bytes)?;
+        self.zero_mem(&mem, bytes)?;
         Ok(CudaBuf { mem, len })
     }
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
@@ -248,17 +438,14 @@ impl Backend for CudaBackend {
     }
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         let mut out = vec![0f32; buf.len];
-        if buf.len > 0 {
-            self.dev
-                .read(bytemuck::cast_slice_mut(&mut out), buf.ptr(), self.stream)?;
-        }
+        self.read_into(&mut out, &buf.mem)?;
         Ok(out)
     }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len
     }
     fn fill_zero(&self, buf: &mut CudaBuf) -> Result<()> {
-        self.dev.zero(buf.ptr(), buf.len * 4, self.stream)
+        self.zero_mem(&buf.mem, buf.len * 4)
     }
 
     fn matmul(
@@ -325,10 +512,7 @@ impl Backend for CudaBackend {
     fn copy(&self, y: &mut CudaBuf, x: &CudaBuf, len: usize) -> Result<()> {
         check_len("copy y", y, len)?;
         check_len("copy x", x, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.dev.copy(y.ptr(), x.ptr(), len * 4, self.stream)
+        self.copy_mem(&y.mem, &x.mem, len * 4)
     }
     fn gather_rows(
         &self,

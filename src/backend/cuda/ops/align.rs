@@ -94,35 +94,50 @@ impl CudaBackend {
     fn segment_records(&self, g: &CudaBuf, a: &CudaBuf, plan: &Plan) -> Result<Records> {
         let nseg = plan.nseg();
         let nchunks = plan.chunks.len();
+        // The kernels trust the chunk table: every chunk must lie inside both buffers.
+        for &[_, g0, a0, len] in &plan.chunks {
+            check_len("align g", g, g0 as usize + len as usize)?;
+            check_len("align a", a, a0 as usize + len as usize)?;
+        }
         let chunks = self.upload_pod(&plan.chunks)?;
         let seg_first = self.upload_pod(&plan.seg_first)?;
         let partials = self.alloc_bytes(nchunks * 2 * 8)?;
         let seg = self.alloc_bytes(nseg * 3 * 8)?;
         let nchunks_i = i32_of("align chunks", nchunks)?;
         if nchunks > 0 {
-            self.launch(
-                "align_seg_partials",
-                grid(nchunks),
-                &[
-                    g.arg(),
-                    a.arg(),
-                    KArg::Ptr(chunks.ptr()),
-                    KArg::I32(nchunks_i),
-                    KArg::Ptr(partials.ptr()),
-                ],
-            )?;
+            // SAFETY: align_seg_partials(g, a, chunks, nchunks, partials) reads g and a inside each
+            // chunk (checked against both lengths above) and writes two f64 per chunk into
+            // `partials` (nchunks·16 bytes).
+            unsafe {
+                self.launch(
+                    "align_seg_partials",
+                    grid(nchunks),
+                    &[
+                        g.arg(),
+                        a.arg(),
+                        chunks.arg(),
+                        KArg::I32(nchunks_i),
+                        partials.arg(),
+                    ],
+                )
+            }?;
         }
         if nseg > 0 {
-            self.launch(
-                "align_seg_reduce",
-                grid(nseg.div_ceil(WARPS)),
-                &[
-                    KArg::Ptr(partials.ptr()),
-                    KArg::Ptr(seg_first.ptr()),
-                    KArg::I32(i32_of("align segments", nseg)?),
-                    KArg::Ptr(seg.ptr()),
-                ],
-            )?;
+            // SAFETY: align_seg_reduce(partials, seg_first, nseg, seg) reads the partials of each
+            // segment's chunks (`seg_first`, nseg+1 offsets into nchunks) and writes three f64
+            // per segment into `seg` (nseg·24 bytes).
+            unsafe {
+                self.launch(
+                    "align_seg_reduce",
+                    grid(nseg.div_ceil(WARPS)),
+                    &[
+                        partials.arg(),
+                        seg_first.arg(),
+                        KArg::I32(i32_of("align segments", nseg)?),
+                        seg.arg(),
+                    ],
+                )
+            }?;
         }
         Ok(Records {
             chunks,
@@ -146,11 +161,7 @@ impl CudaBackend {
         let plan = Plan::new(segments.iter().map(|s| (s.start, s.start, s.len)))?;
         let rec = self.segment_records(g, a, &plan)?;
         let mut raw = vec![0f64; segments.len() * 3];
-        self.dev.read(
-            bytemuck::cast_slice_mut(&mut raw),
-            rec.seg.ptr(),
-            self.stream,
-        )?;
+        self.read_into(&mut raw, &rec.seg)?;
         Ok(raw.chunks(3).map(|r| (r[0], r[1])).collect())
     }
 
@@ -174,18 +185,22 @@ impl CudaBackend {
             return Ok(());
         }
         let rec = self.segment_records(g, a, &plan)?;
-        self.launch(
-            "align_seg_apply",
-            grid(rec.nchunks),
-            &[
-                g.arg(),
-                a.arg(),
-                KArg::Ptr(rec.chunks.ptr()),
-                KArg::I32(rec.nchunks as i32),
-                KArg::Ptr(rec.seg.ptr()),
-                KArg::F32(lambda),
-            ],
-        )
+        // SAFETY: align_seg_apply(g, a, chunks, nchunks, seg, lambda) updates g and reads a inside
+        // each chunk (checked in `segment_records`) and reads the three f64 of its segment.
+        unsafe {
+            self.launch(
+                "align_seg_apply",
+                grid(rec.nchunks),
+                &[
+                    g.arg(),
+                    a.arg(),
+                    rec.chunks.arg(),
+                    KArg::I32(rec.nchunks as i32),
+                    rec.seg.arg(),
+                    KArg::F32(lambda),
+                ],
+            )
+        }
     }
 
     /// Checks of the server-rule ops on `grads: [k, n]` and `out: [n]`.
@@ -193,18 +208,32 @@ impl CudaBackend {
         if k == 0 && n > 0 {
             return Err(Error::Backend(format!("{what} of zero gradients")));
         }
-        check_len(&format!("{what} grads"), grads, k * n)?;
+        let kn = k
+            .checked_mul(n)
+            .ok_or_else(|| Error::Backend(format!("{what}: k·n overflows")))?;
+        check_len(&format!("{what} grads"), grads, kn)?;
         check_len(&format!("{what} out"), out, n)?;
-        i32_of(&format!("{what} k·n"), k * n)?;
+        // k and n reach the kernels as ints; with k·n an int, both are.
+        i32_of(&format!("{what} k·n"), kn)?;
         Ok(())
     }
 
-    fn launch_mean_rows(&self, grads: &CudaBuf, k: usize, n: usize, m: KArg) -> Result<()> {
-        self.launch(
-            "align_mean_rows",
-            grid(n.div_ceil(THREADS as usize)),
-            &[grads.arg(), KArg::I32(k as i32), KArg::I32(n as i32), m],
-        )
+    fn launch_mean_rows(&self, grads: &CudaBuf, k: usize, n: usize, out: &CudaBuf) -> Result<()> {
+        Self::check_rows("mean_rows", grads, k, n, out)?;
+        // SAFETY: align_mean_rows(grads, k, n, out) reads grads[0, k·n) and writes out[0, n), both
+        // checked just above.
+        unsafe {
+            self.launch(
+                "align_mean_rows",
+                grid(n.div_ceil(THREADS as usize)),
+                &[
+                    grads.arg(),
+                    KArg::I32(k as i32),
+                    KArg::I32(n as i32),
+                    out.arg(),
+                ],
+            )
+        }
     }
 
     /// `out = (1/k) Σ_r grads[r, :]` over `k` gradients stacked as `grads: [k, n]`, summed in f64
@@ -214,7 +243,7 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        self.launch_mean_rows(grads, k, n, out.arg())
+        self.launch_mean_rows(grads, k, n, out)
     }
 
     /// The server rule `server_agg = proj` (`flat::projected_mean`): with `m` the mean of the
@@ -234,20 +263,25 @@ impl CudaBackend {
         }
         let m_mem = self.alloc_bytes(n * 4)?;
         let m = CudaBuf { mem: m_mem, len: n };
-        self.launch_mean_rows(grads, k, n, m.arg())?;
+        self.launch_mean_rows(grads, k, n, &m)?;
         let plan = Plan::new((0..k).map(|r| (r * n, 0, n)))?;
         let rec = self.segment_records(grads, &m, &plan)?;
-        self.launch(
-            "align_proj_mean",
-            grid(n.div_ceil(THREADS as usize)),
-            &[
-                grads.arg(),
-                m.arg(),
-                KArg::Ptr(rec.seg.ptr()),
-                KArg::I32(k as i32),
-                KArg::I32(n as i32),
-                out.arg(),
-            ],
-        )
+        // SAFETY: align_proj_mean(grads, m, seg, k, n, out) reads grads[0, k·n) (checked in
+        // `check_rows`), m[0, n) (allocated with n), the 3·k f64 records of the k row segments
+        // and writes out[0, n) (checked in `check_rows`).
+        unsafe {
+            self.launch(
+                "align_proj_mean",
+                grid(n.div_ceil(THREADS as usize)),
+                &[
+                    grads.arg(),
+                    m.arg(),
+                    rec.seg.arg(),
+                    KArg::I32(k as i32),
+                    KArg::I32(n as i32),
+                    out.arg(),
+                ],
+            )
+        }
     }
 }

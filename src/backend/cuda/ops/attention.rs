@@ -175,23 +175,29 @@ pub(crate) fn forward(
     }
     let meta = be.upload_pod(&table)?;
     let cfg = tile_cfg(tiles, shape.heads, smem_bytes(bm + bn, hd, bm, bn)?)?;
-    be.launch(
-        var.fwd,
-        cfg,
-        &[
-            o.arg(),
-            lse.arg(),
-            q.arg(),
-            k.arg(),
-            v.arg(),
-            KArg::Ptr(meta.ptr()),
-            KArg::I32(shape.heads as i32),
-            KArg::I32(shape.kv_heads as i32),
-            KArg::I32(hd as i32),
-            KArg::I32(causal as i32),
-            KArg::F32(shape.scale),
-        ],
-    )?;
+    // SAFETY: `check` verified q and o for rows·heads·hd, k and v for rows·kv_heads·hd and
+    // lse for rows·heads elements (rows = end of the last span, the bounds that make those
+    // products exact); every tile of `meta` lies inside one span, the grid's y covers `heads`,
+    // and `smem_bytes` is the dynamic shared memory the variant carves for these tiles.
+    unsafe {
+        be.launch(
+            var.fwd,
+            cfg,
+            &[
+                o.arg(),
+                lse.arg(),
+                q.arg(),
+                k.arg(),
+                v.arg(),
+                meta.arg(),
+                KArg::I32(shape.heads as i32),
+                KArg::I32(shape.kv_heads as i32),
+                KArg::I32(hd as i32),
+                KArg::I32(causal as i32),
+                KArg::F32(shape.scale),
+            ],
+        )
+    }?;
     drop(meta);
     Ok(())
 }
@@ -255,43 +261,52 @@ pub(crate) fn backward(
 
     let mut args = vec![
         dq.arg(),
-        KArg::Ptr(dsum.ptr()),
+        dsum.arg(),
         o.arg(),
         do_.arg(),
         q.arg(),
         k.arg(),
         v.arg(),
         lse.arg(),
-        KArg::Ptr(dq_meta.ptr()),
+        dq_meta.arg(),
     ];
     args.extend_from_slice(&tail);
-    be.launch(
-        var.dq,
-        tile_cfg(dq_tiles, shape.heads, smem_bytes(2 * bm + bn, hd, bm, bn)?)?,
-        &args,
-    )?;
+    // SAFETY: as in `forward`: `check` verified q, o, do and dq for rows·heads·hd elements, k,
+    // v for rows·kv_heads·hd and lse for rows·heads; `dsum` holds rows·heads f32; the tiles of
+    // `dq_meta` lie inside the spans; shared memory is what the dQ variant carves.
+    unsafe {
+        be.launch(
+            var.dq,
+            tile_cfg(dq_tiles, shape.heads, smem_bytes(2 * bm + bn, hd, bm, bn)?)?,
+            &args,
+        )
+    }?;
 
     let mut args = vec![
         dk.arg(),
         dv.arg(),
-        KArg::Ptr(dsum.ptr()),
+        dsum.arg(),
         do_.arg(),
         q.arg(),
         k.arg(),
         v.arg(),
         lse.arg(),
-        KArg::Ptr(dkdv_meta.ptr()),
+        dkdv_meta.arg(),
     ];
     args.extend_from_slice(&tail);
-    be.launch(
-        var.dkdv,
-        tile_cfg(
-            dkdv_tiles,
-            shape.kv_heads,
-            smem_bytes(2 * bk + 2 * bq, hd, 2 * bk, bq)?,
-        )?,
-        &args,
-    )?;
+    // SAFETY: as above, with dk and dv checked for rows·kv_heads·hd elements, the grid's y
+    // covering kv_heads, and `dkdv_meta` tiles (key tiles) inside the spans.
+    unsafe {
+        be.launch(
+            var.dkdv,
+            tile_cfg(
+                dkdv_tiles,
+                shape.kv_heads,
+                smem_bytes(2 * bk + 2 * bq, hd, 2 * bk, bq)?,
+            )?,
+            &args,
+        )
+    }?;
     // The scratch and tables live until every launch reading them has been issued.
     drop((dsum, dq_meta, dkdv_meta));
     Ok(())

@@ -2,7 +2,7 @@
 //! upload and launch configuration of the element-wise and row-indexed ops, plus the f32 <-> bf16
 //! casts that the bf16 kernels of other families are fed with.
 
-use super::super::{check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
+use super::super::{bytes_of, check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
 use crate::backend::checks::spans_rows;
 use crate::backend::{Activation, Span};
 use crate::error::{Error, Result};
@@ -56,16 +56,20 @@ pub(crate) fn add_bias(
         return Ok(());
     }
     i32_of("add_bias rows·dim", n)?;
-    be.launch(
-        "ew_add_bias",
-        flat(n),
-        &[
-            y.arg(),
-            bias.arg(),
-            KArg::I32(i32_of("add_bias rows", rows)?),
-            KArg::I32(i32_of("add_bias dim", dim)?),
-        ],
-    )
+    // SAFETY: ew_add_bias(y, bias, rows, dim) touches y[0, rows·dim) and bias[0, dim), both
+    // checked above; rows and dim are the values checked (their product is below 2^62).
+    unsafe {
+        be.launch(
+            "ew_add_bias",
+            flat(n),
+            &[
+                y.arg(),
+                bias.arg(),
+                KArg::I32(i32_of("add_bias rows", rows)?),
+                KArg::I32(i32_of("add_bias dim", dim)?),
+            ],
+        )
+    }
 }
 
 pub(crate) fn add_assign(be: &CudaBackend, y: &mut CudaBuf, x: &CudaBuf, len: usize) -> Result<()> {
@@ -74,11 +78,14 @@ pub(crate) fn add_assign(be: &CudaBackend, y: &mut CudaBuf, x: &CudaBuf, len: us
     if len == 0 {
         return Ok(());
     }
-    be.launch(
-        "ew_add_assign",
-        flat(len),
-        &[y.arg(), x.arg(), KArg::I32(i32_of("add_assign len", len)?)],
-    )
+    // SAFETY: ew_add_assign(y, x, len) touches y and x at [0, len), checked above.
+    unsafe {
+        be.launch(
+            "ew_add_assign",
+            flat(len),
+            &[y.arg(), x.arg(), KArg::I32(i32_of("add_assign len", len)?)],
+        )
+    }
 }
 
 /// `dst[i,:] (+)= src[idx[i],:]`, shared by gather_rows and embedding once their checks passed.
@@ -97,18 +104,23 @@ fn gather(
     }
     i32_of(&format!("{what} rows·dim"), n)?;
     let meta = be.upload_pod(idx)?;
-    be.launch(
-        "ew_gather_rows",
-        flat(n),
-        &[
-            dst.arg(),
-            src.arg(),
-            KArg::Ptr(meta.ptr()),
-            KArg::I32(i32_of(&format!("{what} rows"), idx.len())?),
-            KArg::I32(i32_of(&format!("{what} dim"), dim)?),
-            KArg::I32(accumulate as i32),
-        ],
-    )
+    // SAFETY: ew_gather_rows(dst, src, idx, rows, dim, acc) writes dst[0, rows·dim) and reads
+    // src rows idx[i] and idx[0, rows) (`meta`, uploaded from `idx`); the callers checked dst
+    // for rows·dim elements and src for every row named in `idx`.
+    unsafe {
+        be.launch(
+            "ew_gather_rows",
+            flat(n),
+            &[
+                dst.arg(),
+                src.arg(),
+                meta.arg(),
+                KArg::I32(i32_of(&format!("{what} rows"), idx.len())?),
+                KArg::I32(i32_of(&format!("{what} dim"), dim)?),
+                KArg::I32(accumulate as i32),
+            ],
+        )
+    }
 }
 
 pub(crate) fn gather_rows(
@@ -152,17 +164,22 @@ pub(crate) fn scatter_rows(
     let n = pairs.len() * dim;
     i32_of("scatter rows·dim", n)?;
     let meta = be.upload_pod(&pairs)?;
-    be.launch(
-        "ew_scatter_rows",
-        flat(n),
-        &[
-            dst.arg(),
-            src.arg(),
-            KArg::Ptr(meta.ptr()),
-            KArg::I32(i32_of("scatter rows", pairs.len())?),
-            KArg::I32(i32_of("scatter dim", dim)?),
-        ],
-    )
+    // SAFETY: ew_scatter_rows(dst, src, pairs, n, dim) reads src row i and writes dst row r for
+    // each uploaded pair (i, r) of `meta`; every i < rows.len() and every r was checked against
+    // src and dst above.
+    unsafe {
+        be.launch(
+            "ew_scatter_rows",
+            flat(n),
+            &[
+                dst.arg(),
+                src.arg(),
+                meta.arg(),
+                KArg::I32(i32_of("scatter rows", pairs.len())?),
+                KArg::I32(i32_of("scatter dim", dim)?),
+            ],
+        )
+    }
 }
 
 pub(crate) fn embedding(
@@ -195,16 +212,19 @@ pub(crate) fn activation_forward(
     if len == 0 {
         return Ok(());
     }
-    be.launch(
-        "ew_act_fwd",
-        flat(len),
-        &[
-            y.arg(),
-            x.arg(),
-            KArg::I32(i32_of("activation len", len)?),
-            KArg::I32(act_code(act)),
-        ],
-    )
+    // SAFETY: ew_act_fwd(y, x, len, act) touches y and x at [0, len), checked above.
+    unsafe {
+        be.launch(
+            "ew_act_fwd",
+            flat(len),
+            &[
+                y.arg(),
+                x.arg(),
+                KArg::I32(i32_of("activation len", len)?),
+                KArg::I32(act_code(act)),
+            ],
+        )
+    }
 }
 
 pub(crate) fn activation_backward(
@@ -221,17 +241,20 @@ pub(crate) fn activation_backward(
     if len == 0 {
         return Ok(());
     }
-    be.launch(
-        "ew_act_bwd",
-        flat(len),
-        &[
-            dx.arg(),
-            dy.arg(),
-            x.arg(),
-            KArg::I32(i32_of("activation_backward len", len)?),
-            KArg::I32(act_code(act)),
-        ],
-    )
+    // SAFETY: ew_act_bwd(dx, dy, x, len, act) touches all three at [0, len), checked above.
+    unsafe {
+        be.launch(
+            "ew_act_bwd",
+            flat(len),
+            &[
+                dx.arg(),
+                dy.arg(),
+                x.arg(),
+                KArg::I32(i32_of("activation_backward len", len)?),
+                KArg::I32(act_code(act)),
+            ],
+        )
+    }
 }
 
 pub(crate) fn swiglu_forward(
@@ -247,16 +270,19 @@ pub(crate) fn swiglu_forward(
     if len == 0 {
         return Ok(());
     }
-    be.launch(
-        "ew_swiglu_fwd",
-        flat(len),
-        &[
-            y.arg(),
-            gate.arg(),
-            up.arg(),
-            KArg::I32(i32_of("swiglu len", len)?),
-        ],
-    )
+    // SAFETY: ew_swiglu_fwd(y, gate, up, len) touches all three at [0, len), checked above.
+    unsafe {
+        be.launch(
+            "ew_swiglu_fwd",
+            flat(len),
+            &[
+                y.arg(),
+                gate.arg(),
+                up.arg(),
+                KArg::I32(i32_of("swiglu len", len)?),
+            ],
+        )
+    }
 }
 
 pub(crate) fn swiglu_backward(
@@ -276,18 +302,22 @@ pub(crate) fn swiglu_backward(
     if len == 0 {
         return Ok(());
     }
-    be.launch(
-        "ew_swiglu_bwd",
-        flat(len),
-        &[
-            dgate.arg(),
-            dup.arg(),
-            dy.arg(),
-            gate.arg(),
-            up.arg(),
-            KArg::I32(i32_of("swiglu_backward len", len)?),
-        ],
-    )
+    // SAFETY: ew_swiglu_bwd(dgate, dup, dy, gate, up, len) touches all five at [0, len),
+    // checked above.
+    unsafe {
+        be.launch(
+            "ew_swiglu_bwd",
+            flat(len),
+            &[
+                dgate.arg(),
+                dup.arg(),
+                dy.arg(),
+                gate.arg(),
+                up.arg(),
+                KArg::I32(i32_of("swiglu_backward len", len)?),
+            ],
+        )
+    }
 }
 
 /// The inverse frequencies are computed here in f64 exactly as the CPU does and uploaded, so
@@ -301,7 +331,11 @@ pub(crate) fn rope(
     theta: f32,
     inverse: bool,
 ) -> Result<()> {
-    let n = positions.len() * heads * head_dim;
+    let n = positions
+        .len()
+        .checked_mul(heads)
+        .and_then(|v| v.checked_mul(head_dim))
+        .ok_or_else(|| Error::Backend("rope: rows·heads·head_dim overflows".into()))?;
     check_len("rope x", x, n)?;
     if !head_dim.is_multiple_of(2) {
         return Err(Error::Backend(format!(
@@ -318,19 +352,24 @@ pub(crate) fn rope(
         .collect();
     let pos = be.upload_pod(positions)?;
     let freq = be.upload_pod(&inv_freq)?;
-    be.launch(
-        "ew_rope",
-        flat(positions.len() * half),
-        &[
-            x.arg(),
-            KArg::Ptr(pos.ptr()),
-            KArg::Ptr(freq.ptr()),
-            KArg::I32(i32_of("rope rows", positions.len())?),
-            KArg::I32(i32_of("rope heads", heads)?),
-            KArg::I32(i32_of("rope head_dim", head_dim)?),
-            KArg::F32(if inverse { -1.0 } else { 1.0 }),
-        ],
-    )
+    // SAFETY: ew_rope(x, pos, freq, rows, heads, head_dim, sign) rewrites x[0, rows·heads·hd),
+    // checked above (n computed without overflow), reading pos[0, rows) and freq[0, hd/2),
+    // the two uploads.
+    unsafe {
+        be.launch(
+            "ew_rope",
+            flat(positions.len() * half),
+            &[
+                x.arg(),
+                pos.arg(),
+                freq.arg(),
+                KArg::I32(i32_of("rope rows", positions.len())?),
+                KArg::I32(i32_of("rope heads", heads)?),
+                KArg::I32(i32_of("rope head_dim", head_dim)?),
+                KArg::F32(if inverse { -1.0 } else { 1.0 }),
+            ],
+        )
+    }
 }
 
 /// The spans as the kernels' `(start, len)` int pairs.
@@ -350,6 +389,10 @@ pub(crate) fn segment_mean(
     spans: &[Span],
     dim: usize,
 ) -> Result<()> {
+    // Bounded first so that the products below cannot wrap and pass a check they fail.
+    i32_of("segment_mean spans", spans.len())?;
+    i32_of("segment_mean rows", spans_rows(spans))?;
+    i32_of("segment_mean dim", dim)?;
     check_len("segment_mean out", out, spans.len() * dim)?;
     check_len("segment_mean x", x, spans_rows(spans) * dim)?;
     if spans.is_empty() || dim == 0 {
@@ -357,17 +400,22 @@ pub(crate) fn segment_mean(
     }
     i32_of("segment_mean out len", spans.len() * dim)?;
     let table = be.upload_pod(&span_table("segment_mean", spans)?)?;
-    be.launch(
-        "ew_segment_mean",
-        rows_by_cols(spans.len(), dim),
-        &[
-            out.arg(),
-            x.arg(),
-            KArg::Ptr(table.ptr()),
-            KArg::I32(i32_of("segment_mean spans", spans.len())?),
-            KArg::I32(i32_of("segment_mean dim", dim)?),
-        ],
-    )
+    // SAFETY: ew_segment_mean(out, x, spans, nspans, dim) writes out[0, nspans·dim) and reads
+    // the x rows inside every span of `table` (uploaded from `spans`); out and x were checked
+    // for nspans·dim and spans_rows·dim elements above.
+    unsafe {
+        be.launch(
+            "ew_segment_mean",
+            rows_by_cols(spans.len(), dim),
+            &[
+                out.arg(),
+                x.arg(),
+                table.arg(),
+                KArg::I32(i32_of("segment_mean spans", spans.len())?),
+                KArg::I32(i32_of("segment_mean dim", dim)?),
+            ],
+        )
+    }
 }
 
 /// Spans may overlap (the CPU adds them one span after another), so the launch is organised by
@@ -380,6 +428,10 @@ pub(crate) fn segment_mean_backward(
     spans: &[Span],
     dim: usize,
 ) -> Result<()> {
+    // Bounded first so that the products below cannot wrap and pass a check they fail.
+    i32_of("segment_mean_backward spans", spans.len())?;
+    i32_of("segment_mean_backward rows", spans_rows(spans))?;
+    i32_of("segment_mean_backward dim", dim)?;
     check_len("segment_mean_backward dout", dout, spans.len() * dim)?;
     check_len("segment_mean_backward dx", dx, spans_rows(spans) * dim)?;
     if spans.is_empty() || dim == 0 {
@@ -414,18 +466,24 @@ pub(crate) fn segment_mean_backward(
         meta.push(i32_of("segment_mean_backward span len", s.len)?);
     }
     let meta_mem = be.upload_pod(&meta)?;
-    be.launch(
-        "ew_segment_mean_bwd",
-        rows_by_cols(ngroups, dim),
-        &[
-            dx.arg(),
-            dout.arg(),
-            KArg::Ptr(meta_mem.ptr()),
-            KArg::I32(ngroups as i32),
-            KArg::I32(entries.len() as i32),
-            KArg::I32(i32_of("segment_mean_backward dim", dim)?),
-        ],
-    )
+    // SAFETY: ew_segment_mean_bwd(dx, dout, meta, ngroups, nentries, dim) reads `meta` as laid
+    // out above (ngroups rows, ngroups+1 offsets, nentries span ids, nspans lengths), writes dx
+    // at the covered rows (< spans_rows) and reads dout at span rows (< nspans); dx and dout
+    // were checked for spans_rows·dim and nspans·dim elements.
+    unsafe {
+        be.launch(
+            "ew_segment_mean_bwd",
+            rows_by_cols(ngroups, dim),
+            &[
+                dx.arg(),
+                dout.arg(),
+                meta_mem.arg(),
+                KArg::I32(ngroups as i32),
+                KArg::I32(entries.len() as i32),
+                KArg::I32(i32_of("segment_mean_backward dim", dim)?),
+            ],
+        )
+    }
 }
 
 /// bf16 conversions for the kernels that store their inputs as bf16 (GEMM, LoRA). bf16 buffers
@@ -441,40 +499,48 @@ impl CudaBackend {
     /// A bf16 copy of the first `len` elements of `src` (as [`CudaBackend::cast_to_bf16`]).
     pub fn cast_prefix_to_bf16(&self, src: &CudaBuf, len: usize) -> Result<DeviceMem> {
         check_len("cast_to_bf16", src, len)?;
-        let mem = self.alloc_bytes(len * 2)?;
+        let mem = self.alloc_bytes(bytes_of("cast_to_bf16", len, 2)?)?;
         if len > 0 {
-            self.launch(
-                "ew_cast_f32_to_bf16",
-                flat(len),
-                &[
-                    KArg::Ptr(mem.ptr()),
-                    src.arg(),
-                    KArg::I32(i32_of("cast_to_bf16 len", len)?),
-                ],
-            )?;
+            // SAFETY: ew_cast_f32_to_bf16(dst, src, len) writes len bf16 into `mem` (allocated with
+            // len·2 bytes) and reads src[0, len), checked above.
+            unsafe {
+                self.launch(
+                    "ew_cast_f32_to_bf16",
+                    flat(len),
+                    &[
+                        mem.arg(),
+                        src.arg(),
+                        KArg::I32(i32_of("cast_to_bf16 len", len)?),
+                    ],
+                )
+            }?;
         }
         Ok(mem)
     }
 
     /// An f32 buffer holding the first `len` bf16 values of `src` (exact: bf16 is a truncated f32).
     pub fn cast_from_bf16(&self, src: &DeviceMem, len: usize) -> Result<CudaBuf> {
-        if src.bytes() < len * 2 {
+        if src.bytes() < bytes_of("cast_from_bf16", len, 2)? {
             return Err(Error::Backend(format!(
                 "cast_from_bf16: buffer holds {} bf16 elements, op needs {len}",
                 src.bytes() / 2
             )));
         }
-        let mem = self.alloc_bytes(len * 4)?;
+        let mem = self.alloc_bytes(bytes_of("cast_from_bf16", len, 4)?)?;
         if len > 0 {
-            self.launch(
-                "ew_cast_bf16_to_f32",
-                flat(len),
-                &[
-                    KArg::Ptr(mem.ptr()),
-                    KArg::Ptr(src.ptr()),
-                    KArg::I32(i32_of("cast_from_bf16 len", len)?),
-                ],
-            )?;
+            // SAFETY: ew_cast_bf16_to_f32(dst, src, len) writes len f32 into `mem` (allocated with
+            // len·4 bytes) and reads len bf16 of `src`, whose size was checked above.
+            unsafe {
+                self.launch(
+                    "ew_cast_bf16_to_f32",
+                    flat(len),
+                    &[
+                        mem.arg(),
+                        src.arg(),
+                        KArg::I32(i32_of("cast_from_bf16 len", len)?),
+                    ],
+                )
+            }?;
         }
         Ok(CudaBuf { mem, len })
     }

@@ -3,7 +3,7 @@
 //! The kernels are specialised per transpose pair (`gemm_f32_nn` … `gemm_f32_tt`); bf16-storage
 //! twins (`gemm_bf16_*`, bf16 A and B, f32 C) share the launch shape below.
 
-use super::super::{check_len, i32_of, CudaBackend, CudaBuf, DevPtr, DeviceMem, KArg, LaunchCfg};
+use super::super::{bytes_of, check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
@@ -63,7 +63,7 @@ pub(crate) fn matmul(
     if k == 0 {
         // An empty sum: C keeps its value or becomes zero, as on the CPU.
         if !accumulate {
-            be.device().zero(c.ptr(), m * n * 4, be.stream())?;
+            be.zero_mem(&c.mem, bytes_of("matmul output", m * n, 4)?)?;
         }
         return Ok(());
     }
@@ -72,23 +72,24 @@ pub(crate) fn matmul(
         "f32",
         (trans_a, trans_b),
         c,
-        a.ptr(),
-        b.ptr(),
+        &a.mem,
+        &b.mem,
         (m, n, k),
         accumulate,
     )
 }
 
-/// Launches `gemm_<storage>_<ta><tb>` on `C` (f32) and the `A`, `B` operands at `a`, `b`
-/// (stored as `storage`), for `m, n, k > 0` whose sizes the caller has checked.
+/// Launches `gemm_<storage>_<ta><tb>` on `C` (f32) and the `A`, `B` operands in `a`, `b`
+/// (stored as `storage`, `"f32"` or `"bf16"`), for `m, n, k > 0`. Checks every operand against
+/// the shape itself, since the kernel indexes them by `m, n, k` alone.
 #[allow(clippy::too_many_arguments)]
 fn launch(
     be: &CudaBackend,
     storage: &str,
     (trans_a, trans_b): (bool, bool),
     c: &mut CudaBuf,
-    a: DevPtr,
-    b: DevPtr,
+    a: &DeviceMem,
+    b: &DeviceMem,
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
 ) -> Result<()> {
@@ -97,19 +98,37 @@ fn launch(
         i32_of("matmul n", n)?,
         i32_of("matmul k", k)?,
     );
-    be.launch(
-        &kernel_name(storage, trans_a, trans_b),
-        launch_cfg(m, n)?,
-        &[
-            c.arg(),
-            KArg::Ptr(a),
-            KArg::Ptr(b),
-            KArg::I32(mi),
-            KArg::I32(ni),
-            KArg::I32(ki),
-            KArg::I32(accumulate as i32),
-        ],
-    )
+    let elem = if storage == "bf16" { 2 } else { 4 };
+    // Each product is below 2^62 (factors are i32), so only the byte counts need checking.
+    check_len("matmul c", c, m * n)?;
+    for (what, mem, elems) in [("matmul a", a, m * k), ("matmul b", b, k * n)] {
+        let need = bytes_of(what, elems, elem)?;
+        if mem.bytes() < need {
+            return Err(Error::Backend(format!(
+                "{what}: buffer holds {} bytes, op needs {need}",
+                mem.bytes()
+            )));
+        }
+    }
+    // SAFETY: the gemm kernels read A `[m, k]` and B `[k, n]` (either stored transposed, same
+    // extent) as `storage` elements and read-modify-write C `[m, n]` as f32, with the grid of
+    // `launch_cfg` covering C in guarded tiles; all three were checked above to hold that many
+    // elements. Arguments are (C, A, B, m, n, k, accumulate) as in kernels/gemm.cu.
+    unsafe {
+        be.launch(
+            &kernel_name(storage, trans_a, trans_b),
+            launch_cfg(m, n)?,
+            &[
+                c.arg(),
+                a.arg(),
+                b.arg(),
+                KArg::I32(mi),
+                KArg::I32(ni),
+                KArg::I32(ki),
+                KArg::I32(accumulate as i32),
+            ],
+        )
+    }
 }
 
 /// A frozen `[rows, cols]` = `[out, in]` weight on the device: f32, or bf16 (two bytes an
@@ -187,17 +206,12 @@ pub(crate) fn weight_to_host(be: &CudaBackend, w: &CudaWeight) -> Result<Vec<f32
     match w.precision {
         WeightPrecision::F32 => {
             let mut out = vec![0f32; n];
-            be.device()
-                .read(bytemuck::cast_slice_mut(&mut out), w.mem.ptr(), be.stream())?;
+            be.read_into(&mut out, &w.mem)?;
             Ok(out)
         }
         WeightPrecision::Bf16 => {
             let mut bits = vec![0u16; n];
-            be.device().read(
-                bytemuck::cast_slice_mut(&mut bits),
-                w.mem.ptr(),
-                be.stream(),
-            )?;
+            be.read_into(&mut bits, &w.mem)?;
             Ok(bits
                 .into_iter()
                 .map(|b| half::bf16::from_bits(b).to_f32())
@@ -232,7 +246,7 @@ fn weight_product(
     }
     if k == 0 {
         if !accumulate {
-            be.device().zero(c.ptr(), m * n * 4, be.stream())?;
+            be.zero_mem(&c.mem, bytes_of("matmul output", m * n, 4)?)?;
         }
         return Ok(());
     }
@@ -242,8 +256,8 @@ fn weight_product(
             "f32",
             (false, transposed),
             c,
-            a.ptr(),
-            w.mem.ptr(),
+            &a.mem,
+            &w.mem,
             (m, n, k),
             accumulate,
         ),
@@ -255,8 +269,8 @@ fn weight_product(
                 "bf16",
                 (false, transposed),
                 c,
-                rows.ptr(),
-                w.mem.ptr(),
+                &rows,
+                &w.mem,
                 (m, n, k),
                 accumulate,
             )

@@ -111,43 +111,55 @@ pub(crate) fn forward(
         table.extend_from_slice(&[
             s.rows.start as u64,
             s.rows.len as u64,
-            s.a.ptr().0,
-            s.b.ptr().0,
+            be.table_addr(s.a)?,
+            be.table_addr(s.b)?,
             0,
             0,
         ]);
     }
     let table = be.upload_pod(&table)?;
-    let tab = KArg::Ptr(table.ptr());
-    let til = KArg::Ptr(tiles.ptr());
+    let tab = table.arg();
+    let til = tiles.arg();
     // u is written even when d_in = 0 (as zeros), like the CPU backend.
-    be.launch(
-        "lora_shrink_f32",
-        cfg(ntiles, 1),
-        &[
-            x.arg(),
-            u.arg(),
-            tab,
-            til,
-            KArg::I32(d.d_in),
-            KArg::I32(d.rank),
-        ],
-    )?;
-    if shape.d_out > 0 {
-        let ct = grid_dim("lora d_out tiles", shape.d_out.div_ceil(EXPAND_COLS), 65535)?;
+    // SAFETY: lora_shrink_f32(x, u, table, tiles, d_in, rank) reads x rows and writes u rows
+    // named by `tiles` (each inside a segment, all below `rows`: x holds rows·d_in, u was
+    // checked per segment for rank columns) and each segment's A (rank·d_in, checked), whose
+    // address `table_addr` took from a live buffer of this device claimed for this stream;
+    // the table holds SEG_WORDS words per segment as lora.cu reads them.
+    unsafe {
         be.launch(
-            "lora_expand_f32",
-            cfg(ntiles, ct),
+            "lora_shrink_f32",
+            cfg(ntiles, 1),
             &[
+                x.arg(),
                 u.arg(),
-                y.arg(),
                 tab,
                 til,
-                KArg::I32(d.d_out),
+                KArg::I32(d.d_in),
                 KArg::I32(d.rank),
-                KArg::F32(shape.scale),
             ],
-        )?;
+        )
+    }?;
+    if shape.d_out > 0 {
+        let ct = grid_dim("lora d_out tiles", shape.d_out.div_ceil(EXPAND_COLS), 65535)?;
+        // SAFETY: lora_expand_f32(u, y, table, tiles, d_out, rank, scale) reads the same u rows and
+        // each segment's B (d_out·rank, checked) and updates y rows inside the segments (y checked
+        // per segment for d_out columns); the grid's y covers d_out in EXPAND_COLS tiles.
+        unsafe {
+            be.launch(
+                "lora_expand_f32",
+                cfg(ntiles, ct),
+                &[
+                    u.arg(),
+                    y.arg(),
+                    tab,
+                    til,
+                    KArg::I32(d.d_out),
+                    KArg::I32(d.rank),
+                    KArg::F32(shape.scale),
+                ],
+            )
+        }?;
     }
     Ok(())
 }
@@ -186,81 +198,98 @@ pub(crate) fn backward(
         table.extend_from_slice(&[
             s.rows.start as u64,
             s.rows.len as u64,
-            s.a.ptr().0,
-            s.b.ptr().0,
-            s.da.ptr().0,
-            s.db.ptr().0,
+            be.table_addr(s.a)?,
+            be.table_addr(s.b)?,
+            be.table_addr(s.da)?,
+            be.table_addr(s.db)?,
         ]);
     }
     let table = be.upload_pod(&table)?;
-    let tab = KArg::Ptr(table.ptr());
-    let til = KArg::Ptr(tiles.ptr());
+    let tab = table.arg();
+    let til = tiles.arg();
     let nseg = segs.len();
 
     let jt_out = shape.d_out.div_ceil(REDUCE_COLS);
-    be.launch(
-        "lora_bwd_db_f32",
-        cfg(
-            grid_dim("lora dB blocks", nseg * jt_out, i32::MAX as u32)?,
-            1,
-        ),
-        &[
-            dy.arg(),
-            u.arg(),
-            tab,
-            KArg::I32(d.d_out),
-            KArg::I32(d.rank),
-            KArg::F32(shape.scale),
-            KArg::I32(i32_of("lora d_out tiles", jt_out)?),
-        ],
-    )?;
+    // SAFETY: lora_bwd_db_f32(dy, u, table, d_out, rank, scale, jt) reads dy (rows·d_out) and u
+    // (rows·rank) at segment rows and accumulates each segment's dB (d_out·rank), all checked
+    // above; segment addresses come from `table_addr` (live, this device, claimed here).
+    unsafe {
+        be.launch(
+            "lora_bwd_db_f32",
+            cfg(
+                grid_dim("lora dB blocks", nseg * jt_out, i32::MAX as u32)?,
+                1,
+            ),
+            &[
+                dy.arg(),
+                u.arg(),
+                tab,
+                KArg::I32(d.d_out),
+                KArg::I32(d.rank),
+                KArg::F32(shape.scale),
+                KArg::I32(i32_of("lora d_out tiles", jt_out)?),
+            ],
+        )
+    }?;
     if shape.d_in == 0 {
         return Ok(());
     }
     // t = scale·dy·B, shared by the dA and dx products; rows outside every segment stay unread.
     let t = be.alloc_bytes(rows * shape.rank * 4)?;
-    let targ = KArg::Ptr(t.ptr());
-    be.launch(
-        "lora_bwd_t_f32",
-        cfg(ntiles, 1),
-        &[
-            dy.arg(),
-            targ,
-            tab,
-            til,
-            KArg::I32(d.d_out),
-            KArg::I32(d.rank),
-            KArg::F32(shape.scale),
-        ],
-    )?;
+    let targ = t.arg();
+    // SAFETY: lora_bwd_t_f32(dy, t, table, tiles, d_out, rank, scale) reads dy at tile rows and
+    // each B, and writes t (allocated rows·rank) at tile rows, all inside the segments.
+    unsafe {
+        be.launch(
+            "lora_bwd_t_f32",
+            cfg(ntiles, 1),
+            &[
+                dy.arg(),
+                targ,
+                tab,
+                til,
+                KArg::I32(d.d_out),
+                KArg::I32(d.rank),
+                KArg::F32(shape.scale),
+            ],
+        )
+    }?;
     let jt_in = shape.d_in.div_ceil(REDUCE_COLS);
-    be.launch(
-        "lora_bwd_da_f32",
-        cfg(
-            grid_dim("lora dA blocks", nseg * jt_in, i32::MAX as u32)?,
-            1,
-        ),
-        &[
-            x.arg(),
-            targ,
-            tab,
-            KArg::I32(d.d_in),
-            KArg::I32(d.rank),
-            KArg::I32(i32_of("lora d_in tiles", jt_in)?),
-        ],
-    )?;
+    // SAFETY: lora_bwd_da_f32(x, t, table, d_in, rank, jt) reads x (rows·d_in, checked) and t at
+    // segment rows and accumulates each segment's dA (rank·d_in, checked).
+    unsafe {
+        be.launch(
+            "lora_bwd_da_f32",
+            cfg(
+                grid_dim("lora dA blocks", nseg * jt_in, i32::MAX as u32)?,
+                1,
+            ),
+            &[
+                x.arg(),
+                targ,
+                tab,
+                KArg::I32(d.d_in),
+                KArg::I32(d.rank),
+                KArg::I32(i32_of("lora d_in tiles", jt_in)?),
+            ],
+        )
+    }?;
     let ct = grid_dim("lora d_in tiles", shape.d_in.div_ceil(EXPAND_COLS), 65535)?;
-    be.launch(
-        "lora_bwd_dx_f32",
-        cfg(ntiles, ct),
-        &[
-            targ,
-            dx.arg(),
-            tab,
-            til,
-            KArg::I32(d.d_in),
-            KArg::I32(d.rank),
-        ],
-    )?;
+    // SAFETY: lora_bwd_dx_f32(t, dx, table, tiles, d_in, rank) reads t and each A and updates dx
+    // at tile rows, checked per segment for d_in columns; the grid's y covers d_in.
+    unsafe {
+        be.launch(
+            "lora_bwd_dx_f32",
+            cfg(ntiles, ct),
+            &[
+                targ,
+                dx.arg(),
+                tab,
+                til,
+                KArg::I32(d.d_in),
+                KArg::I32(d.rank),
+            ],
+        )
+    }?;
     Ok(())
 }

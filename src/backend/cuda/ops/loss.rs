@@ -38,24 +38,25 @@ pub(crate) fn cross_entropy(
     let labels_d = be.upload_pod(labels)?;
     let weights_d = be.upload_pod(&weights[..rows])?;
     let losses_d = be.alloc_bytes(rows * 4)?;
-    be.launch(
-        "loss_xent",
-        row_blocks(rows, classes)?,
-        &[
-            dlogits.arg(),
-            KArg::Ptr(losses_d.ptr()),
-            logits.arg(),
-            KArg::Ptr(labels_d.ptr()),
-            KArg::Ptr(weights_d.ptr()),
-            KArg::I32(i32_of("cross_entropy rows", rows)?),
-            KArg::I32(i32_of("cross_entropy classes", classes)?),
-        ],
-    )?;
+    // SAFETY: loss_xent(dlogits, losses, logits, labels, weights, rows, classes) touches
+    // dlogits and logits at [0, rows·classes) (checked above) and the three uploads of `rows`
+    // elements; labels were checked to be below `classes` (negative ones are skipped).
+    unsafe {
+        be.launch(
+            "loss_xent",
+            row_blocks(rows, classes)?,
+            &[
+                dlogits.arg(),
+                losses_d.arg(),
+                logits.arg(),
+                labels_d.arg(),
+                weights_d.arg(),
+                KArg::I32(i32_of("cross_entropy rows", rows)?),
+                KArg::I32(i32_of("cross_entropy classes", classes)?),
+            ],
+        )
+    }?;
     let mut losses = vec![0f32; rows];
-    be.device().read(
-        bytemuck::cast_slice_mut(&mut losses),
-        losses_d.ptr(),
-        be.stream(),
-    )?;
+    be.read_into(&mut losses, &losses_d)?;
     Ok(losses)
 }

@@ -53,21 +53,26 @@ pub(crate) fn layer_norm_forward(
     if rows == 0 || dim == 0 {
         return Ok(());
     }
-    be.launch(
-        "norm_ln_fwd",
-        row_blocks(rows, dim)?,
-        &[
-            y.arg(),
-            mean.arg(),
-            rstd.arg(),
-            x.arg(),
-            gamma.arg(),
-            beta.arg(),
-            KArg::I32(i32_of("layer_norm rows", rows)?),
-            KArg::I32(i32_of("layer_norm dim", dim)?),
-            KArg::F32(eps),
-        ],
-    )
+    // SAFETY: norm_ln_fwd(y, mean, rstd, x, gamma, beta, rows, dim, eps) touches y and x at
+    // [0, rows·dim), mean and rstd at [0, rows), gamma and beta at [0, dim): all checked
+    // above, and `row_blocks` assigns each row to one thread group.
+    unsafe {
+        be.launch(
+            "norm_ln_fwd",
+            row_blocks(rows, dim)?,
+            &[
+                y.arg(),
+                mean.arg(),
+                rstd.arg(),
+                x.arg(),
+                gamma.arg(),
+                beta.arg(),
+                KArg::I32(i32_of("layer_norm rows", rows)?),
+                KArg::I32(i32_of("layer_norm dim", dim)?),
+                KArg::F32(eps),
+            ],
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -90,20 +95,24 @@ pub(crate) fn layer_norm_backward(
     if rows == 0 || dim == 0 {
         return Ok(());
     }
-    be.launch(
-        "norm_ln_bwd",
-        row_blocks(rows, dim)?,
-        &[
-            dx.arg(),
-            dy.arg(),
-            x.arg(),
-            gamma.arg(),
-            mean.arg(),
-            rstd.arg(),
-            KArg::I32(i32_of("layer_norm_backward rows", rows)?),
-            KArg::I32(i32_of("layer_norm_backward dim", dim)?),
-        ],
-    )
+    // SAFETY: norm_ln_bwd(dx, dy, x, gamma, mean, rstd, rows, dim) touches dx, dy, x at
+    // [0, rows·dim), mean and rstd at [0, rows) and gamma at [0, dim), all checked above.
+    unsafe {
+        be.launch(
+            "norm_ln_bwd",
+            row_blocks(rows, dim)?,
+            &[
+                dx.arg(),
+                dy.arg(),
+                x.arg(),
+                gamma.arg(),
+                mean.arg(),
+                rstd.arg(),
+                KArg::I32(i32_of("layer_norm_backward rows", rows)?),
+                KArg::I32(i32_of("layer_norm_backward dim", dim)?),
+            ],
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -124,19 +133,23 @@ pub(crate) fn rms_norm_forward(
     if rows == 0 || dim == 0 {
         return Ok(());
     }
-    be.launch(
-        "norm_rms_fwd",
-        row_blocks(rows, dim)?,
-        &[
-            y.arg(),
-            rstd.arg(),
-            x.arg(),
-            gamma.arg(),
-            KArg::I32(i32_of("rms_norm rows", rows)?),
-            KArg::I32(i32_of("rms_norm dim", dim)?),
-            KArg::F32(eps),
-        ],
-    )
+    // SAFETY: norm_rms_fwd(y, rstd, x, gamma, rows, dim, eps) touches y and x at [0, rows·dim),
+    // rstd at [0, rows) and gamma at [0, dim), all checked above.
+    unsafe {
+        be.launch(
+            "norm_rms_fwd",
+            row_blocks(rows, dim)?,
+            &[
+                y.arg(),
+                rstd.arg(),
+                x.arg(),
+                gamma.arg(),
+                KArg::I32(i32_of("rms_norm rows", rows)?),
+                KArg::I32(i32_of("rms_norm dim", dim)?),
+                KArg::F32(eps),
+            ],
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -158,17 +171,21 @@ pub(crate) fn rms_norm_backward(
     if rows == 0 || dim == 0 {
         return Ok(());
     }
-    be.launch(
-        "norm_rms_bwd",
-        row_blocks(rows, dim)?,
-        &[
-            dx.arg(),
-            dy.arg(),
-            x.arg(),
-            gamma.arg(),
-            rstd.arg(),
-            KArg::I32(i32_of("rms_norm_backward rows", rows)?),
-            KArg::I32(i32_of("rms_norm_backward dim", dim)?),
-        ],
-    )
+    // SAFETY: norm_rms_bwd(dx, dy, x, gamma, rstd, rows, dim) touches dx, dy, x at
+    // [0, rows·dim), rstd at [0, rows) and gamma at [0, dim), all checked above.
+    unsafe {
+        be.launch(
+            "norm_rms_bwd",
+            row_blocks(rows, dim)?,
+            &[
+                dx.arg(),
+                dy.arg(),
+                x.arg(),
+                gamma.arg(),
+                rstd.arg(),
+                KArg::I32(i32_of("rms_norm_backward rows", rows)?),
+                KArg::I32(i32_of("rms_norm_backward dim", dim)?),
+            ],
+        )
+    }
 }

@@ -34,22 +34,26 @@ pub(crate) fn adamw_step(
     let step_size = (hp.lr as f64 / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
     let blocks = n.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32;
-    be.launch(
-        "optim_adamw",
-        LaunchCfg::linear(blocks, THREADS),
-        &[
-            param.arg(),
-            grad.arg(),
-            m.arg(),
-            v.arg(),
-            KArg::F32(hp.lr),
-            KArg::F32(hp.beta1),
-            KArg::F32(hp.beta2),
-            KArg::F32(hp.eps),
-            KArg::F32(hp.weight_decay),
-            KArg::F32(step_size),
-            KArg::F32(bc2_sqrt),
-            KArg::I32(i32_of("adamw len", n)?),
-        ],
-    )
+    // SAFETY: optim_adamw(param, grad, m, v, ..., n) updates all four at [0, n): n is param's
+    // length and the other three were checked to hold n elements.
+    unsafe {
+        be.launch(
+            "optim_adamw",
+            LaunchCfg::linear(blocks, THREADS),
+            &[
+                param.arg(),
+                grad.arg(),
+                m.arg(),
+                v.arg(),
+                KArg::F32(hp.lr),
+                KArg::F32(hp.beta1),
+                KArg::F32(hp.beta2),
+                KArg::F32(hp.eps),
+                KArg::F32(hp.weight_decay),
+                KArg::F32(step_size),
+                KArg::F32(bc2_sqrt),
+                KArg::I32(i32_of("adamw len", n)?),
+            ],
+        )
+    }
 }
