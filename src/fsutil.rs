@@ -32,3 +32,26 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         Error::io(path, e)
     })
 }
+
+/// An exclusive lock on a folder, held until dropped: two processes must not write one run
+/// folder at once (their metrics lines and checkpoints would interleave).
+#[derive(Debug)]
+pub struct DirLock {
+    _dir: std::fs::File,
+}
+
+/// Takes the exclusive lock on `dir` (an advisory `flock` on the folder itself, so no lock file
+/// is left behind; the kernel releases it when the process exits, however it exits). Fails at
+/// once, naming the folder, when another process holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let f = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(DirLock { _dir: f }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Input(format!(
+            "{} is in use by another flexp-run process; wait for it to finish (or stop it) \
+             before resuming or reusing this folder",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(dir, e)),
+    }
+}

@@ -246,6 +246,42 @@ fn killed_run_resumes_to_the_same_metrics() {
     assert_eq!(a["clients"], b["clients"]);
 }
 
+/// A run folder another process is writing is refused, not written by two processes at once
+/// (their metrics lines and checkpoints would interleave).
+#[test]
+fn a_folder_in_use_by_another_process_is_refused() {
+    let d = tmp("locked");
+    let data = write_data(&d);
+    let out = d.join("run");
+    let mut args = base_args(&data, &out);
+    args.extend(["--set".into(), "rounds=2".into()]);
+    ok(&flexp(&args));
+    std::fs::remove_file(out.join("report.json")).unwrap();
+    // This test process plays the other writer.
+    let held = flexp::fsutil::lock_dir(&out).unwrap();
+    let o = flexp(&[
+        "--quiet".into(),
+        "train".into(),
+        "--resume".into(),
+        out.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("in use by another flexp-run process"), "{e}");
+    assert!(
+        !out.join("report.json").exists(),
+        "nothing written while locked"
+    );
+    drop(held);
+    ok(&flexp(&[
+        "--quiet".into(),
+        "train".into(),
+        "--resume".into(),
+        out.display().to_string(),
+    ]));
+    assert!(out.join("report.json").exists());
+}
+
 #[test]
 fn resume_without_checkpoint_is_refused() {
     let d = tmp("nockpt");

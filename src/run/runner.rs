@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::federated::{
     mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
 };
-use crate::fsutil::write_atomic;
+use crate::fsutil::{lock_dir, write_atomic};
 use crate::model::{load_model_with, LoraConfig, Model, ModelConfig, Pooling, Tokenizer};
 use crate::rng::Rng;
 use serde_json::{json, Value};
@@ -345,6 +345,12 @@ pub fn run<B: Backend + 'static>(
     let t0 = Instant::now();
     let dir = cfg.out.clone();
     let ckpt_dir = dir.join("checkpoint");
+    // A folder that exists may be another process's run in progress: lock it before reading it.
+    let mut lock = if dir.is_dir() {
+        Some(lock_dir(&dir)?)
+    } else {
+        None
+    };
     if resume {
         if !ckpt_dir.join("meta.json").exists() {
             return Err(Error::Input(format!(
@@ -377,6 +383,9 @@ pub fn run<B: Backend + 'static>(
     // The folder is made only once the model and data are known to be usable, so a refused run
     // leaves nothing behind.
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    if lock.is_none() {
+        lock = Some(lock_dir(&dir)?);
+    }
     let recorded = if resume {
         resolved_toml.to_string()
     } else {
@@ -569,6 +578,8 @@ pub fn run<B: Backend + 'static>(
     // Adapters of every client's personalized model are in the checkpoint; the report renders
     // from the JSON files alone.
     crate::report::write_run_report(&dir)?;
+    // Held until the report is written: the report is part of the run.
+    drop(lock);
     Ok(RunOutcome { dir, report })
 }
 

@@ -758,6 +758,9 @@ pub enum Selected {
 /// Never panics on a machine without CUDA.
 pub fn select(choice: BackendChoice) -> Result<(Selected, String)> {
     let gpu = || -> Result<CudaBackend> {
+        // The driver first: on a machine with no GPU, "no driver" is the reason to report, not
+        // a missing compiler the user would then install for nothing.
+        driver::CudaDriver::probe()?;
         nvrtc::ensure_nvrtc()?;
         Ok(CudaBackend::new(Arc::new(driver::CudaDriver::new(0)?)))
     };
