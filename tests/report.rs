@@ -149,6 +149,17 @@ fn run_report_writes_plots_and_markdown() {
     ] {
         assert!(round_svg.contains(name), "legend lacks {name}");
     }
+    // Each series has one colour in both line plots: the same legend in the same order.
+    let legend = |svg: &str| -> Vec<String> {
+        svg.lines()
+            .filter(|l| l.contains("stroke-width=\"2.5\""))
+            .map(|l| l.split("stroke=\"").nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let time_svg = read(&dir.join("acc_vs_time.svg"));
+    assert_eq!(legend(&round_svg), legend(&time_svg));
+    assert_eq!(legend(&round_svg).len(), 4);
+    assert!(read(&dir.join("clients.svg")).contains(">client</text>"));
 
     let md = read(&dir.join("report.md"));
     assert!(md.starts_with("# Run report: flexp_sfl on bert-tiny"));
@@ -569,6 +580,7 @@ fn charts_survive_degenerate_data() {
         BarChart {
             title: "bars".into(),
             y_label: "y".into(),
+            x_label: "x".into(),
             categories: vec!["a".into(), "b".into(), "c".into()],
             groups: vec![
                 ("g1".into(), vec![1.0, f64::NAN, -2.0]),
@@ -580,6 +592,7 @@ fn charts_survive_degenerate_data() {
         BarChart {
             title: "all zero".into(),
             y_label: "y".into(),
+            x_label: String::new(),
             categories: vec!["a".into()],
             groups: vec![("g".into(), vec![0.0])],
         }

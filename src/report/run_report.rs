@@ -93,10 +93,19 @@ fn acc_vs_time(metrics: &[MetricsRow]) -> LineChart {
             "simulated time (s)",
             "accuracy (%)",
         ),
+        // The same series as against rounds, so each keeps its colour across the two plots.
         vec![
             Series::new(
                 "personalized (mean)",
                 acc_points(metrics, t, |m| m.personalized_acc_mean),
+            ),
+            Series::new(
+                "personalized (worst client)",
+                acc_points(metrics, t, |m| m.personalized_acc_min),
+            ),
+            Series::new(
+                "global test set (mean)",
+                acc_points(metrics, t, |m| m.global_acc_mean),
             ),
             Series::new(
                 "global model",
@@ -110,6 +119,7 @@ fn clients_chart(run: &Run) -> BarChart {
     let clients = &run.report.clients;
     let pct_or_nan = |v: Option<f64>| v.map_or(f64::NAN, |a| a * 100.0);
     let mut chart = BarChart::new("Per-client accuracy (last round)", "accuracy (%)");
+    chart.x_label = "client".into();
     chart.categories = clients
         .iter()
         .enumerate()

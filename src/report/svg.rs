@@ -101,6 +101,8 @@ pub struct BarChart {
     pub title: String,
     /// Caption of the vertical axis.
     pub y_label: String,
+    /// Caption of the horizontal axis (none when empty).
+    pub x_label: String,
     /// The labels along the horizontal axis.
     pub categories: Vec<String>,
     /// `(legend name, one value per category)`. A non-finite value draws no bar; values past the
@@ -555,6 +557,7 @@ impl BarChart {
         BarChart {
             title: title.into(),
             y_label: y_label.into(),
+            x_label: String::new(),
             categories: Vec::new(),
             groups: Vec::new(),
         }
@@ -621,6 +624,9 @@ impl BarChart {
             );
         }
         let _ = writeln!(c.out, "<g class=\"x-axis\">\n{g}</g>");
+        if !self.x_label.is_empty() {
+            c.x_caption(&self.x_label);
+        }
 
         let mut any_bar = false;
         for (i, (name, vals)) in self.groups.iter().enumerate() {
