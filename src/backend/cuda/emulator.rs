@@ -7,6 +7,7 @@ use super::device::{DevPtr, Device, EventId, KArg, LaunchCfg, StreamId};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 extern "C" {
@@ -19,6 +20,7 @@ extern "C" {
     fn flexp_emu_memset(dst: u64, value: c_int, bytes: usize) -> c_int;
     fn flexp_emu_kernel_count() -> c_int;
     fn flexp_emu_kernel_name(i: c_int) -> *const c_char;
+    fn flexp_emu_smem_limit(arch: u32) -> usize;
     fn flexp_emu_launch(
         name: *const c_char,
         grid: *const u32,
@@ -27,8 +29,19 @@ extern "C" {
         args: *mut *mut c_void,
         tags: *const c_int,
         nargs: c_int,
+        seed: u64,
+        arch: u32,
     ) -> c_int;
 }
+
+/// Environment variable read by [`Emulator::new`] and [`Emulator::with_streams`]: a `u64`
+/// schedule seed for every emulator a test run creates (see [`Emulator::with_schedule_seed`]).
+pub const SEED_ENV: &str = "FLEXP_EMU_SEED";
+
+/// The architecture the emulator enforces limits for unless told otherwise: sm_80 has the
+/// smallest dynamic shared memory (163 KiB) of the GPUs the backend targets, so a launch that
+/// fits here fits everywhere.
+pub const DEFAULT_ARCH: u32 = 80;
 
 /// The SIMT emulator as a device.
 ///
@@ -40,10 +53,59 @@ extern "C" {
 /// whenever it is not held back by an event wait. So a missing wait or a buffer freed while
 /// another stream still uses it produces wrong results or a use-after-free fault here, where a
 /// GPU would usually get lucky.
-#[derive(Debug, Default)]
+///
+/// Every launch is checked for data races on shared and global memory (see kernels/emu/simt.hpp).
+/// A schedule seed ([`Emulator::with_schedule_seed`], or the `FLEXP_EMU_SEED` environment
+/// variable) shuffles block order and thread interleaving reproducibly; the target architecture
+/// ([`Emulator::with_arch`], sm_80 by default) sets the shared-memory limit.
+#[derive(Debug)]
 pub struct Emulator {
     deferred: bool,
     state: Mutex<Queues>,
+    /// 0: blocks and threads in index order; otherwise the seed of every launch's schedule.
+    seed: u64,
+    arch: u32,
+    /// Launches so far, so that each launch of a seeded emulator gets its own schedule.
+    launches: AtomicU64,
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Emulator {
+            deferred: false,
+            state: Mutex::default(),
+            seed: seed_from_env(),
+            arch: DEFAULT_ARCH,
+            launches: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The seed `FLEXP_EMU_SEED` asks for; 0 (index order) when unset or not a number, so a typo
+/// cannot silently change what a test run means: it is reported once on stderr.
+fn seed_from_env() -> u64 {
+    let Some(v) = std::env::var_os(SEED_ENV) else {
+        return 0;
+    };
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(seed) => seed,
+        None => {
+            eprintln!("flexp: ignoring {SEED_ENV}={v:?}: not a u64");
+            0
+        }
+    }
+}
+
+/// The schedule seed of launch number `n` of an emulator seeded with `seed` (splitmix64 of
+/// both, never 0 so that a seeded emulator never falls back to index order).
+fn launch_seed(seed: u64, n: u64) -> u64 {
+    if seed == 0 {
+        return 0;
+    }
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).max(1)
 }
 
 #[derive(Debug, Default)]
@@ -103,7 +165,42 @@ impl Emulator {
                 issued: vec![0],
                 ..Default::default()
             }),
+            ..Default::default()
         }
+    }
+
+    /// The same emulator with a schedule seed: 0 runs blocks and threads in index order; any
+    /// other value shuffles the order blocks run in and threads resume in, and makes threads
+    /// yield at memory accesses, differently for every launch but reproducibly for the seed.
+    /// Race detection does not depend on the order (a race is reported under every seed); the
+    /// seed exposes kernels whose results do.
+    pub fn with_schedule_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The schedule seed in use (0: index order).
+    pub fn schedule_seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The same emulator enforcing the limits of `sm` (80 for sm_80, 86, 89, 90): dynamic shared
+    /// memory per block is 163 KiB on sm_80, 99 KiB on sm_86/sm_89 and 227 KiB on sm_90.
+    pub fn with_arch(mut self, sm: u32) -> Result<Self> {
+        // SAFETY: a pure function of its argument.
+        if unsafe { flexp_emu_smem_limit(sm) } == 0 {
+            return Err(Error::Backend(format!(
+                "emulator: unknown target architecture sm_{sm}"
+            )));
+        }
+        self.arch = sm;
+        Ok(self)
+    }
+
+    /// Dynamic shared memory one block may use on this emulator's architecture, in bytes.
+    pub fn shared_memory_limit(&self) -> usize {
+        // SAFETY: a pure function of its argument.
+        unsafe { flexp_emu_smem_limit(self.arch) }
     }
 
     /// Names of every kernel compiled into the emulator.
@@ -127,7 +224,7 @@ impl Emulator {
     /// Runs `op` now, or queues it on `stream`.
     fn issue(&self, stream: StreamId, op: Op) -> Result<()> {
         if !self.deferred {
-            return execute(&op);
+            return self.execute(&op);
         }
         let mut q = self.queues();
         if stream.0 >= q.pending.len() {
@@ -192,7 +289,7 @@ impl Emulator {
             };
             let (_, op) = q.pending[s].pop_front().expect("picked a non-empty queue");
             q.done[s] += 1;
-            if let Err(e) = execute(&op) {
+            if let Err(e) = self.execute(&op) {
                 q.pending.iter_mut().for_each(VecDeque::clear);
                 let done = q.done.clone();
                 q.issued = done;
@@ -202,8 +299,9 @@ impl Emulator {
     }
 }
 
-fn execute(op: &Op) -> Result<()> {
-    match op {
+impl Emulator {
+    fn execute(&self, op: &Op) -> Result<()> {
+        match op {
         // SAFETY (all arms): pointers refer to live locals of the stated lengths; the emulator
         // bounds-checks every device address against its allocation table.
         Op::Write { dst, data } => {
@@ -213,11 +311,15 @@ fn execute(op: &Op) -> Result<()> {
         Op::Copy { dst, src, bytes } => check(unsafe { flexp_emu_copy(dst.0, src.0, *bytes) }),
         Op::Free { ptr } => check(unsafe { flexp_emu_free(ptr.0) }),
         Op::Wait { .. } => Ok(()),
-        Op::Launch { name, cfg, args } => launch_now(name, *cfg, args),
+        Op::Launch { name, cfg, args } => {
+            let n = self.launches.fetch_add(1, Ordering::Relaxed);
+            launch_now(name, *cfg, args, launch_seed(self.seed, n), self.arch)
+        }
+        }
     }
 }
 
-fn launch_now(name: &str, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
+fn launch_now(name: &str, cfg: LaunchCfg, args: &[KArg], seed: u64, arch: u32) -> Result<()> {
     let cname = CString::new(name)
         .map_err(|_| Error::Backend(format!("kernel name {name:?} contains a NUL byte")))?;
     let mut slots: Vec<[u8; 8]> = args.iter().map(KArg::bytes).collect();
@@ -237,6 +339,8 @@ fn launch_now(name: &str, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
             ptrs.as_mut_ptr(),
             tags.as_ptr(),
             args.len() as c_int,
+            seed,
+            arch,
         )
     })
 }
