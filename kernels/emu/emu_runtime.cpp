@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
+#include <limits>
 #include <map>
+#include <new>
 #include <numeric>
 #include <mutex>
 #include <string>
@@ -744,7 +746,9 @@ int flexp_emu_alloc(std::size_t bytes, std::uint64_t* out) {
     // cudaMalloc aligns to 256 bytes; so does this, so alignment checks see what a GPU would.
     // One byte of slack keeps zero-sized blocks distinct.
     void* p = nullptr;
-    if (posix_memalign(&p, 256, bytes + 1) != 0 || !p)
+    // bytes + 1 must not wrap (a wrapped size would register a huge allocation over a tiny one).
+    if (bytes >= (std::numeric_limits<std::size_t>::max() >> 1) ||
+        posix_memalign(&p, 256, bytes + 1) != 0 || !p)
         return fail("emulator: out of host memory allocating " + std::to_string(bytes) + " bytes");
     std::memset(p, 0xFF, bytes + 1);
     try {

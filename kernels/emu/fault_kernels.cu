@@ -159,3 +159,12 @@ extern "C" __global__ void fault_fast_math(gmem<const float> x, gmem<float> y, i
     y[4 * i + 3] = rsqrtf(fabsf(v));
 }
 EMU_REGISTER(fault_fast_math)
+
+// Thread 3 throws std::bad_alloc, as a host allocation inside the emulator might: the launch
+// must fail with an error, never unwind into Rust.
+extern "C" __global__ void fault_throws(gmem<float> y) {
+    if (threadIdx.x == 3)
+        throw std::bad_alloc();
+    y[threadIdx.x] = 1.0f;
+}
+EMU_REGISTER(fault_throws)

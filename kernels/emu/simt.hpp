@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 
 namespace emu {
@@ -226,11 +227,15 @@ struct shared_ptr {
 template <class T, std::size_t N>
 struct shared_array {
     T data[N];
-    // Never reset: records of earlier blocks carry older phases and read as "not written".
-    Shadow shadow[N * sizeof(T)] = {};
+    // One cell per byte, on the heap: these arrays are thread_local, and glibc carves static TLS
+    // out of each thread's stack. Never reset: records of earlier blocks carry older phases and
+    // read as "not written".
+    std::unique_ptr<Shadow[]> shadow;
     std::uint64_t epoch = ~std::uint64_t(0);
     // Shared memory lives for one block: a new block sees garbage again.
     void refresh() {
+        if (!shadow)
+            shadow.reset(new Shadow[N * sizeof(T)]());
         if (epoch != block_epoch()) {
             std::memset(static_cast<void*>(data), 0xFF, sizeof(data));
             epoch = block_epoch();
@@ -238,7 +243,7 @@ struct shared_array {
     }
     shared_ptr<T> ptr(const char* name) {
         refresh();
-        return shared_ptr<T>{data, shadow, 0, static_cast<std::ptrdiff_t>(N), data, name};
+        return shared_ptr<T>{data, shadow.get(), 0, static_cast<std::ptrdiff_t>(N), data, name};
     }
 };
 
@@ -497,29 +502,35 @@ struct alignas(16) float4 {
     float x, y, z, w;
 };
 
-// Atomics on global (`atomicAdd(&y[i], v)`) and shared (`atomicAdd(&s[i], v)` is written
-// `atomicAdd(s + i, v)` or on s[i]) memory. Fibers of one OS thread switch only at the points
-// the scheduler chooses, so the read-modify-write below is indivisible; the race detector
-// records it as atomic, so atomics never race with each other, only with plain accesses.
+// Atomics on global (`atomicAdd(&y[i], v)`) and shared (`atomicAdd(s + i, v)`) memory. Fibers
+// of one OS thread switch only where the scheduler lets them (never inside rmw, whose operand
+// is converted before it starts, since reading a gmem_ref operand may yield), so the
+// read-modify-write is indivisible; the race detector records it as atomic, so atomics never
+// race with each other, only with plain accesses.
 template <class T, class U>
 inline T atomicAdd(::emu::gmem<T> a, U v) {
-    return a[0].rmw([&](T old) { return static_cast<T>(old + v); });
+    const T x = static_cast<T>(v);
+    return a[0].rmw([x](T old) { return static_cast<T>(old + x); });
 }
 template <class T, class U>
 inline T atomicMax(::emu::gmem<T> a, U v) {
-    return a[0].rmw([&](T old) { return old > static_cast<T>(v) ? old : static_cast<T>(v); });
+    const T x = static_cast<T>(v);
+    return a[0].rmw([x](T old) { return old > x ? old : x; });
 }
 template <class T, class U>
 inline T atomicMin(::emu::gmem<T> a, U v) {
-    return a[0].rmw([&](T old) { return old < static_cast<T>(v) ? old : static_cast<T>(v); });
+    const T x = static_cast<T>(v);
+    return a[0].rmw([x](T old) { return old < x ? old : x; });
 }
 template <class T, class U>
 inline T atomicExch(::emu::gmem<T> a, U v) {
-    return a[0].rmw([&](T) { return static_cast<T>(v); });
+    const T x = static_cast<T>(v);
+    return a[0].rmw([x](T) { return x; });
 }
 template <class T, class U>
 inline T atomicAdd(::emu::shared_ref<T> r, U v) {
-    return r.rmw([&](T old) { return static_cast<T>(old + v); });
+    const T x = static_cast<T>(v);
+    return r.rmw([x](T old) { return static_cast<T>(old + x); });
 }
 template <class T, class U>
 inline T atomicAdd(::emu::shared_ptr<T> s, U v) {
@@ -527,11 +538,13 @@ inline T atomicAdd(::emu::shared_ptr<T> s, U v) {
 }
 template <class T, class U>
 inline T atomicMax(::emu::shared_ptr<T> s, U v) {
-    return s[0].rmw([&](T old) { return old > static_cast<T>(v) ? old : static_cast<T>(v); });
+    const T x = static_cast<T>(v);
+    return s[0].rmw([x](T old) { return old > x ? old : x; });
 }
 template <class T, class U>
 inline T atomicExch(::emu::shared_ptr<T> s, U v) {
-    return s[0].rmw([&](T) { return static_cast<T>(v); });
+    const T x = static_cast<T>(v);
+    return s[0].rmw([x](T) { return x; });
 }
 
 template <class T>
