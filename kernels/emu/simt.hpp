@@ -7,17 +7,60 @@
 // barriers and warp collectives without one OS thread per CUDA thread.
 //
 // The emulator is stricter than a GPU on purpose. It faults (and the launch returns an error
-// naming the kernel, thread, file and line) on:
+// naming the kernel, block and thread, and where it helps the file and line) on:
 // - a global-memory access outside the allocation the pointer came from (gmem<T> carries the
 //   allocation's bounds), or through a pointer to freed or never-allocated memory;
+// - a misaligned access, global or shared: every element must be aligned to its type's
+//   alignment (16 bytes for a float4 vector load through gmem_cast<float4>); allocations are
+//   256-byte aligned like cudaMalloc's;
+// - a data race, on shared and on global memory (below);
 // - a __syncthreads that some thread of the block does not reach, or that threads reach at
 //   different call sites;
 // - a warp collective whose mask names a lane that exited, does not exist, or waits elsewhere;
 // - a read of shared memory that no thread of this block has written (shared memory starts as
-//   garbage on a GPU; here it is tracked byte by byte and reset for every block);
-// - an out-of-bounds index into a static or dynamic shared array.
+//   garbage on a GPU; here it is tracked byte by byte and forgotten for every block);
+// - an out-of-bounds index into a static or dynamic shared array;
+// - dynamic shared memory above the target architecture's per-block limit (the launch is
+//   refused: sm_80 163 KiB, the default because it is the strictest target; sm_86/sm_89 99 KiB;
+//   sm_90 227 KiB). Static shared arrays are not counted here: ptxas checks them (48 KiB).
 // Fresh device allocations are filled with 0xFF bytes (NaN for floats) so that reading memory
 // nobody initialised shows up in results instead of reading as zero.
+//
+// Race detection. What orders two accesses of one block, as CUDA defines it:
+// - program order within a thread;
+// - __syncthreads: every access before it is ordered before every access after it. The block's
+//   time is cut into barrier intervals ("phases"), numbered by a process-wide counter;
+// - __syncwarp(mask): orders memory among the lanes it names. Each thread keeps a vector clock
+//   over the 32 lanes of its warp, joined at every completed __syncwarp; an access by lane j is
+//   ordered before a later access by lane k of the same warp, in the same phase, iff k has
+//   since completed a __syncwarp together with j (directly or through other lanes).
+// Shuffles and votes synchronise control flow but not memory (CUDA does not promise that they
+// order memory), and nothing orders two blocks of one launch.
+// Two accesses to the same byte (shared) or element address (global) race when they are not
+// ordered, come from different threads, and at least one writes, unless both are atomic
+// (atomicAdd, atomicMax, atomicMin, atomicExch: they never race with each other, only with plain
+// accesses). Each shadow cell keeps the last write and up to two reads since it (the first read
+// of the interval and the latest read by another thread): an access conflicting with the last
+// write (the last atomic, for a run of atomics) is always found, and a write-after-read
+// conflict may be missed only when three or more threads read one location in a phase. Shared memory has a shadow cell per byte; global memory
+// a hash table keyed by element address, per launch (overlapping accesses of different sizes
+// at different addresses are not compared).
+//
+// Schedules. With schedule seed 0 blocks run in index order and each thread runs until it must
+// wait. Any other seed shuffles the block order, shuffles the order runnable threads resume in
+// at every scheduling round, and makes a thread yield at a global or shared access with
+// probability 1/16, so that accesses of different threads really interleave. The seed comes
+// with each launch (flexp_emu_launch), so a run is reproducible. Race reports do not depend on
+// the schedule (the detector reasons about what orders accesses, not about what happened to run
+// first), but which of the two conflicting accesses is reported as the second one does.
+//
+// Fast math. __expf, __logf, __fdividef and rsqrtf return what the GPU's approximate
+// instructions return, within CUDA's documented error bounds, not libm's correctly rounded
+// values (see the math built-ins below).
+//
+// Runtime safety (emu_runtime.cpp): every C entry point catches every C++ exception and returns
+// it as an error; an exception inside a kernel stops the launch like a fault; freeing device
+// memory while a launch runs on another thread waits for the launch to end.
 #pragma once
 
 #include <cmath>
