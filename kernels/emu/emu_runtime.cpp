@@ -1,8 +1,12 @@
 // The SIMT emulator's runtime: device memory, the fiber scheduler that runs one block at a time,
 // barrier and warp-collective resolution, and the C ABI the Rust side calls (src/backend/cuda/
 // emulator.rs). See simt.hpp for what the emulator checks.
+// Fibers switch with _setjmp/_longjmp between their own stacks. glibc's fortified longjmp
+// refuses jumps to another stack, so fortification is off for this translation unit.
+#undef _FORTIFY_SOURCE
 #include "simt.hpp"
 
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -24,7 +28,9 @@ namespace {
 enum class State { Runnable, Barrier, Warp, Finished };
 
 struct Thread {
-    ucontext_t ctx;
+    ucontext_t ctx;      // the fiber's first entry (makecontext)
+    jmp_buf jb;          // where it parked since
+    bool started = false;
     uint3_t tid;
     unsigned linear = 0;
     State state = State::Runnable;
@@ -63,7 +69,7 @@ struct Launch {
     uint3_t bid{0, 0, 0};
     std::vector<Thread> threads;
     Thread* current = nullptr;
-    ucontext_t scheduler;
+    jmp_buf scheduler;  // the scheduler's resume() frame for the fiber now running
     bool faulted = false;
     std::string error;
     std::vector<unsigned char> smem;
@@ -126,9 +132,27 @@ char* stack(std::size_t i) {
     return g_stacks[i];
 }
 
-void park() {
+// Context switches. ucontext enters a fiber the first time (it is the portable way onto a new
+// stack); after that, _setjmp/_longjmp switch without the signal-mask system call that
+// swapcontext makes on every switch (which cost more than running the kernels). Both functions
+// stay out of line so that the frames the jumps return to are simple and alive: the scheduler's
+// resume() frame while its fiber runs, the fiber's park() frame while it is parked.
+__attribute__((noinline)) void park() {
     Launch* L = g_launch;
-    swapcontext(&L->current->ctx, &L->scheduler);
+    if (_setjmp(L->current->jb) == 0)
+        _longjmp(L->scheduler, 1);
+}
+
+// Runs `t` until it parks, finishes or faults.
+__attribute__((noinline)) void resume(Launch* L, Thread* t) {
+    L->current = t;
+    if (_setjmp(L->scheduler) == 0) {
+        if (t->started)
+            _longjmp(t->jb, 1);
+        t->started = true;
+        setcontext(&t->ctx);
+    }
+    L->current = nullptr;
 }
 
 void fiber_entry() {
@@ -145,7 +169,7 @@ void fiber_entry() {
         L->error = "emulator: C++ exception inside the kernel";
     }
     L->current->state = State::Finished;
-    swapcontext(&L->current->ctx, &L->scheduler);
+    _longjmp(L->scheduler, 1);
 }
 
 std::string where(const Thread& t) {
@@ -331,9 +355,7 @@ bool run_block(Launch* L) {
             Thread& t = L->threads[L->order[k]];
             if (t.state != State::Runnable)
                 continue;
-            L->current = &t;
-            swapcontext(&L->scheduler, &t.ctx);
-            L->current = nullptr;
+            resume(L, &t);
             if (L->faulted)
                 return false;
             progressed = true;
@@ -403,8 +425,7 @@ void fault(const char* fmt, ...) {
     L->faulted = true;
     L->error = where(*L->current) + ": " + buf;
     // Abandon this fiber: the scheduler sees `faulted` and stops the launch.
-    swapcontext(&L->current->ctx, &L->scheduler);
-    std::abort();  // never resumed
+    _longjmp(L->scheduler, 1);
 }
 
 const uint3_t& thread_idx() { return g_launch->current->tid; }
@@ -502,25 +523,28 @@ const char* verb(AccessKind k) {
     return k == ACC_READ ? "reads" : k == ACC_WRITE ? "writes" : "atomically updates";
 }
 
-// Checks one shadow cell and records the access in it. Returns the conflicting record's
-// description, or an empty string.
-std::string check_cell(Shadow& c, const Me& me, AccessKind kind, bool shared) {
-    auto conflict = [&](const Access& x, const char* what) {
-        std::string who = thread_name(me.L, x.tid);
-        if (x.phase < me.L->phase0)
-            return std::string(verb(kind)) + " a location that " + block_name(me.L, x.phase) +
-                " " + who + " " + what + " in this launch (blocks of one launch are not ordered)";
-        std::string since = me.L->phase_file ? std::string(" since the __syncthreads at ") +
-                                                   me.L->phase_file + ":" +
-                                                   std::to_string(me.L->phase_line)
-                                             : std::string(" since the block started");
-        return std::string(verb(kind)) + " a location that " + who + " " + what +
-            " in the same barrier interval (no __syncthreads or __syncwarp between them" + since +
-            ")";
-    };
+// Describes a conflict with the earlier access `x` (which `what` says: "wrote", "read"...).
+std::string conflict(const Me& me, AccessKind kind, const Access& x, const char* what) {
+    std::string who = thread_name(me.L, x.tid);
+    if (x.phase < me.L->phase0)
+        return std::string(verb(kind)) + " a location that " + block_name(me.L, x.phase) + " " +
+            who + " " + what + " in this launch (blocks of one launch are not ordered)";
+    std::string since = me.L->phase_file ? std::string(" since the __syncthreads at ") +
+                                               me.L->phase_file + ":" +
+                                               std::to_string(me.L->phase_line)
+                                         : std::string(" since the block started");
+    return std::string(verb(kind)) + " a location that " + who + " " + what +
+        " in the same barrier interval (no __syncthreads or __syncwarp between them" + since + ")";
+}
+
+// Checks one shadow cell and records the access in it. Returns the conflicting earlier access
+// (and what it did, in `what`), or null.
+inline const Access* check_cell(Shadow& c, const Me& me, AccessKind kind, const char** what) {
     if (kind == ACC_READ) {
-        if (me.valid(c.w) && !me.ordered(c.w))
-            return conflict(c.w, c.w.atomic ? "updated atomically" : "wrote");
+        if (me.valid(c.w) && !me.ordered(c.w)) {
+            *what = c.w.atomic ? "updated atomically" : "wrote";
+            return &c.w;
+        }
         if (!me.valid(c.r1) || me.ordered(c.r1)) {
             c.r1 = me.a;
             if (me.valid(c.r2) && me.ordered(c.r2))
@@ -528,21 +552,23 @@ std::string check_cell(Shadow& c, const Me& me, AccessKind kind, bool shared) {
         } else {
             c.r2 = me.a;
         }
-        return {};
+        return nullptr;
     }
-    if (me.valid(c.w) && !me.ordered(c.w) && !(kind == ACC_ATOMIC && c.w.atomic))
-        return conflict(c.w, c.w.atomic ? "updated atomically" : "wrote");
+    if (me.valid(c.w) && !me.ordered(c.w) && !(kind == ACC_ATOMIC && c.w.atomic)) {
+        *what = c.w.atomic ? "updated atomically" : "wrote";
+        return &c.w;
+    }
+    *what = "read";
     if (me.valid(c.r1) && !me.ordered(c.r1))
-        return conflict(c.r1, "read");
+        return &c.r1;
     if (me.valid(c.r2) && !me.ordered(c.r2))
-        return conflict(c.r2, "read");
-    (void)shared;
+        return &c.r2;
     c.w = me.a;
     c.r1 = c.r2 = Access{};
-    return {};
+    return nullptr;
 }
 
-Me me_now(Launch* L, AccessKind kind, std::uint32_t floor) {
+inline Me me_now(Launch* L, AccessKind kind, std::uint32_t floor) {
     Thread* t = L->current;
     Me me{L, t, Access{}, floor};
     me.a.phase = L->phase;
@@ -613,11 +639,11 @@ void shared_access(const void* addr, std::size_t bytes, std::size_t align, Shado
         if (kind != ACC_WRITE && !me.valid(c.w))
             fault("read of shared memory that no thread of this block has written (`%s` byte %td)",
                   name, off + static_cast<std::ptrdiff_t>(b));
-        std::string why = check_cell(c, me, kind, true);
-        if (!why.empty())
+        const char* what = nullptr;
+        if (const Access* x = check_cell(c, me, kind, &what))
             fault("shared-memory race on `%s` byte %td (%p): this thread %s", name,
                   off + static_cast<std::ptrdiff_t>(b), static_cast<const char*>(addr) + b,
-                  why.c_str());
+                  conflict(me, kind, *x, what).c_str());
         after = c;
     }
 }
@@ -633,10 +659,10 @@ void global_access(const void* addr, std::size_t bytes, std::size_t align, const
               bytes, off, hi - lo, align);
     const Me me = me_now(L, kind, 1);
     Shadow& c = global_cell(reinterpret_cast<std::uint64_t>(addr));
-    std::string why = check_cell(c, me, kind, false);
-    if (!why.empty())
+    const char* what = nullptr;
+    if (const Access* x = check_cell(c, me, kind, &what))
         fault("global-memory race at byte %td of a %td-byte allocation (%p): this thread %s", off,
-              hi - lo, addr, why.c_str());
+              hi - lo, addr, conflict(me, kind, *x, what).c_str());
 }
 
 void lookup_alloc(std::uint64_t addr, const char** lo, const char** hi) {
