@@ -166,8 +166,14 @@ fn missing_syncthreads_is_a_race_under_every_schedule() {
             &[KArg::Ptr(x), KArg::Ptr(y)],
         );
         // Kernel, block, the two threads and the location.
-        assert!(err.contains("kernel `fault_race_missing_sync`"), "{seed}: {err}");
-        assert!(err.contains("shared-memory race on `s` byte "), "{seed}: {err}");
+        assert!(
+            err.contains("kernel `fault_race_missing_sync`"),
+            "{seed}: {err}"
+        );
+        assert!(
+            err.contains("shared-memory race on `s` byte "),
+            "{seed}: {err}"
+        );
         assert!(err.contains("block ("), "{seed}: {err}");
         assert_eq!(count(&err, "thread ("), 2, "{seed}: {err}");
         assert!(err.contains("same barrier interval"), "{seed}: {err}");
@@ -199,7 +205,10 @@ fn blocks_writing_one_global_location_race_under_every_schedule() {
             LaunchCfg::linear(4, 32),
             &[KArg::Ptr(x), KArg::Ptr(y)],
         );
-        assert!(err.contains("kernel `fault_race_cross_block`"), "{seed}: {err}");
+        assert!(
+            err.contains("kernel `fault_race_cross_block`"),
+            "{seed}: {err}"
+        );
         assert!(
             err.contains("global-memory race at byte 0 of a 4-byte allocation"),
             "{seed}: {err}"
@@ -304,13 +313,19 @@ fn dynamic_shared_memory_is_limited_per_architecture() {
     assert_eq!(sm80.shared_memory_limit(), 163 * 1024);
     big_smem(&sm80, 163 * 1024).unwrap();
     let err = big_smem(&sm80, 163 * 1024 + 4).unwrap_err().to_string();
-    assert!(err.contains("exceed the 163 KiB per block of sm_80"), "{err}");
+    assert!(
+        err.contains("exceed the 163 KiB per block of sm_80"),
+        "{err}"
+    );
     // sm_90 allows 227 KiB.
     let sm90 = Emulator::new().with_arch(90).unwrap();
     big_smem(&sm90, 200 * 1024).unwrap();
     big_smem(&sm90, 227 * 1024).unwrap();
     let err = big_smem(&sm90, 227 * 1024 + 4).unwrap_err().to_string();
-    assert!(err.contains("exceed the 227 KiB per block of sm_90"), "{err}");
+    assert!(
+        err.contains("exceed the 227 KiB per block of sm_90"),
+        "{err}"
+    );
     let err = Emulator::new().with_arch(75).unwrap_err().to_string();
     assert!(err.contains("unknown target architecture sm_75"), "{err}");
 }
@@ -352,7 +367,11 @@ fn fast_math_intrinsics_carry_the_gpus_documented_error() {
         if e > f32::MIN_POSITIVE as f64 && e < f32::MAX as f64 {
             let err = ulps(got[4 * i], e);
             let bound = 2.0 + (1.16 * vd.abs()).floor();
-            assert!(err <= bound, "__expf({v}) = {} is {err} ulp off", got[4 * i]);
+            assert!(
+                err <= bound,
+                "__expf({v}) = {} is {err} ulp off",
+                got[4 * i]
+            );
             exp_inexact += usize::from(got[4 * i] != e as f32);
         }
         // __logf: 2^-21.41 absolute on [0.5, 2], 3 ulp elsewhere.
@@ -363,18 +382,30 @@ fn fast_math_intrinsics_carry_the_gpus_documented_error() {
             assert!(err <= 2f64.powf(-21.41), "__logf({a}) is {err} off");
         } else {
             let err = ulps(got[4 * i + 1], l);
-            assert!(err <= 3.0, "__logf({a}) = {} is {err} ulp off", got[4 * i + 1]);
+            assert!(
+                err <= 3.0,
+                "__logf({a}) = {} is {err} ulp off",
+                got[4 * i + 1]
+            );
         }
         log_inexact += usize::from(got[4 * i + 1] != l as f32);
         // __fdividef: 2 ulp for divisors in [2^-126, 2^126].
         let d = 1.0 / vd;
         let err = ulps(got[4 * i + 2], d);
-        assert!(err <= 2.0, "__fdividef(1, {v}) = {} is {err} ulp off", got[4 * i + 2]);
+        assert!(
+            err <= 2.0,
+            "__fdividef(1, {v}) = {} is {err} ulp off",
+            got[4 * i + 2]
+        );
         div_inexact += usize::from(got[4 * i + 2] != d as f32);
         // rsqrtf: 2 ulp.
         let r = 1.0 / a.sqrt();
         let err = ulps(got[4 * i + 3], r);
-        assert!(err <= 2.0, "rsqrtf({a}) = {} is {err} ulp off", got[4 * i + 3]);
+        assert!(
+            err <= 2.0,
+            "rsqrtf({a}) = {} is {err} ulp off",
+            got[4 * i + 3]
+        );
         rsqrt_inexact += usize::from(got[4 * i + 3] != r as f32);
     }
     // Not more accurate than the GPU: a good share of results differ from the correctly
@@ -385,7 +416,10 @@ fn fast_math_intrinsics_carry_the_gpus_documented_error() {
         ("__fdividef", div_inexact),
         ("rsqrtf", rsqrt_inexact),
     ] {
-        assert!(k > n / 10, "{what}: only {k} of {n} results differ from libm");
+        assert!(
+            k > n / 10,
+            "{what}: only {k} of {n} results differ from libm"
+        );
     }
 }
 
@@ -411,7 +445,12 @@ fn fdividef_by_a_huge_divisor_is_zero_as_on_the_gpu() {
 fn a_cpp_exception_inside_a_kernel_is_an_error_not_an_unwind() {
     let dev = Emulator::new();
     let y = dev.alloc(32 * 4, StreamId(0)).unwrap();
-    let err = launch_err(&dev, "fault_throws", LaunchCfg::linear(1, 32), &[KArg::Ptr(y)]);
+    let err = launch_err(
+        &dev,
+        "fault_throws",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(y)],
+    );
     assert!(err.contains("std::bad_alloc"), "{err}");
     // The emulator is still usable afterwards.
     dev.launch(

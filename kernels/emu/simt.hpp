@@ -1,8 +1,9 @@
 // SIMT emulation header: lets kernels/*.cu compile as ordinary C++ and run on the CPU.
 //
-// Every CUDA thread of a block becomes a fiber (its own stack, switched with ucontext) run by a
-// scheduler in emu_runtime.cpp. A fiber runs until it reaches a point that needs other threads
-// (__syncthreads, a warp shuffle or vote, __syncwarp) and parks there; the scheduler releases the
+// Every CUDA thread of a block becomes a fiber (its own stack, entered through ucontext, then
+// switched with _setjmp/_longjmp) run by a scheduler in emu_runtime.cpp. A fiber runs until it
+// reaches a point that needs other threads (__syncthreads, a warp shuffle or vote, __syncwarp)
+// or, under a seeded schedule, chooses to yield at a memory access; the scheduler releases the
 // barrier once every thread that must arrive has arrived. That gives the real semantics of
 // barriers and warp collectives without one OS thread per CUDA thread.
 //

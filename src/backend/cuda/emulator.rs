@@ -302,19 +302,19 @@ impl Emulator {
 impl Emulator {
     fn execute(&self, op: &Op) -> Result<()> {
         match op {
-        // SAFETY (all arms): pointers refer to live locals of the stated lengths; the emulator
-        // bounds-checks every device address against its allocation table.
-        Op::Write { dst, data } => {
-            check(unsafe { flexp_emu_write(dst.0, data.as_ptr().cast(), data.len()) })
-        }
-        Op::Zero { dst, bytes } => check(unsafe { flexp_emu_memset(dst.0, 0, *bytes) }),
-        Op::Copy { dst, src, bytes } => check(unsafe { flexp_emu_copy(dst.0, src.0, *bytes) }),
-        Op::Free { ptr } => check(unsafe { flexp_emu_free(ptr.0) }),
-        Op::Wait { .. } => Ok(()),
-        Op::Launch { name, cfg, args } => {
-            let n = self.launches.fetch_add(1, Ordering::Relaxed);
-            launch_now(name, *cfg, args, launch_seed(self.seed, n), self.arch)
-        }
+            // SAFETY (all arms): pointers refer to live locals of the stated lengths; the emulator
+            // bounds-checks every device address against its allocation table.
+            Op::Write { dst, data } => {
+                check(unsafe { flexp_emu_write(dst.0, data.as_ptr().cast(), data.len()) })
+            }
+            Op::Zero { dst, bytes } => check(unsafe { flexp_emu_memset(dst.0, 0, *bytes) }),
+            Op::Copy { dst, src, bytes } => check(unsafe { flexp_emu_copy(dst.0, src.0, *bytes) }),
+            Op::Free { ptr } => check(unsafe { flexp_emu_free(ptr.0) }),
+            Op::Wait { .. } => Ok(()),
+            Op::Launch { name, cfg, args } => {
+                let n = self.launches.fetch_add(1, Ordering::Relaxed);
+                launch_now(name, *cfg, args, launch_seed(self.seed, n), self.arch)
+            }
         }
     }
 }
