@@ -1,5 +1,7 @@
 // Kernels that break CUDA's rules on purpose. tests/cuda_emulator_faults.rs launches each and
 // expects the emulator to name the violation; on a GPU these would be silent garbage or hangs.
+// The fault_control_* kernels do the same work correctly (they must pass under every schedule),
+// and fault_fast_math exposes the fast-math intrinsics for measuring their error.
 // Compiled into the emulator only (build.rs), never shipped to NVRTC.
 
 // Reads one element past the end of `x` in the last thread.

@@ -184,8 +184,9 @@ impl Emulator {
         self.seed
     }
 
-    /// The same emulator enforcing the limits of `sm` (80 for sm_80, 86, 89, 90): dynamic shared
-    /// memory per block is 163 KiB on sm_80, 99 KiB on sm_86/sm_89 and 227 KiB on sm_90.
+    /// The same emulator enforcing the limits of `sm` (80 for sm_80; 86, 87, 89, 90): dynamic
+    /// shared memory per block is 163 KiB on sm_80/sm_87, 99 KiB on sm_86/sm_89 and 227 KiB on
+    /// sm_90. Any other value is an error.
     pub fn with_arch(mut self, sm: u32) -> Result<Self> {
         // SAFETY: a pure function of its argument.
         if unsafe { flexp_emu_smem_limit(sm) } == 0 {
