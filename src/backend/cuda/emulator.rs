@@ -38,9 +38,9 @@ extern "C" {
 /// schedule seed for every emulator a test run creates (see [`Emulator::with_schedule_seed`]).
 pub const SEED_ENV: &str = "FLEXP_EMU_SEED";
 
-/// The architecture the emulator enforces limits for unless told otherwise: sm_80 has the
-/// smallest dynamic shared memory (163 KiB) of the GPUs the backend targets, so a launch that
-/// fits here fits everywhere.
+/// The architecture the emulator enforces limits for unless told otherwise: of the two the
+/// kernels are built for (sm_80, sm_90; tests/cuda_compile.rs), sm_80 has the smaller dynamic
+/// shared memory (163 KiB), so a launch that fits here fits both.
 pub const DEFAULT_ARCH: u32 = 80;
 
 /// The SIMT emulator as a device.
@@ -81,8 +81,8 @@ impl Default for Emulator {
     }
 }
 
-/// The seed `FLEXP_EMU_SEED` asks for; 0 (index order) when unset or not a number, so a typo
-/// cannot silently change what a test run means: it is reported once on stderr.
+/// The seed `FLEXP_EMU_SEED` asks for; 0 (index order) when unset or not a number. A value that
+/// is not a number is reported on stderr rather than silently running in index order.
 fn seed_from_env() -> u64 {
     let Some(v) = std::env::var_os(SEED_ENV) else {
         return 0;
