@@ -514,3 +514,25 @@ fn free_during_a_launch_waits_for_the_launch() {
     }
     panic!("the launch never started before the free");
 }
+
+#[test]
+fn a_vector_load_races_with_a_scalar_store_to_one_of_its_words() {
+    for seed in SEEDS {
+        let dev = seeded(seed);
+        let y = upload(&dev, &[0.0; 8]);
+        let err = launch_err(
+            &dev,
+            "fault_race_vector_vs_scalar",
+            LaunchCfg::linear(2, 1),
+            &[KArg::Ptr(y)],
+        );
+        assert!(
+            err.contains("global-memory race at byte 8 of a 32-byte allocation"),
+            "{seed}: {err}"
+        );
+        assert!(
+            err.contains("blocks of one launch are not ordered"),
+            "{seed}: {err}"
+        );
+    }
+}

@@ -658,11 +658,18 @@ void global_access(const void* addr, std::size_t bytes, std::size_t align, const
               "%zu-byte alignment)",
               bytes, off, hi - lo, align);
     const Me me = me_now(L, kind, 1);
-    Shadow& c = global_cell(reinterpret_cast<std::uint64_t>(addr));
-    const char* what = nullptr;
-    if (const Access* x = check_cell(c, me, kind, &what))
-        fault("global-memory race at byte %td of a %td-byte allocation (%p): this thread %s", off,
-              hi - lo, addr, conflict(me, kind, *x, what).c_str());
+    // One cell per element address; a vector access (float4, double) also checks the cell of
+    // every 4-byte word it covers, so it meets the scalar accesses to the same words.
+    const std::size_t step = bytes > 4 && bytes % 4 == 0 ? 4 : bytes;
+    for (std::size_t o = 0; o < bytes; o += step) {
+        const char* a = static_cast<const char*>(addr) + o;
+        Shadow& c = global_cell(reinterpret_cast<std::uint64_t>(a));
+        const char* what = nullptr;
+        if (const Access* x = check_cell(c, me, kind, &what))
+            fault("global-memory race at byte %td of a %td-byte allocation (%p): this thread %s",
+                  off + static_cast<std::ptrdiff_t>(o), hi - lo, static_cast<const void*>(a),
+                  conflict(me, kind, *x, what).c_str());
+    }
 }
 
 void lookup_alloc(std::uint64_t addr, const char** lo, const char** hi) {

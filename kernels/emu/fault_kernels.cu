@@ -170,3 +170,15 @@ extern "C" __global__ void fault_throws(gmem<float> y) {
     y[threadIdx.x] = 1.0f;
 }
 EMU_REGISTER(fault_throws)
+
+// Block 1 stores one float into the 16 bytes block 0 loads as a float4: a cross-block race the
+// detector sees only by checking each word a vector access covers.
+extern "C" __global__ void fault_race_vector_vs_scalar(gmem<float> y) {
+    if (blockIdx.x == 0) {
+        const float4 v = gmem_cast<float4>(y)[0];
+        y[4 + threadIdx.x] = v.x;
+    } else {
+        y[2] = 5.0f;
+    }
+}
+EMU_REGISTER(fault_race_vector_vs_scalar)

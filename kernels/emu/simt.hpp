@@ -44,8 +44,10 @@
 // of the interval and the latest read by another thread): an access conflicting with the last
 // write (the last atomic, for a run of atomics) is always found, and a write-after-read
 // conflict may be missed only when three or more threads read one location in a phase. Shared memory has a shadow cell per byte; global memory
-// a hash table keyed by element address, per launch (overlapping accesses of different sizes
-// at different addresses are not compared).
+// a hash table keyed by element address, per launch, where a vector access of 8 or 16 bytes
+// also takes the cell of each 4-byte word it covers (so a float4 load meets the float stores to
+// its words; sub-word accesses at different addresses, e.g. two bf16 halves of one word, are
+// separate locations, as on the GPU).
 //
 // Schedules. With schedule seed 0 blocks run in index order and each thread runs until it must
 // wait. Any other seed shuffles the block order, shuffles the order runnable threads resume in
