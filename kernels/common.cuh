@@ -24,6 +24,12 @@ template <class U, class T>
 __device__ __forceinline__ U* shared_cast(T* p) {
     return reinterpret_cast<U*>(p);
 }
+// A global pointer as another element type (vector loads: gmem_cast<float4>(x)); the emulator's
+// version keeps the allocation's bounds and checks each access's alignment.
+template <class U, class T>
+__device__ __forceinline__ U* gmem_cast(T* p) {
+    return reinterpret_cast<U*>(p);
+}
 #define EMU_REGISTER(kernel)
 #define RESTRICT __restrict__
 // A device address stored in device memory (a pointer table) as a global pointer; the emulator's

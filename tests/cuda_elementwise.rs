@@ -5,12 +5,22 @@
 #![cfg(feature = "emulator")]
 
 use flexp::backend::cpu::Cpu;
+use flexp::backend::cuda::emulator::Emulator;
 use flexp::backend::cuda::{CudaBackend, CudaBuf, KArg, LaunchCfg};
 use flexp::backend::{Activation, Backend, Span};
 use flexp::rng::Rng;
+use std::sync::Arc;
 
+/// The emulated device under a shuffled schedule (blocks out of order, threads interleaved at
+/// memory accesses): these kernels' results must not depend on the order. `FLEXP_EMU_SEED`
+/// picks another schedule for a whole run.
 fn gpu() -> CudaBackend {
-    CudaBackend::emulated()
+    let dev = Emulator::new();
+    let seed = match dev.schedule_seed() {
+        0 => 0xE1E_5EED,
+        s => s,
+    };
+    CudaBackend::new(Arc::new(dev.with_schedule_seed(seed)))
 }
 
 fn up(be: &CudaBackend, v: &[f32]) -> CudaBuf {

@@ -7,7 +7,7 @@ use super::device::{DevPtr, Device, EventId, KArg, LaunchCfg, RawArg, StreamId};
 use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 extern "C" {
@@ -20,6 +20,7 @@ extern "C" {
     fn flexp_emu_memset(dst: u64, value: c_int, bytes: usize) -> c_int;
     fn flexp_emu_kernel_count() -> c_int;
     fn flexp_emu_kernel_name(i: c_int) -> *const c_char;
+    fn flexp_emu_smem_limit(arch: u32) -> usize;
     fn flexp_emu_launch(
         name: *const c_char,
         grid: *const u32,
@@ -28,8 +29,19 @@ extern "C" {
         args: *mut *mut c_void,
         tags: *const c_int,
         nargs: c_int,
+        seed: u64,
+        arch: u32,
     ) -> c_int;
 }
+
+/// Environment variable read by [`Emulator::new`] and [`Emulator::with_streams`]: a `u64`
+/// schedule seed for every emulator a test run creates (see [`Emulator::with_schedule_seed`]).
+pub const SEED_ENV: &str = "FLEXP_EMU_SEED";
+
+/// The architecture the emulator enforces limits for unless told otherwise: of the two the
+/// kernels are built for (sm_80, sm_90; tests/cuda_compile.rs), sm_80 has the smaller dynamic
+/// shared memory (163 KiB), so a launch that fits here fits both.
+pub const DEFAULT_ARCH: u32 = 80;
 
 /// The SIMT emulator as a device.
 ///
@@ -45,13 +57,63 @@ extern "C" {
 /// Every address is checked against the emulator's allocation table, so a broken
 /// [`Device`] contract (a freed or forged pointer, an out-of-bounds kernel) is reported as an
 /// error instead of corrupting memory; tests rely on that to exercise the raw API.
-#[derive(Debug, Default)]
+///
+/// Every launch is checked for data races on shared and global memory (see kernels/emu/simt.hpp).
+/// A schedule seed ([`Emulator::with_schedule_seed`], or the `FLEXP_EMU_SEED` environment
+/// variable) shuffles block order and thread interleaving reproducibly; the target architecture
+/// ([`Emulator::with_arch`], sm_80 by default) sets the shared-memory limit.
+#[derive(Debug)]
 pub struct Emulator {
     deferred: bool,
     state: Mutex<Queues>,
+    /// 0: blocks and threads in index order; otherwise the seed of every launch's schedule.
+    seed: u64,
+    arch: u32,
+    /// Launches so far, so that each launch of a seeded emulator gets its own schedule.
+    launches: AtomicU64,
     /// Allocations made through this instance and not yet freed (the C++ allocation table is
     /// shared by every instance, so it cannot answer per device).
     live: AtomicUsize,
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Emulator {
+            deferred: false,
+            state: Mutex::default(),
+            seed: seed_from_env(),
+            arch: DEFAULT_ARCH,
+            launches: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The seed `FLEXP_EMU_SEED` asks for; 0 (index order) when unset or not a number. A value that
+/// is not a number is reported on stderr rather than silently running in index order.
+fn seed_from_env() -> u64 {
+    let Some(v) = std::env::var_os(SEED_ENV) else {
+        return 0;
+    };
+    match v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(seed) => seed,
+        None => {
+            eprintln!("flexp: ignoring {SEED_ENV}={v:?}: not a u64");
+            0
+        }
+    }
+}
+
+/// The schedule seed of launch number `n` of an emulator seeded with `seed` (splitmix64 of
+/// both, never 0 so that a seeded emulator never falls back to index order).
+fn launch_seed(seed: u64, n: u64) -> u64 {
+    if seed == 0 {
+        return 0;
+    }
+    let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).max(1)
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +173,7 @@ impl Emulator {
                 issued: vec![0],
                 ..Default::default()
             }),
-            live: AtomicUsize::new(0),
+            ..Default::default()
         }
     }
 
@@ -120,6 +182,41 @@ impl Emulator {
     /// synchronisation). Lets tests check that owned buffers release their memory exactly once.
     pub fn live_allocations(&self) -> usize {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// The same emulator with a schedule seed: 0 runs blocks and threads in index order; any
+    /// other value shuffles the order blocks run in and threads resume in, and makes threads
+    /// yield at memory accesses, differently for every launch but reproducibly for the seed.
+    /// Race detection does not depend on the order (a race is reported under every seed); the
+    /// seed exposes kernels whose results do.
+    pub fn with_schedule_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The schedule seed in use (0: index order).
+    pub fn schedule_seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The same emulator enforcing the limits of `sm` (80 for sm_80; 86, 87, 89, 90): dynamic
+    /// shared memory per block is 163 KiB on sm_80/sm_87, 99 KiB on sm_86/sm_89 and 227 KiB on
+    /// sm_90. Any other value is an error.
+    pub fn with_arch(mut self, sm: u32) -> Result<Self> {
+        // SAFETY: a pure function of its argument.
+        if unsafe { flexp_emu_smem_limit(sm) } == 0 {
+            return Err(Error::Backend(format!(
+                "emulator: unknown target architecture sm_{sm}"
+            )));
+        }
+        self.arch = sm;
+        Ok(self)
+    }
+
+    /// Dynamic shared memory one block may use on this emulator's architecture, in bytes.
+    pub fn shared_memory_limit(&self) -> usize {
+        // SAFETY: a pure function of its argument.
+        unsafe { flexp_emu_smem_limit(self.arch) }
     }
 
     /// Names of every kernel compiled into the emulator.
@@ -235,12 +332,15 @@ impl Emulator {
                 Ok(())
             }
             Op::Wait { .. } => Ok(()),
-            Op::Launch { name, cfg, args } => launch_now(name, *cfg, args),
+            Op::Launch { name, cfg, args } => {
+                let n = self.launches.fetch_add(1, Ordering::Relaxed);
+                launch_now(name, *cfg, args, launch_seed(self.seed, n), self.arch)
+            }
         }
     }
 }
 
-fn launch_now(name: &str, cfg: LaunchCfg, args: &[RawArg]) -> Result<()> {
+fn launch_now(name: &str, cfg: LaunchCfg, args: &[RawArg], seed: u64, arch: u32) -> Result<()> {
     let cname = CString::new(name)
         .map_err(|_| Error::Backend(format!("kernel name {name:?} contains a NUL byte")))?;
     let mut slots: Vec<[u8; 8]> = args.iter().map(|a| a.bytes).collect();
@@ -260,6 +360,8 @@ fn launch_now(name: &str, cfg: LaunchCfg, args: &[RawArg]) -> Result<()> {
             ptrs.as_mut_ptr(),
             tags.as_ptr(),
             args.len() as c_int,
+            seed,
+            arch,
         )
     })
 }
