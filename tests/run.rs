@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::root;
+use common::{root, write_reviews as write_data};
 use flexp::run::RawConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -15,31 +15,6 @@ fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// 90 short reviews of 3 sentiment classes with a natural `movie` key.
-fn write_data(dir: &Path) -> PathBuf {
-    let words = [
-        (
-            "pos",
-            ["great", "wonderful", "brilliant", "moving", "delightful"],
-        ),
-        ("neg", ["awful", "boring", "terrible", "dull", "painful"]),
-        ("mid", ["average", "fine", "passable", "okay", "uneven"]),
-    ];
-    let mut s = String::from("review,label,movie\n");
-    for i in 0..90 {
-        let (label, w) = &words[i % 3];
-        s.push_str(&format!(
-            "\"a {} film, truly {}\",{label},m{}\n",
-            w[i % 5],
-            w[(i / 3) % 5],
-            i % 9
-        ));
-    }
-    let p = dir.join("reviews.csv");
-    std::fs::write(&p, s).unwrap();
-    p
 }
 
 fn model() -> PathBuf {

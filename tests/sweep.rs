@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::root;
+use common::{root, write_reviews as write_data};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,28 +16,6 @@ fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// 90 short reviews of 3 classes with a `movie` key for the partition.
-fn write_data(dir: &Path) -> PathBuf {
-    let words = [
-        ("pos", ["great", "wonderful", "brilliant"]),
-        ("neg", ["awful", "boring", "terrible"]),
-        ("mid", ["average", "fine", "passable"]),
-    ];
-    let mut s = String::from("review,label,movie\n");
-    for i in 0..90 {
-        let (label, w) = &words[i % 3];
-        s.push_str(&format!(
-            "\"a {} film, truly {}\",{label},m{}\n",
-            w[i % 3],
-            w[(i / 3) % 3],
-            i % 9
-        ));
-    }
-    let p = dir.join("reviews.csv");
-    std::fs::write(&p, s).unwrap();
-    p
 }
 
 fn sweep_file(dir: &Path, data: &Path, rounds: usize) -> PathBuf {

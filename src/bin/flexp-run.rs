@@ -331,6 +331,20 @@ fn ensure_asset(path: &Path, default: &str, script: &str) -> flexp::Result<()> {
     Ok(())
 }
 
+/// Fetches the bundled example's checkpoint and data when a run uses them and they are missing.
+fn ensure_example_assets(cfg: &flexp::run::RunConfig) -> flexp::Result<()> {
+    ensure_asset(
+        &cfg.model,
+        "models/all-MiniLM-L6-v2",
+        "tools/fetch_minilm.sh",
+    )?;
+    ensure_asset(
+        &cfg.data_path,
+        "data/rotten_tomatoes.csv",
+        "tools/fetch_rotten_tomatoes.sh",
+    )
+}
+
 fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
     match cmd {
         Command::Train {
@@ -358,16 +372,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                     (cfg, raw.resolved_toml(), false)
                 }
             };
-            ensure_asset(
-                &cfg.model,
-                "models/all-MiniLM-L6-v2",
-                "tools/fetch_minilm.sh",
-            )?;
-            ensure_asset(
-                &cfg.data_path,
-                "data/rotten_tomatoes.csv",
-                "tools/fetch_rotten_tomatoes.sh",
-            )?;
+            ensure_example_assets(&cfg)?;
             eprintln!(
                 "flexp-run train: {} on {} ({} clients, {} rounds) -> {}",
                 cfg.algorithm.name(),
@@ -445,17 +450,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 return Ok(());
             }
             if let Some(first) = spec.runs().first() {
-                let cfg = first.raw.resolve()?;
-                ensure_asset(
-                    &cfg.model,
-                    "models/all-MiniLM-L6-v2",
-                    "tools/fetch_minilm.sh",
-                )?;
-                ensure_asset(
-                    &cfg.data_path,
-                    "data/rotten_tomatoes.csv",
-                    "tools/fetch_rotten_tomatoes.sh",
-                )?;
+                ensure_example_assets(&first.raw.resolve()?)?;
             }
             let (be, line) = select(backend)?;
             eprintln!("{line}");

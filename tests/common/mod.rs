@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: reading reference fixtures and comparing tensors.
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod tiny;
 
 use safetensors::{Dtype, SafeTensors};
@@ -86,4 +87,29 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
     let e = rel_err(a, b);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.0e}");
 }
-pub mod counting;
+
+/// Writes `reviews.csv` into `dir`: 90 short reviews (`review`) of 3 sentiment classes (`label`)
+/// with a natural `movie` key for column partitions.
+pub fn write_reviews(dir: &Path) -> PathBuf {
+    let words = [
+        (
+            "pos",
+            ["great", "wonderful", "brilliant", "moving", "delightful"],
+        ),
+        ("neg", ["awful", "boring", "terrible", "dull", "painful"]),
+        ("mid", ["average", "fine", "passable", "okay", "uneven"]),
+    ];
+    let mut s = String::from("review,label,movie\n");
+    for i in 0..90 {
+        let (label, w) = &words[i % 3];
+        s.push_str(&format!(
+            "\"a {} film, truly {}\",{label},m{}\n",
+            w[i % 5],
+            w[(i / 3) % 5],
+            i % 9
+        ));
+    }
+    let p = dir.join("reviews.csv");
+    std::fs::write(&p, s).unwrap();
+    p
+}
