@@ -28,6 +28,16 @@ pub(super) struct ServerReply<B: Backend> {
     pub(super) tail_grads: Vec<Option<AdapterSet<B>>>,
 }
 
+/// What every part of the server's step reads: the run, the step's clients and their
+/// forward, and each client job's label.
+struct Sweep<'a, 'f, B: Backend> {
+    fed: &'a Federation<'f, B>,
+    step: &'a Step<'a, 'a>,
+    pass: &'a ClientPass<'a, B>,
+    /// The class label of each client job.
+    labels: Vec<usize>,
+}
+
 /// Clients whose server segments run in one sweep and whose G-gradients make one G update.
 struct Group {
     /// Indices into `active`; member n's gradients go to slot n.
@@ -61,35 +71,37 @@ pub(super) fn sweep<B: Backend>(
         dh: vec![None; pass.jobs.len()],
         tail_grads: (0..step.active.len()).map(|_| None).collect(),
     };
-    let labels = job_labels(step, pass);
+    let cx = Sweep {
+        fed,
+        step,
+        pass,
+        labels: job_labels(step, pass),
+    };
     for members in update_groups(fed.hyper.server_update, step.active.len()) {
         let members: Vec<usize> = members.into_iter().filter(|&i| !rejected[i]).collect();
         if members.is_empty() {
             continue;
         }
-        let group = group_jobs(fed, &st, step, pass, &labels, members);
+        let group = group_jobs(&cx, &st, members);
         let result = if st.tail == 0 && fed.backend.concurrent_lanes() {
             sweep_lanes(fed, &*st.global, &group)?
         } else if st.tail == 0 {
             sweep_vanilla(fed, &*st.global, &group)?
         } else {
-            let swept = sweep_u_shaped(
-                &st, fed, step, pass, &labels, &group, rejected, &mut reply, log,
-            )?;
-            match swept {
+            match sweep_u_shaped(&cx, &st, &group, rejected, &mut reply, log)? {
                 Some(result) => result,
                 // A non-finite server output ends the server's part of the step.
                 None => return Ok(reply),
             }
         };
-        let accepted = judge_members(fed, step, &group, &result, rejected, &mut reply, log)?;
+        let accepted = judge_members(&cx, &group, &result, rejected, &mut reply, log)?;
         // d loss / d h goes back down to the clients still accepted.
         for (&j, dx) in group.which.iter().zip(result.dx) {
             if !rejected[pass.owner[j]] {
                 reply.dh[j] = dx;
             }
         }
-        log.server_flops += group_flops(fed, &st, step, &group);
+        log.server_flops += group_flops(&cx, &st, &group);
         update_global(&mut st, fed, &accepted, &result.grads)?;
     }
     Ok(reply)
@@ -122,14 +134,12 @@ fn update_groups(mode: ServerUpdate, clients: usize) -> Vec<Vec<usize>> {
 /// its G-gradient in the member's slot, its loss weighted 1/b for the mean over its batch.
 /// Vanilla, the jobs end in the global head with the labels; U-shaped, they return z_k.
 fn group_jobs<B: Backend>(
-    fed: &Federation<'_, B>,
+    cx: &Sweep<'_, '_, B>,
     st: &ServerState<'_, B>,
-    step: &Step<'_, '_>,
-    pass: &ClientPass<'_, B>,
-    labels: &[usize],
     members: Vec<usize>,
 ) -> Group {
-    let l = fed.layers();
+    let (pass, step) = (cx.pass, cx.step);
+    let l = cx.fed.layers();
     let u = st.tail;
     let mut jobs = Vec::new();
     let mut which = Vec::new();
@@ -142,7 +152,7 @@ fn group_jobs<B: Backend>(
             Output::Hidden
         } else {
             Output::Class {
-                label: Some(labels[j]),
+                label: Some(cx.labels[j]),
             }
         };
         let mut job = SeqJob::new(
@@ -193,24 +203,21 @@ fn sweep_vanilla<B: Backend>(
 /// U-shaped split: z_k = F_{s_k..L-u}(h_k; G); the clients finish on their tails and return
 /// d loss / d z_k, which the server back-propagates. `None` when a server output is not
 /// finite: its clients are rejected and the server's part of the step ends.
-#[allow(clippy::too_many_arguments)]
 fn sweep_u_shaped<B: Backend>(
+    cx: &Sweep<'_, '_, B>,
     st: &ServerState<'_, B>,
-    fed: &Federation<'_, B>,
-    step: &Step<'_, '_>,
-    pass: &ClientPass<'_, B>,
-    labels: &[usize],
     group: &Group,
     rejected: &mut [bool],
     reply: &mut ServerReply<B>,
     log: &mut RoundLog,
 ) -> Result<Option<GroupGrads<B>>> {
+    let fed = cx.fed;
     let (out, tape) = fed.exec().forward(&[&*st.global], &group.jobs, true)?;
     let tape = tape.ok_or_else(|| Error::Backend("no tape".into()))?;
-    let Some(tjobs) = tail_jobs(fed, st, step, pass, labels, group, &out, rejected, log) else {
+    let Some(tjobs) = tail_jobs(cx, st, group, &out, rejected, log) else {
         return Ok(None);
     };
-    let (losses, dz) = client_tails(fed, st, step, group, &tjobs, reply)?;
+    let (losses, dz) = client_tails(cx, st, group, &tjobs, reply)?;
     let (grads, dx) = backward_global(fed, &*st.global, tape, group.members.len(), &dz)?;
     Ok(Some(GroupGrads { losses, grads, dx }))
 }
@@ -218,19 +225,15 @@ fn sweep_u_shaped<B: Backend>(
 /// The clients' tail jobs: z_k through blocks L-u..L with P_k to the personal head and the
 /// labels, in the server job's slot and loss weight. `None` (after rejecting their clients)
 /// when any z_k is not finite.
-#[allow(clippy::too_many_arguments)]
 fn tail_jobs<B: Backend>(
-    fed: &Federation<'_, B>,
+    cx: &Sweep<'_, '_, B>,
     st: &ServerState<'_, B>,
-    step: &Step<'_, '_>,
-    pass: &ClientPass<'_, B>,
-    labels: &[usize],
     group: &Group,
     out: &[SeqResult],
     rejected: &mut [bool],
     log: &mut RoundLog,
 ) -> Option<Vec<SeqJob>> {
-    let l = fed.layers();
+    let l = cx.fed.layers();
     let tjobs: Vec<SeqJob> = out
         .iter()
         .zip(&group.jobs)
@@ -241,7 +244,7 @@ fn tail_jobs<B: Backend>(
                 l - st.tail..l,
                 sj.grad_slot,
                 Output::Class {
-                    label: Some(labels[j]),
+                    label: Some(cx.labels[j]),
                 },
             );
             t.loss_weight = sj.loss_weight;
@@ -253,11 +256,11 @@ fn tail_jobs<B: Backend>(
         return Some(tjobs);
     }
     for (t, &j) in tjobs.iter().zip(&group.which) {
-        let i = pass.owner[j];
+        let i = cx.pass.owner[j];
         if bad(t) && !rejected[i] {
             rejected[i] = true;
             log.rejected
-                .push((step.active[i], "non-finite server output".into()));
+                .push((cx.step.active[i], "non-finite server output".into()));
         }
     }
     None
@@ -266,19 +269,18 @@ fn tail_jobs<B: Backend>(
 /// The clients' tails, one packed call: forward to the loss and backward with P_k. Keeps
 /// each member's tail gradient in `reply` and returns the per-slot losses and d loss / d z.
 fn client_tails<B: Backend>(
-    fed: &Federation<'_, B>,
+    cx: &Sweep<'_, '_, B>,
     st: &ServerState<'_, B>,
-    step: &Step<'_, '_>,
     group: &Group,
     tjobs: &[SeqJob],
     reply: &mut ServerReply<B>,
 ) -> Result<(Vec<f64>, SeqGrads)> {
-    let be = fed.backend;
-    let exec = fed.exec();
+    let be = cx.fed.backend;
+    let exec = cx.fed.exec();
     let tsets: Vec<&AdapterSet<B>> = group
         .members
         .iter()
-        .map(|&i| &st.personal[step.active[i]])
+        .map(|&i| &st.personal[cx.step.active[i]])
         .collect();
     let (tout, ttape) = exec.forward(&tsets, tjobs, true)?;
     let ttape = ttape.ok_or_else(|| Error::Backend("no tape".into()))?;
@@ -316,8 +318,7 @@ fn backward_global<B: Backend>(
 /// Accepts or rejects each member from its loss and gradients (G's slot, and d loss / d h);
 /// a rejected member's tail gradient is dropped. Returns the accepted slots.
 fn judge_members<B: Backend>(
-    fed: &Federation<'_, B>,
-    step: &Step<'_, '_>,
+    cx: &Sweep<'_, '_, B>,
     group: &Group,
     result: &GroupGrads<B>,
     rejected: &mut [bool],
@@ -326,13 +327,13 @@ fn judge_members<B: Backend>(
 ) -> Result<Vec<usize>> {
     let mut accepted = Vec::new();
     for (slot, &i) in group.members.iter().enumerate() {
-        let k = step.active[i];
+        let k = cx.step.active[i];
         let bad_dx = group
             .jobs
             .iter()
             .zip(&result.dx)
             .any(|(job, g)| job.grad_slot == slot && !g.as_deref().is_some_and(finite));
-        let why = match check_finite(fed.backend, result.losses[slot], &result.grads[slot])? {
+        let why = match check_finite(cx.fed.backend, result.losses[slot], &result.grads[slot])? {
             Some(w) => Some(w),
             None if bad_dx => Some("non-finite gradient at the cut".into()),
             None => None,
@@ -351,12 +352,8 @@ fn judge_members<B: Backend>(
 
 /// The server's FLOPs for a group's sweep: the cost model at the members' mean cut, scaled to
 /// the tokens swept.
-fn group_flops<B: Backend>(
-    fed: &Federation<'_, B>,
-    st: &ServerState<'_, B>,
-    step: &Step<'_, '_>,
-    group: &Group,
-) -> f64 {
+fn group_flops<B: Backend>(cx: &Sweep<'_, '_, B>, st: &ServerState<'_, B>, group: &Group) -> f64 {
+    let fed = cx.fed;
     let tokens: usize = group
         .jobs
         .iter()
@@ -365,7 +362,7 @@ fn group_flops<B: Backend>(
     let mean_s = group
         .members
         .iter()
-        .map(|&i| st.splits[step.active[i]])
+        .map(|&i| st.splits[cx.step.active[i]])
         .sum::<usize>()
         / group.members.len();
     fed.server_step_flops(mean_s, tokens)
