@@ -2,22 +2,16 @@
 //! on its last u blocks and a personal head); the server trains global adapters G on the rest
 //! for all clients in one packed sweep; alignment keeps P_k good on global representations.
 
+mod server;
+
 use super::common::{check_finite, whole, Chain, Example, Federation, PersonalSets, RoundLog};
-use super::{flat, Algorithm, Align, ServerAgg, ServerUpdate};
+use super::{flat, Algorithm, Align};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::executor::{AdamWState, Output, SeqInput, SeqJob, SeqResult};
+use crate::executor::{AdamWState, Output, SeqInput, SeqJob, Tape};
 use crate::model::AdapterSet;
 use crate::rng::Rng;
-
-/// What the server step reads and updates.
-struct ServerState<'s, B: Backend> {
-    global: &'s mut AdapterSet<B>,
-    opt: &'s mut AdamWState<B>,
-    personal: &'s [AdapterSet<B>],
-    splits: &'s [usize],
-    tail: usize,
-}
+use server::ServerState;
 
 /// FlexP-SFL state.
 pub struct FlexpSfl<B: Backend> {
@@ -101,34 +95,18 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
         "flexp-sfl"
     }
 
+    /// One round: the participants download Ĝ (with alignment), then run `local_steps` local
+    /// steps; a client rejected in one step sits out the rest of the round.
     fn round(
         &mut self,
         fed: &Federation<'_, B>,
         participants: &[usize],
         rng: &mut Rng,
     ) -> Result<RoundLog> {
-        let be = fed.backend;
-        let exec = fed.exec();
-        let l = fed.layers();
-        let u = self.tail;
-        let d = fed.model.config.hidden;
-        let h = &fed.hyper;
         let mut log = RoundLog::default();
-        // Clients download G for their blocks once per round (for the alignment target).
-        let snapshot = if h.align != Align::None {
-            Some(fed.duplicate(&self.global)?)
-        } else {
-            None
-        };
-        if h.align != Align::None {
-            for &k in participants {
-                let s = self.splits[k];
-                log.client(k).bytes_down += fed.set_bytes(&self.global) * s as f64 / l as f64;
-            }
-        }
+        let snapshot = self.download_alignment_snapshot(fed, participants, &mut log)?;
         let mut excluded = vec![false; fed.num_clients()];
-
-        for step in 0..h.local_steps {
+        for step in 0..fed.hyper.local_steps {
             fed.step_started(step + 1);
             let active: Vec<usize> = participants
                 .iter()
@@ -138,172 +116,14 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
             if active.is_empty() {
                 break;
             }
-            let batches: Vec<Vec<&Example>> =
-                active.iter().map(|&k| fed.sample_batch(k, rng)).collect();
-
-            // 1. Client forward of every active client, packed: blocks 0..s_k with P_k.
-            let psets: Vec<&AdapterSet<B>> =
-                active.iter().map(|&k| &self.personal.sets[k]).collect();
-            let mut jobs = Vec::new();
-            let mut owner = Vec::new();
-            for (i, b) in batches.iter().enumerate() {
-                for e in b {
-                    jobs.push(SeqJob::new(
-                        SeqInput::tokens(e.ids.clone()),
-                        0..self.splits[active[i]],
-                        i,
-                        Output::Hidden,
-                    ));
-                    owner.push(i);
-                }
-            }
-            let (client_out, client_tape) = exec.forward(&psets, &jobs, true)?;
-            let client_tape = client_tape.ok_or_else(|| Error::Backend("no tape".into()))?;
-            let smashed: Vec<Vec<f32>> = client_out
-                .into_iter()
-                .map(|r| r.hidden.unwrap_or_default())
-                .collect();
-
-            // 2. Alignment target h' = F(x; G_round) on the client blocks, no gradient.
-            let global_repr: Option<Vec<Vec<f32>>> = match &snapshot {
-                Some(g) => {
-                    let gj: Vec<SeqJob> = jobs
-                        .iter()
-                        .map(|j| SeqJob {
-                            adapter: 0,
-                            grad_slot: 0,
-                            ..j.clone()
-                        })
-                        .collect();
-                    let (o, _) = exec.forward(&[g], &gj, false)?;
-                    Some(
-                        o.into_iter()
-                            .map(|r| r.hidden.unwrap_or_default())
-                            .collect(),
-                    )
-                }
-                None => None,
-            };
-
-            // 3. Server: forward and backward of every client's server segment.
-            let mut rejected = vec![false; active.len()];
-            for (j, hv) in smashed.iter().enumerate() {
-                if !finite(hv) && !rejected[owner[j]] {
-                    rejected[owner[j]] = true;
-                    log.rejected
-                        .push((active[owner[j]], "non-finite activations at the cut".into()));
-                }
-            }
-            let (dh, tail_grads) = Self::server(
-                ServerState {
-                    global: &mut self.global,
-                    opt: &mut self.global_opt,
-                    personal: &self.personal.sets,
-                    splits: &self.splits,
-                    tail: self.tail,
-                },
+            self.local_step(
                 fed,
                 &active,
-                &batches,
-                &jobs,
-                &owner,
-                &smashed,
-                &mut rejected,
+                snapshot.as_ref(),
+                rng,
+                &mut excluded,
                 &mut log,
             )?;
-
-            // 4. Client backward and update.
-            let mut out_ce: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
-            let mut out_al: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
-            for j in 0..jobs.len() {
-                let i = owner[j];
-                if rejected[i] {
-                    continue;
-                }
-                out_ce[j] = dh[j].clone();
-                if let Some(gr) = &global_repr {
-                    let (_, g) = kl_alignment_grad(&smashed[j], &gr[j], d);
-                    let n = batches[i].len() as f32;
-                    // The per-sequence KL means are averaged over the client's batch.
-                    out_al[j] = Some(g.into_iter().map(|v| v / n).collect());
-                }
-            }
-            let mut g_ce: Vec<AdapterSet<B>> = psets
-                .iter()
-                .map(|s| s.zeros_like(be))
-                .collect::<Result<_>>()?;
-            match h.align {
-                Align::None | Align::Kl => {
-                    if h.align == Align::Kl {
-                        for j in 0..jobs.len() {
-                            if let (Some(c), Some(a)) = (&mut out_ce[j], &out_al[j]) {
-                                flat::axpy(c, h.align_lambda as f64, a);
-                            }
-                        }
-                    }
-                    exec.backward(&client_tape, &psets, &mut g_ce, &out_ce)?;
-                }
-                Align::Proj => {
-                    exec.backward(&client_tape, &psets, &mut g_ce, &out_ce)?;
-                    let mut g_a: Vec<AdapterSet<B>> = psets
-                        .iter()
-                        .map(|s| s.zeros_like(be))
-                        .collect::<Result<_>>()?;
-                    exec.backward(&client_tape, &psets, &mut g_a, &out_al)?;
-                    for i in 0..active.len() {
-                        if rejected[i] {
-                            continue;
-                        }
-                        let mut gc = flat::flatten(be, &g_ce[i])?;
-                        let ga = flat::flatten(be, &g_a[i])?;
-                        for r in flat::groups(be, &g_ce[i], h.proj_granularity) {
-                            flat::project_conflict(&mut gc[r.clone()], &ga[r]);
-                        }
-                        flat::axpy(&mut gc, h.align_lambda as f64, &ga);
-                        flat::assign(be, &mut g_ce[i], &gc)?;
-                    }
-                }
-            }
-            exec.recycle(client_tape);
-            // U-shaped: add the tail's gradients (computed during the server step).
-            for (i, g) in tail_grads.into_iter().enumerate() {
-                if let Some(g) = g {
-                    let mut a = flat::flatten(be, &g_ce[i])?;
-                    flat::axpy(&mut a, 1.0, &flat::flatten(be, &g)?);
-                    flat::assign(be, &mut g_ce[i], &a)?;
-                }
-            }
-            drop(psets);
-            for (i, g) in g_ce.into_iter().enumerate() {
-                let k = active[i];
-                if rejected[i] {
-                    excluded[k] = true;
-                    continue;
-                }
-                if let Some(why) = check_finite(be, 0.0, &g)? {
-                    log.rejected.push((k, format!("client gradient: {why}")));
-                    excluded[k] = true;
-                    continue;
-                }
-                fed.apply(&mut self.personal.opts[k], &mut self.personal.sets[k], &g)?;
-                let tokens: usize = batches[i].iter().map(|e| e.ids.len()).sum();
-                let s = self.splits[k];
-                let act_bytes = 4.0 * (tokens * d) as f64;
-                let c = log.client(k);
-                c.bytes_up += act_bytes + 8.0 * batches[i].len() as f64;
-                c.bytes_down += act_bytes;
-                if u > 0 {
-                    // The server's output goes down, its gradient comes back up.
-                    c.bytes_up += act_bytes;
-                    c.bytes_down += act_bytes;
-                }
-                c.flops += fed.step_flops(s, tokens)
-                    + if u > 0 {
-                        fed.step_flops(u, tokens)
-                    } else {
-                        0.0
-                    };
-            }
         }
         Ok(log)
     }
@@ -348,352 +168,349 @@ impl<B: Backend> Algorithm<B> for FlexpSfl<B> {
     }
 }
 
+/// Gradients of a pass's outputs, one per sequence (`None`: no gradient for it).
+type SeqGrads = Vec<Option<Vec<f32>>>;
+
+/// The clients taking part in one local step and their batches.
+struct Step<'a, 'e> {
+    /// Clients not rejected earlier in the round, in participant order.
+    active: &'a [usize],
+    /// B_k of each active client, indexed like `active`.
+    batches: &'a [Vec<&'e Example>],
+}
+
+/// Step 1's outcome: every active client's forward over its blocks 0..s_k, packed in one call.
+struct ClientPass<'p, B: Backend> {
+    /// P_k of each active client, indexed like `active` (the jobs' adapter index).
+    sets: Vec<&'p AdapterSet<B>>,
+    /// One job per sequence, clients in `active` order and each batch in order.
+    jobs: Vec<SeqJob>,
+    /// For each job, its client's index in `active`.
+    owner: Vec<usize>,
+    /// h_k of each job: the activations the client sends up at the cut.
+    smashed: Vec<Vec<f32>>,
+    /// The forward's tape, for the client backward of step 5.
+    tape: Tape<B>,
+}
+
 impl<B: Backend> FlexpSfl<B> {
-    /// The server's part of a step: forward and backward of every accepted client's server
-    /// segment with G (per-client gradients of G in their own slots), then the G update.
-    /// U-shaped: the server segment returns its output, the clients' tails finish the forward
-    /// and return its gradient. Returns d loss / d h for each client job, and the tail gradients.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn server(
-        mut st: ServerState<'_, B>,
+    /// Ĝ, the copy of G the participants download at the start of the round for the alignment
+    /// target (none without alignment); each participant is charged for its blocks 0..s_k of it.
+    fn download_alignment_snapshot(
+        &self,
         fed: &Federation<'_, B>,
-        active: &[usize],
-        batches: &[Vec<&Example>],
-        client_jobs: &[SeqJob],
-        owner: &[usize],
-        smashed: &[Vec<f32>],
-        rejected: &mut [bool],
+        participants: &[usize],
         log: &mut RoundLog,
-    ) -> Result<(Vec<Option<Vec<f32>>>, Vec<Option<AdapterSet<B>>>)> {
-        let be = fed.backend;
-        let exec = fed.exec();
+    ) -> Result<Option<AdapterSet<B>>> {
+        if fed.hyper.align == Align::None {
+            return Ok(None);
+        }
+        let snapshot = fed.duplicate(&self.global)?;
         let l = fed.layers();
-        let u = st.tail;
-        let h = &fed.hyper;
-        let mut dh: Vec<Option<Vec<f32>>> = vec![None; client_jobs.len()];
-        let mut tail_grads: Vec<Option<AdapterSet<B>>> = (0..active.len()).map(|_| None).collect();
-        // Position of each client job within its client's batch.
-        let mut pos = vec![0usize; client_jobs.len()];
-        let mut seen = vec![0usize; active.len()];
-        for (j, &i) in owner.iter().enumerate() {
-            pos[j] = seen[i];
-            seen[i] += 1;
+        for &k in participants {
+            let s = self.splits[k];
+            log.client(k).bytes_down += fed.set_bytes(&self.global) * s as f64 / l as f64;
         }
-        // Sequential mode processes one client per group; sync mode all clients at once.
-        let groups: Vec<Vec<usize>> = match h.server_update {
-            ServerUpdate::Sync => vec![(0..active.len()).collect()],
-            ServerUpdate::Sequential => (0..active.len()).map(|i| vec![i]).collect(),
-        };
-        for group in groups {
-            let members: Vec<usize> = group.into_iter().filter(|&i| !rejected[i]).collect();
-            if members.is_empty() {
-                continue;
-            }
-            let mut jobs = Vec::new();
-            let mut which = Vec::new();
-            for (j, cj) in client_jobs.iter().enumerate() {
-                let i = owner[j];
-                let Some(slot) = members.iter().position(|&m| m == i) else {
-                    continue;
-                };
-                let label = batches[i][pos[j]].label;
-                let output = if u > 0 {
-                    Output::Hidden
-                } else {
-                    Output::Class { label: Some(label) }
-                };
-                let mut job = SeqJob::new(
-                    SeqInput::Hidden(smashed[j].clone()),
-                    cj.blocks.end..l - u,
-                    0,
-                    output,
-                );
-                job.grad_slot = slot;
-                job.loss_weight = 1.0 / batches[i].len() as f32;
-                jobs.push(job);
-                which.push(j);
-            }
-            // Vanilla split on a device with concurrent lanes (CUDA streams): each cut's clients
-            // run forward and backward on their own lane.
-            if u == 0 && be.concurrent_lanes() {
-                let (out, dx, grads) = server_sweep_lanes(fed, &*st.global, &jobs, members.len())?;
-                let losses = slot_losses(&out, &jobs, members.len());
-                Self::finish_group(
-                    &mut st,
-                    fed,
-                    active,
-                    &members,
-                    &jobs,
-                    &which,
-                    owner,
-                    losses,
-                    grads,
-                    dx,
-                    rejected,
-                    &mut dh,
-                    &mut tail_grads,
-                    log,
-                )?;
-                continue;
-            }
-            let (out, tape) = exec.forward(&[&*st.global], &jobs, true)?;
-            let tape = tape.ok_or_else(|| Error::Backend("no tape".into()))?;
-            let mut losses = vec![0.0f64; members.len()];
-            let mut server_out_grads = vec![None; jobs.len()];
-            if u == 0 {
-                losses = slot_losses(&out, &jobs, members.len());
-            } else {
-                // The clients finish the forward on their tails and return the gradient.
-                let tsets: Vec<&AdapterSet<B>> =
-                    members.iter().map(|&i| &st.personal[active[i]]).collect();
-                let tjobs: Vec<SeqJob> = out
-                    .iter()
-                    .zip(&jobs)
-                    .zip(&which)
-                    .map(|((r, sj), &j)| {
-                        let i = owner[j];
-                        let mut t = SeqJob::new(
-                            SeqInput::Hidden(r.hidden.clone().unwrap_or_default()),
-                            l - u..l,
-                            sj.grad_slot,
-                            Output::Class {
-                                label: Some(batches[i][pos[j]].label),
-                            },
-                        );
-                        t.loss_weight = sj.loss_weight;
-                        t
-                    })
-                    .collect();
-                if tjobs
-                    .iter()
-                    .any(|t| matches!(&t.input, SeqInput::Hidden(v) if !finite(v)))
-                {
-                    for (t, &j) in tjobs.iter().zip(&which) {
-                        if matches!(&t.input, SeqInput::Hidden(v) if !finite(v))
-                            && !rejected[owner[j]]
-                        {
-                            rejected[owner[j]] = true;
-                            log.rejected
-                                .push((active[owner[j]], "non-finite server output".into()));
-                        }
-                    }
-                    return Ok((dh, tail_grads));
-                }
-                let (tout, ttape) = exec.forward(&tsets, &tjobs, true)?;
-                let ttape = ttape.ok_or_else(|| Error::Backend("no tape".into()))?;
-                let mut tg: Vec<AdapterSet<B>> = tsets
-                    .iter()
-                    .map(|s| s.zeros_like(be))
-                    .collect::<Result<_>>()?;
-                server_out_grads =
-                    exec.backward(&ttape, &tsets, &mut tg, &vec![None; tjobs.len()])?;
-                exec.recycle(ttape);
-                for (n, r) in tout.iter().enumerate() {
-                    losses[tjobs[n].grad_slot] +=
-                        r.loss.map_or(f64::NAN, |v| v as f64) * tjobs[n].loss_weight as f64;
-                }
-                for (slot, g) in tg.into_iter().enumerate() {
-                    tail_grads[members[slot]] = Some(g);
-                }
-            }
-            let mut grads: Vec<AdapterSet<B>> = members
-                .iter()
-                .map(|_| st.global.zeros_like(be))
-                .collect::<Result<_>>()?;
-            let dx = exec.backward(&tape, &[&*st.global], &mut grads, &server_out_grads)?;
-            exec.recycle(tape);
-            Self::finish_group(
-                &mut st,
-                fed,
-                active,
-                &members,
-                &jobs,
-                &which,
-                owner,
-                losses,
-                grads,
-                dx,
-                rejected,
-                &mut dh,
-                &mut tail_grads,
-                log,
-            )?;
-        }
-        Ok((dh, tail_grads))
+        Ok(Some(snapshot))
     }
 
-    /// Accepts or rejects each client of a server group from its loss and gradients, hands the
-    /// cut gradients back, and applies the aggregated G update.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_group(
-        st: &mut ServerState<'_, B>,
+    /// One local step of every active client, in the order of docs/algorithms.md.
+    fn local_step(
+        &mut self,
         fed: &Federation<'_, B>,
         active: &[usize],
-        members: &[usize],
-        jobs: &[SeqJob],
-        which: &[usize],
-        owner: &[usize],
-        losses: Vec<f64>,
-        grads: Vec<AdapterSet<B>>,
-        dx: Vec<Option<Vec<f32>>>,
-        rejected: &mut [bool],
-        dh: &mut [Option<Vec<f32>>],
-        tail_grads: &mut [Option<AdapterSet<B>>],
+        snapshot: Option<&AdapterSet<B>>,
+        rng: &mut Rng,
+        excluded: &mut [bool],
         log: &mut RoundLog,
     ) -> Result<()> {
-        let be = fed.backend;
-        let h = &fed.hyper;
-        let hd = fed.model.config.hidden;
-        let mut accepted = Vec::new();
-        for (slot, &i) in members.iter().enumerate() {
-            let k = active[i];
-            let bad_dx = jobs
-                .iter()
-                .zip(&dx)
-                .any(|(job, g)| job.grad_slot == slot && !g.as_deref().is_some_and(finite));
-            let why = match check_finite(be, losses[slot], &grads[slot])? {
-                Some(w) => Some(w),
-                None if bad_dx => Some("non-finite gradient at the cut".into()),
-                None => None,
-            };
-            if let Some(w) = why {
-                rejected[i] = true;
-                tail_grads[i] = None;
-                log.rejected.push((k, format!("server step: {w}")));
-            } else {
-                accepted.push(slot);
-                log.loss(k, losses[slot]);
-            }
-        }
-        for (n, &j) in which.iter().enumerate() {
-            if !rejected[owner[j]] {
-                dh[j] = dx[n].clone();
-            }
-        }
-        let tokens: usize = jobs.iter().map(|j| super::common::seq_tokens(j, hd)).sum();
-        let mean_s = members.iter().map(|&i| st.splits[active[i]]).sum::<usize>() / members.len();
-        log.server_flops += fed.server_step_flops(mean_s, tokens);
-        if accepted.is_empty() {
-            return Ok(());
-        }
-        let flats: Vec<Vec<f32>> = accepted
-            .iter()
-            .map(|&s| flat::flatten(be, &grads[s]))
-            .collect::<Result<_>>()?;
-        let agg = match h.server_agg {
-            ServerAgg::Mean => {
-                flat::weighted_sum(&flats, &vec![1.0 / flats.len() as f64; flats.len()])
-            }
-            ServerAgg::Proj => flat::projected_mean(&flats),
+        let batches: Vec<Vec<&Example>> =
+            active.iter().map(|&k| fed.sample_batch(k, rng)).collect();
+        let step = Step {
+            active,
+            batches: &batches,
         };
-        let mut g = st.global.zeros_like(be)?;
-        flat::assign(be, &mut g, &agg)?;
-        fed.apply(st.opt, st.global, &g)?;
+        // 1. Client forward: h_k = F_{0..s_k}(x; P_k).
+        let pass = client_forward(fed, &self.personal.sets, &self.splits, &step)?;
+        // 2. Alignment target: h'_k = F_{0..s_k}(x; Ĝ).
+        let target = snapshot
+            .map(|g| alignment_target(fed, g, &pass.jobs))
+            .transpose()?;
+        // 3.-4. Server sweep over every client's server segment, then the G update.
+        let mut rejected = reject_non_finite_cut(&pass, active, log);
+        let reply = server::sweep(
+            ServerState {
+                global: &mut self.global,
+                opt: &mut self.global_opt,
+                personal: &self.personal.sets,
+                splits: &self.splits,
+                tail: self.tail,
+            },
+            fed,
+            &step,
+            &pass,
+            &mut rejected,
+            log,
+        )?;
+        // 5. Client backward with the alignment loss.
+        let mut grads = client_backward(fed, pass, target.as_deref(), &reply.dh, &step, &rejected)?;
+        // U-shaped: the tail and head gradients the clients computed during the server sweep.
+        add_tail_gradients(fed.backend, &mut grads, reply.tail_grads)?;
+        // P_k ← AdamW(P_k, g), and what the step cost each client.
+        self.update_clients(fed, &step, grads, &rejected, excluded, log)
+    }
+
+    /// Applies each accepted client's gradient to P_k and charges the step's traffic and FLOPs;
+    /// a client rejected in this step (or whose gradient is not finite) is excluded from the
+    /// rest of the round.
+    fn update_clients(
+        &mut self,
+        fed: &Federation<'_, B>,
+        step: &Step<'_, '_>,
+        grads: Vec<AdapterSet<B>>,
+        rejected: &[bool],
+        excluded: &mut [bool],
+        log: &mut RoundLog,
+    ) -> Result<()> {
+        for (i, g) in grads.into_iter().enumerate() {
+            let k = step.active[i];
+            if rejected[i] {
+                excluded[k] = true;
+                continue;
+            }
+            if let Some(why) = check_finite(fed.backend, 0.0, &g)? {
+                log.rejected.push((k, format!("client gradient: {why}")));
+                excluded[k] = true;
+                continue;
+            }
+            fed.apply(&mut self.personal.opts[k], &mut self.personal.sets[k], &g)?;
+            self.charge_step(fed, k, &step.batches[i], log);
+        }
         Ok(())
     }
-}
 
-/// Each gradient slot's loss: the weighted sum of its jobs' losses (NaN for a job without one, so
-/// the client is rejected).
-fn slot_losses(out: &[SeqResult], jobs: &[SeqJob], slots: usize) -> Vec<f64> {
-    let mut losses = vec![0.0f64; slots];
-    for (r, job) in out.iter().zip(jobs) {
-        losses[job.grad_slot] += r.loss.map_or(f64::NAN, |v| v as f64) * job.loss_weight as f64;
+    /// Client k's cost of one accepted step: h up with the labels and d loss / d h down
+    /// (U-shaped: also z down and d loss / d z up), and the FLOPs of its client blocks (and
+    /// tail).
+    fn charge_step(
+        &self,
+        fed: &Federation<'_, B>,
+        k: usize,
+        batch: &[&Example],
+        log: &mut RoundLog,
+    ) {
+        let u = self.tail;
+        let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
+        let s = self.splits[k];
+        let act_bytes = 4.0 * (tokens * fed.model.config.hidden) as f64;
+        let c = log.client(k);
+        c.bytes_up += act_bytes + 8.0 * batch.len() as f64;
+        c.bytes_down += act_bytes;
+        if u > 0 {
+            // The server's output goes down, its gradient comes back up.
+            c.bytes_up += act_bytes;
+            c.bytes_down += act_bytes;
+        }
+        c.flops += fed.step_flops(s, tokens)
+            + if u > 0 {
+                fed.step_flops(u, tokens)
+            } else {
+                0.0
+            };
     }
-    losses
 }
 
-/// Server forward + backward of the vanilla split's jobs with one lane per cut (each lane a
-/// concurrent stream on a GPU, driven by its own host thread so that one lane's host work does
-/// not stall the others). Returns the per-job results and cut gradients in `jobs` order and the
-/// per-slot gradients of G.
-#[allow(clippy::type_complexity)]
-fn server_sweep_lanes<B: Backend>(
+/// Step 1: every active client's batch through its blocks 0..s_k with P_k, in one packed
+/// executor call that keeps the tape for step 5.
+fn client_forward<'p, B: Backend>(
     fed: &Federation<'_, B>,
-    global: &AdapterSet<B>,
-    jobs: &[SeqJob],
-    slots: usize,
-) -> Result<(Vec<SeqResult>, Vec<Option<Vec<f32>>>, Vec<AdapterSet<B>>)> {
-    let mut cuts: Vec<usize> = jobs.iter().map(|j| j.blocks.start).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
-    let lanes = fed.backend.fork(cuts.len())?;
-    // Jobs and gradient slots of each lane, renumbered locally.
-    let parts: Vec<(Vec<usize>, Vec<usize>)> = cuts
+    personal: &'p [AdapterSet<B>],
+    splits: &[usize],
+    step: &Step<'_, '_>,
+) -> Result<ClientPass<'p, B>> {
+    let sets: Vec<&AdapterSet<B>> = step.active.iter().map(|&k| &personal[k]).collect();
+    let mut jobs = Vec::new();
+    let mut owner = Vec::new();
+    for (i, b) in step.batches.iter().enumerate() {
+        for e in b {
+            jobs.push(SeqJob::new(
+                SeqInput::tokens(e.ids.clone()),
+                0..splits[step.active[i]],
+                i,
+                Output::Hidden,
+            ));
+            owner.push(i);
+        }
+    }
+    let (out, tape) = fed.exec().forward(&sets, &jobs, true)?;
+    let tape = tape.ok_or_else(|| Error::Backend("no tape".into()))?;
+    let smashed = out
+        .into_iter()
+        .map(|r| r.hidden.unwrap_or_default())
+        .collect();
+    Ok(ClientPass {
+        sets,
+        jobs,
+        owner,
+        smashed,
+        tape,
+    })
+}
+
+/// Step 2: h' = F_{0..s_k}(x; Ĝ) for every client job, the same blocks run with the round's
+/// snapshot of G instead of P_k; no gradient.
+fn alignment_target<B: Backend>(
+    fed: &Federation<'_, B>,
+    snapshot: &AdapterSet<B>,
+    client_jobs: &[SeqJob],
+) -> Result<Vec<Vec<f32>>> {
+    let jobs: Vec<SeqJob> = client_jobs
         .iter()
-        .map(|&c| {
-            let idx: Vec<usize> = (0..jobs.len())
-                .filter(|&n| jobs[n].blocks.start == c)
-                .collect();
-            let mut lane_slots: Vec<usize> = idx.iter().map(|&n| jobs[n].grad_slot).collect();
-            lane_slots.sort_unstable();
-            lane_slots.dedup();
-            (idx, lane_slots)
+        .map(|j| SeqJob {
+            adapter: 0,
+            grad_slot: 0,
+            ..j.clone()
         })
         .collect();
-    let results: Vec<Result<_>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = lanes
-            .iter()
-            .zip(&parts)
-            .map(|(lane, (idx, lane_slots))| {
-                scope.spawn(move || -> Result<_> {
-                    let exec = crate::executor::Executor::new(lane, fed.model);
-                    let local: Vec<SeqJob> = idx
-                        .iter()
-                        .map(|&n| {
-                            let mut j = jobs[n].clone();
-                            j.grad_slot = lane_slots
-                                .iter()
-                                .position(|&s| s == jobs[n].grad_slot)
-                                .expect("slot listed for this lane");
-                            j
-                        })
-                        .collect();
-                    let (out, tape) = exec.forward(&[global], &local, true)?;
-                    let tape = tape.ok_or_else(|| Error::Backend("no tape".into()))?;
-                    let mut grads: Vec<AdapterSet<B>> = lane_slots
-                        .iter()
-                        .map(|_| global.zeros_like(lane))
-                        .collect::<Result<_>>()?;
-                    let dx =
-                        exec.backward(&tape, &[global], &mut grads, &vec![None; local.len()])?;
-                    exec.recycle(tape);
-                    Ok((out, dx, grads))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Backend("a server lane panicked".into())))
-            })
-            .collect()
-    });
-    fed.backend.join(&lanes)?;
-    let mut out: Vec<Option<SeqResult>> = (0..jobs.len()).map(|_| None).collect();
-    let mut dx: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
-    let mut grads: Vec<Option<AdapterSet<B>>> = (0..slots).map(|_| None).collect();
-    for (res, (idx, lane_slots)) in results.into_iter().zip(&parts) {
-        let (o, d, g) = res?;
-        for ((n, o), d) in idx.iter().zip(o).zip(d) {
-            out[*n] = Some(o);
-            dx[*n] = d;
-        }
-        for (s, g) in lane_slots.iter().zip(g) {
-            grads[*s] = Some(g);
+    let (out, _) = fed.exec().forward(&[snapshot], &jobs, false)?;
+    Ok(out
+        .into_iter()
+        .map(|r| r.hidden.unwrap_or_default())
+        .collect())
+}
+
+/// Rejects every client whose activations at the cut are not finite, before anything reaches
+/// the server; returns the rejection flags indexed like `active`.
+fn reject_non_finite_cut<B: Backend>(
+    pass: &ClientPass<'_, B>,
+    active: &[usize],
+    log: &mut RoundLog,
+) -> Vec<bool> {
+    let mut rejected = vec![false; active.len()];
+    for (j, hv) in pass.smashed.iter().enumerate() {
+        let i = pass.owner[j];
+        if !finite(hv) && !rejected[i] {
+            rejected[i] = true;
+            log.rejected
+                .push((active[i], "non-finite activations at the cut".into()));
         }
     }
-    let out = out
-        .into_iter()
-        .map(|o| o.ok_or_else(|| Error::Backend("a server job produced no result".into())))
+    rejected
+}
+
+/// The output gradients of the client forward for every job of an accepted client: d CE / d h
+/// as the server returned it, and (with an alignment target) d A_k / d h.
+fn cut_output_gradients<B: Backend>(
+    fed: &Federation<'_, B>,
+    pass: &ClientPass<'_, B>,
+    target: Option<&[Vec<f32>]>,
+    dh: &[Option<Vec<f32>>],
+    step: &Step<'_, '_>,
+    rejected: &[bool],
+) -> (SeqGrads, SeqGrads) {
+    let d = fed.model.config.hidden;
+    let mut out_ce: SeqGrads = vec![None; pass.jobs.len()];
+    let mut out_al: SeqGrads = vec![None; pass.jobs.len()];
+    for j in 0..pass.jobs.len() {
+        let i = pass.owner[j];
+        if rejected[i] {
+            continue;
+        }
+        out_ce[j] = dh[j].clone();
+        if let Some(gr) = target {
+            let (_, g) = kl_alignment_grad(&pass.smashed[j], &gr[j], d);
+            let n = step.batches[i].len() as f32;
+            // The per-sequence KL means are averaged over the client's batch.
+            out_al[j] = Some(g.into_iter().map(|v| v / n).collect());
+        }
+    }
+    (out_ce, out_al)
+}
+
+/// Step 5: the client backward over the tape of step 1, combining CE and alignment as `align`
+/// says (none: ∇CE; kl: ∇(CE + λA) in one backward; proj: two backwards, conflict projection,
+/// then g_ce + λ g_a). Returns the gradient of each active client's P_k.
+fn client_backward<B: Backend>(
+    fed: &Federation<'_, B>,
+    pass: ClientPass<'_, B>,
+    target: Option<&[Vec<f32>]>,
+    dh: &[Option<Vec<f32>>],
+    step: &Step<'_, '_>,
+    rejected: &[bool],
+) -> Result<Vec<AdapterSet<B>>> {
+    let be = fed.backend;
+    let exec = fed.exec();
+    let h = &fed.hyper;
+    let (mut out_ce, out_al) = cut_output_gradients(fed, &pass, target, dh, step, rejected);
+    let mut g_ce: Vec<AdapterSet<B>> = pass
+        .sets
+        .iter()
+        .map(|s| s.zeros_like(be))
         .collect::<Result<_>>()?;
-    let grads = grads
-        .into_iter()
-        .map(|g| match g {
-            Some(g) => Ok(g),
-            None => global.zeros_like(fed.backend),
-        })
-        .collect::<Result<_>>()?;
-    Ok((out, dx, grads))
+    match h.align {
+        Align::None | Align::Kl => {
+            if h.align == Align::Kl {
+                for j in 0..pass.jobs.len() {
+                    if let (Some(c), Some(a)) = (&mut out_ce[j], &out_al[j]) {
+                        flat::axpy(c, h.align_lambda as f64, a);
+                    }
+                }
+            }
+            exec.backward(&pass.tape, &pass.sets, &mut g_ce, &out_ce)?;
+        }
+        Align::Proj => {
+            exec.backward(&pass.tape, &pass.sets, &mut g_ce, &out_ce)?;
+            let mut g_a: Vec<AdapterSet<B>> = pass
+                .sets
+                .iter()
+                .map(|s| s.zeros_like(be))
+                .collect::<Result<_>>()?;
+            exec.backward(&pass.tape, &pass.sets, &mut g_a, &out_al)?;
+            project_alignment(fed, &mut g_ce, &g_a, rejected)?;
+        }
+    }
+    exec.recycle(pass.tape);
+    Ok(g_ce)
+}
+
+/// `align = proj`: per group, removes from g_ce its component against g_a where they conflict,
+/// then adds λ g_a; for every accepted client.
+fn project_alignment<B: Backend>(
+    fed: &Federation<'_, B>,
+    g_ce: &mut [AdapterSet<B>],
+    g_a: &[AdapterSet<B>],
+    rejected: &[bool],
+) -> Result<()> {
+    let be = fed.backend;
+    let h = &fed.hyper;
+    for i in 0..g_ce.len() {
+        if rejected[i] {
+            continue;
+        }
+        let mut gc = flat::flatten(be, &g_ce[i])?;
+        let ga = flat::flatten(be, &g_a[i])?;
+        for r in flat::groups(be, &g_ce[i], h.proj_granularity) {
+            flat::project_conflict(&mut gc[r.clone()], &ga[r]);
+        }
+        flat::axpy(&mut gc, h.align_lambda as f64, &ga);
+        flat::assign(be, &mut g_ce[i], &gc)?;
+    }
+    Ok(())
+}
+
+/// U-shaped: adds each client's gradient of its tail blocks and head (computed during the
+/// server sweep) to its client-block gradient, so P_k takes one AdamW step on both.
+fn add_tail_gradients<B: Backend>(
+    be: &B,
+    grads: &mut [AdapterSet<B>],
+    tail_grads: Vec<Option<AdapterSet<B>>>,
+) -> Result<()> {
+    for (i, g) in tail_grads.into_iter().enumerate() {
+        if let Some(g) = g {
+            let mut a = flat::flatten(be, &grads[i])?;
+            flat::axpy(&mut a, 1.0, &flat::flatten(be, &g)?);
+            flat::assign(be, &mut grads[i], &a)?;
+        }
+    }
+    Ok(())
 }

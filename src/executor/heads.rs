@@ -52,6 +52,10 @@ impl<B: Backend> HeadTape<B> {
     }
 }
 
+/// Forward of the model's end for the sequences of a pass: the final norm over the rows of
+/// every sequence that ends at the last block, then each sequence's output (hidden states, a
+/// classification head, or the LM head) with its loss where labels are given. Keeps what the
+/// backward needs.
 pub(crate) fn forward<B: Backend>(
     ex: &Executor<'_, B>,
     adapters: &[&AdapterSet<B>],
@@ -59,11 +63,32 @@ pub(crate) fn forward<B: Backend>(
     lay: &Layout,
     h: &B::Buf,
 ) -> Result<(Vec<SeqResult>, HeadTape<B>)> {
-    let be = ex.backend;
-    let m = ex.model;
-    let d = m.config.hidden;
-    let last = m.layers();
+    let (final_rows, final_span) = final_rows(ex.model.layers(), seqs, lay);
+    let (f, norm) = final_norm(ex, h, &final_rows)?;
+    let mut results = vec![SeqResult::default(); seqs.len()];
+    hidden_outputs(ex, seqs, lay, h, &f, &final_span, &mut results)?;
+    let groups = class_groups(ex.backend, adapters, seqs, lay, &final_span)?;
+    let mut classes = Vec::with_capacity(groups.len());
+    for (mut g, idx) in groups {
+        class_head_forward(ex, adapters, seqs, &f, &mut g, &idx, &mut results)?;
+        classes.push(g);
+    }
+    let lm = lm_head_forward(ex, seqs, lay, &f, &final_span, &mut results)?;
+    Ok((
+        results,
+        HeadTape {
+            final_rows,
+            final_span,
+            norm,
+            classes,
+            lm,
+        },
+    ))
+}
 
+/// The global rows of the sequences that end at the last block, in packed order, and each such
+/// sequence's span among them (`None` for a sequence that stops earlier).
+fn final_rows(last: usize, seqs: &[SeqJob], lay: &Layout) -> (Vec<u32>, Vec<Option<Span>>) {
     let mut final_rows = Vec::new();
     let mut final_span = vec![None; seqs.len()];
     for &i in &lay.order {
@@ -76,10 +101,23 @@ pub(crate) fn forward<B: Backend>(
             final_rows.extend((g.start..g.end()).map(|r| r as u32));
         }
     }
+    (final_rows, final_span)
+}
+
+/// The final-rows matrix: those rows of `h` gathered, through the model's final norm where it
+/// has one (with the norm's tape).
+fn final_norm<B: Backend>(
+    ex: &Executor<'_, B>,
+    h: &B::Buf,
+    final_rows: &[u32],
+) -> Result<(B::Buf, Option<NormTape<B>>)> {
+    let be = ex.backend;
+    let m = ex.model;
+    let d = m.config.hidden;
     let nf = final_rows.len();
     let mut f = be.zeros(nf * d)?;
     if nf > 0 {
-        be.gather_rows(&mut f, h, &final_rows, d)?;
+        be.gather_rows(&mut f, h, final_rows, d)?;
     }
     let norm = match (&m.final_norm, nf) {
         (Some(n), 1..) => {
@@ -89,47 +127,67 @@ pub(crate) fn forward<B: Backend>(
         }
         _ => None,
     };
+    Ok((f, norm))
+}
 
-    let mut results = vec![SeqResult::default(); seqs.len()];
-    // Hidden outputs: from the final matrix when the range ends at the last block.
-    let wants_hidden = seqs.iter().any(|s| s.output == Output::Hidden);
-    if wants_hidden {
-        let fh = be.download(&f)?;
-        let hh = be.download(h)?;
-        for (i, s) in seqs.iter().enumerate() {
-            if s.output != Output::Hidden {
-                continue;
-            }
-            results[i].hidden = Some(match final_span[i] {
-                Some(sp) => fh[sp.start * d..sp.end() * d].to_vec(),
-                None => {
-                    let g = lay.spans[i];
-                    hh[g.start * d..g.end() * d].to_vec()
-                }
-            });
-        }
+/// Hidden outputs: from the final-rows matrix (normed) when the sequence ends at the last
+/// block, else its rows of `h`.
+fn hidden_outputs<B: Backend>(
+    ex: &Executor<'_, B>,
+    seqs: &[SeqJob],
+    lay: &Layout,
+    h: &B::Buf,
+    f: &B::Buf,
+    final_span: &[Option<Span>],
+    results: &mut [SeqResult],
+) -> Result<()> {
+    let be = ex.backend;
+    let d = ex.model.config.hidden;
+    if !seqs.iter().any(|s| s.output == Output::Hidden) {
+        return Ok(());
     }
+    let fh = be.download(f)?;
+    let hh = be.download(h)?;
+    for (i, s) in seqs.iter().enumerate() {
+        if s.output != Output::Hidden {
+            continue;
+        }
+        results[i].hidden = Some(match final_span[i] {
+            Some(sp) => fh[sp.start * d..sp.end() * d].to_vec(),
+            None => {
+                let g = lay.spans[i];
+                hh[g.start * d..g.end() * d].to_vec()
+            }
+        });
+    }
+    Ok(())
+}
 
-    // Classification heads, one GEMM per (adapter, slot) group.
-    let mut classes: Vec<ClassGroup<B>> = Vec::new();
-    let mut members: Vec<Vec<usize>> = Vec::new();
+/// The classification sequences grouped by consecutive (adapter, slot) in packed order, one
+/// head GEMM per group; returns each group (buffers still empty) with its sequences.
+fn class_groups<B: Backend>(
+    be: &B,
+    adapters: &[&AdapterSet<B>],
+    seqs: &[SeqJob],
+    lay: &Layout,
+    final_span: &[Option<Span>],
+) -> Result<Vec<(ClassGroup<B>, Vec<usize>)>> {
+    let mut groups: Vec<(ClassGroup<B>, Vec<usize>)> = Vec::new();
     for &i in &lay.order {
         if let Output::Class { .. } = seqs[i].output {
             let (a, s) = (seqs[i].adapter, seqs[i].grad_slot);
             let sp = final_span[i]
                 .ok_or_else(|| Error::Job("class output before the last block".into()))?;
-            match classes.last_mut() {
-                Some(g) if g.adapter == a && g.slot == s => {
+            match groups.last_mut() {
+                Some((g, members)) if g.adapter == a && g.slot == s => {
                     g.spans.push(sp);
-                    if let Some(v) = members.last_mut() {
-                        v.push(i);
-                    }
+                    members.push(i);
                 }
                 _ => {
                     let head = adapters[a].head.as_ref().ok_or_else(|| {
                         Error::Job(format!("adapter set {a} has no classification head"))
                     })?;
-                    classes.push(ClassGroup {
+                    let g = ClassGroup {
                         adapter: a,
                         slot: s,
                         pooling: head.pooling,
@@ -137,60 +195,89 @@ pub(crate) fn forward<B: Backend>(
                         pooled: be.zeros(0)?,
                         dlogits: be.zeros(0)?,
                         classes: head.classes,
-                    });
-                    members.push(vec![i]);
+                    };
+                    groups.push((g, vec![i]));
                 }
             }
         }
     }
-    for (g, idx) in classes.iter_mut().zip(&members) {
-        let head = adapters[g.adapter]
-            .head
-            .as_ref()
-            .ok_or_else(|| Error::Job("head vanished".into()))?;
-        let n = g.spans.len();
-        let mut pooled = be.zeros(n * d)?;
-        match g.pooling {
-            Pooling::Mean => be.segment_mean(&mut pooled, &f, &g.spans, d)?,
-            Pooling::First | Pooling::Last => {
-                be.gather_rows(&mut pooled, &f, &pool_rows(g.pooling, &g.spans), d)?
-            }
-        }
-        let c = g.classes;
-        let mut logits = be.zeros(n * c)?;
-        be.matmul(
-            &mut logits,
-            &pooled,
-            &head.weight,
-            n,
-            c,
-            d,
-            false,
-            true,
-            false,
-        )?;
-        be.add_bias(&mut logits, &head.bias, n, c)?;
-        let mut labels = Vec::with_capacity(n);
-        let mut weights = Vec::with_capacity(n);
-        for &i in idx {
-            let Output::Class { label } = &seqs[i].output else {
-                unreachable!("grouped as class")
-            };
-            labels.push(label.map_or(-1, |y| y as i64));
-            weights.push(seqs[i].loss_weight);
-        }
-        let mut dlogits = be.zeros(n * c)?;
-        let losses = be.cross_entropy(&mut dlogits, &logits, &labels, &weights, c)?;
-        let host = be.download(&logits)?;
-        for (j, &i) in idx.iter().enumerate() {
-            results[i].logits = Some(host[j * c..(j + 1) * c].to_vec());
-            results[i].loss = (labels[j] >= 0).then_some(losses[j]);
-        }
-        g.pooled = pooled;
-        g.dlogits = dlogits;
-    }
+    Ok(groups)
+}
 
-    // The LM head: one GEMM over the rows of every LM sequence.
+/// One classification group `g` with sequences `idx`: pooling, logits = pooled·Wᵀ + b, and the
+/// cross-entropy with its logit gradient; keeps the pooled rows and the logit gradient in `g`
+/// for the backward.
+fn class_head_forward<B: Backend>(
+    ex: &Executor<'_, B>,
+    adapters: &[&AdapterSet<B>],
+    seqs: &[SeqJob],
+    f: &B::Buf,
+    g: &mut ClassGroup<B>,
+    idx: &[usize],
+    results: &mut [SeqResult],
+) -> Result<()> {
+    let be = ex.backend;
+    let d = ex.model.config.hidden;
+    let head = adapters[g.adapter]
+        .head
+        .as_ref()
+        .ok_or_else(|| Error::Job("head vanished".into()))?;
+    let n = g.spans.len();
+    let mut pooled = be.zeros(n * d)?;
+    match g.pooling {
+        Pooling::Mean => be.segment_mean(&mut pooled, f, &g.spans, d)?,
+        Pooling::First | Pooling::Last => {
+            be.gather_rows(&mut pooled, f, &pool_rows(g.pooling, &g.spans), d)?
+        }
+    }
+    let c = g.classes;
+    let mut logits = be.zeros(n * c)?;
+    be.matmul(
+        &mut logits,
+        &pooled,
+        &head.weight,
+        n,
+        c,
+        d,
+        false,
+        true,
+        false,
+    )?;
+    be.add_bias(&mut logits, &head.bias, n, c)?;
+    let mut labels = Vec::with_capacity(n);
+    let mut weights = Vec::with_capacity(n);
+    for &i in idx {
+        let Output::Class { label } = &seqs[i].output else {
+            unreachable!("grouped as class")
+        };
+        labels.push(label.map_or(-1, |y| y as i64));
+        weights.push(seqs[i].loss_weight);
+    }
+    let mut dlogits = be.zeros(n * c)?;
+    let losses = be.cross_entropy(&mut dlogits, &logits, &labels, &weights, c)?;
+    let host = be.download(&logits)?;
+    for (j, &i) in idx.iter().enumerate() {
+        results[i].logits = Some(host[j * c..(j + 1) * c].to_vec());
+        results[i].loss = (labels[j] >= 0).then_some(losses[j]);
+    }
+    g.pooled = pooled;
+    g.dlogits = dlogits;
+    Ok(())
+}
+
+/// The LM head: one GEMM over the rows of every LM sequence and the token cross-entropy (each
+/// sequence's loss the mean over its labelled tokens); `None` without LM sequences.
+fn lm_head_forward<B: Backend>(
+    ex: &Executor<'_, B>,
+    seqs: &[SeqJob],
+    lay: &Layout,
+    f: &B::Buf,
+    final_span: &[Option<Span>],
+    results: &mut [SeqResult],
+) -> Result<Option<LmPart<B>>> {
+    let be = ex.backend;
+    let m = ex.model;
+    let d = m.config.hidden;
     let mut lm_rows = Vec::new();
     let mut lm_labels = Vec::new();
     let mut lm_weights = Vec::new();
@@ -216,44 +303,32 @@ pub(crate) fn forward<B: Backend>(
             lm_weights.extend(std::iter::repeat_n(w, sp.len));
         }
     }
-    let lm = if lm_rows.is_empty() {
-        None
-    } else {
-        let n = lm_rows.len();
-        let v = m.config.vocab_size;
-        let mut x = be.zeros(n * d)?;
-        be.gather_rows(&mut x, &f, &lm_rows, d)?;
-        let mut logits = be.zeros(n * v)?;
-        be.matmul(&mut logits, &x, m.lm_head(), n, v, d, false, true, false)?;
-        let mut dlogits = be.zeros(n * v)?;
-        let losses = be.cross_entropy(&mut dlogits, &logits, &lm_labels, &lm_weights, v)?;
-        let host = be.download(&logits)?;
-        for &(i, start, len, labelled) in &lm_seqs {
-            results[i].logits = Some(host[start * v..(start + len) * v].to_vec());
-            if labelled > 0 {
-                let sum: f64 = (start..start + len)
-                    .filter(|&r| lm_labels[r] >= 0)
-                    .map(|r| losses[r] as f64)
-                    .sum();
-                results[i].loss = Some((sum / labelled as f64) as f32);
-            }
+    if lm_rows.is_empty() {
+        return Ok(None);
+    }
+    let n = lm_rows.len();
+    let v = m.config.vocab_size;
+    let mut x = be.zeros(n * d)?;
+    be.gather_rows(&mut x, f, &lm_rows, d)?;
+    let mut logits = be.zeros(n * v)?;
+    be.matmul(&mut logits, &x, m.lm_head(), n, v, d, false, true, false)?;
+    let mut dlogits = be.zeros(n * v)?;
+    let losses = be.cross_entropy(&mut dlogits, &logits, &lm_labels, &lm_weights, v)?;
+    let host = be.download(&logits)?;
+    for &(i, start, len, labelled) in &lm_seqs {
+        results[i].logits = Some(host[start * v..(start + len) * v].to_vec());
+        if labelled > 0 {
+            let sum: f64 = (start..start + len)
+                .filter(|&r| lm_labels[r] >= 0)
+                .map(|r| losses[r] as f64)
+                .sum();
+            results[i].loss = Some((sum / labelled as f64) as f32);
         }
-        Some(LmPart {
-            rows: lm_rows,
-            dlogits,
-        })
-    };
-
-    Ok((
-        results,
-        HeadTape {
-            final_rows,
-            final_span,
-            norm,
-            classes,
-            lm,
-        },
-    ))
+    }
+    Ok(Some(LmPart {
+        rows: lm_rows,
+        dlogits,
+    }))
 }
 
 fn pool_rows(p: Pooling, spans: &[Span]) -> Vec<u32> {
