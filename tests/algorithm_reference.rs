@@ -963,3 +963,86 @@ fn client_fraction_samples_that_share_of_distinct_clients_uniformly() {
     }
     assert_eq!(sample_participants(10, 0.01, &mut rng).len(), 1);
 }
+
+// ---------------------------------------------------------------- what a round charges
+
+/// What a FlexP-SFL round charges each participant and the server, as docs/algorithms.md
+/// states it: per step, up = 4·tokens·d bytes of h plus 8 bytes per label and down = 4·tokens·d
+/// for d loss / d h (U-shaped: z down and d loss / d z up as well); per round with alignment,
+/// G's blocks 0..s_k down; client FLOPs from the cost model for blocks 0..s_k (and the tail
+/// with the head when U-shaped), the server's for s_k..L-u, each scaled to the tokens processed.
+/// Every training set fits one batch, so each step processes the client's whole set.
+#[test]
+fn flexp_sfl_round_charges_what_the_docs_state() {
+    let model = tiny::model();
+    let d = model.config.hidden as f64;
+    for (h, splits, who) in [
+        (hyper(), vec![1, 2, 1, 3], vec![0, 1, 2, 3]),
+        (
+            Hyper {
+                align: Align::None,
+                u_tail: 1,
+                ..hyper()
+            },
+            vec![1, 2, 2, 1],
+            vec![0, 2, 3],
+        ),
+    ] {
+        let u = h.u_tail;
+        let fed = tiny::federation(&model, h.clone(), data(), splits.clone());
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(AlgorithmKind::FlexpSfl, &fed, &mut rng).unwrap();
+        let g_params = values(named(&snapshot(algo.as_mut()), "global")).len() as f64;
+        let log = algo.round(&fed, &who, &mut rng).unwrap();
+        assert!(log.rejected.is_empty(), "{:?}", log.rejected);
+        let steps = h.local_steps as f64;
+        let nominal = (h.batch_size * 12) as f64;
+        let l = model.config.layers as f64;
+        let mut server = 0.0;
+        for &k in &who {
+            let train = &fed.clients[k].train;
+            let tokens: usize = train.iter().map(|e| e.ids.len()).sum();
+            let act = 4.0 * tokens as f64 * d;
+            let s = splits[k];
+            let mut up = steps * (act + 8.0 * train.len() as f64);
+            let mut down = steps * act;
+            if u > 0 {
+                up += steps * act;
+                down += steps * act;
+            }
+            if h.align != Align::None {
+                down += 4.0 * g_params * s as f64 / l;
+            }
+            let flops = steps * fed.cost.client_flops_u(s, u) * tokens as f64 / nominal;
+            server += steps * fed.cost.server_flops_u(s, u) * tokens as f64 / nominal;
+            let c = log
+                .clients
+                .iter()
+                .find(|c| c.client == k)
+                .unwrap_or_else(|| panic!("client {k} not in the log"));
+            let what = format!("u_tail {u}, client {k}");
+            assert_eq!(c.steps, h.local_steps, "{what}: steps");
+            assert!(
+                (c.bytes_up - up).abs() <= 1e-9 * up,
+                "{what}: up {} vs {up}",
+                c.bytes_up
+            );
+            assert!(
+                (c.bytes_down - down).abs() <= 1e-9 * down,
+                "{what}: down {} vs {down}",
+                c.bytes_down
+            );
+            assert!(
+                (c.flops - flops).abs() <= 1e-9 * flops,
+                "{what}: flops {} vs {flops}",
+                c.flops
+            );
+        }
+        assert_eq!(log.clients.len(), who.len());
+        assert!(
+            (log.server_flops - server).abs() <= 1e-9 * server,
+            "u_tail {u}: server flops {} vs {server}",
+            log.server_flops
+        );
+    }
+}

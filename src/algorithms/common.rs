@@ -233,6 +233,21 @@ impl<'a, B: Backend> Federation<'a, B> {
         f * tokens as f64 / nominal
     }
 
+    /// Client FLOPs of one step of the U-shaped form: blocks 0..s and the tail of `u` blocks
+    /// with the head ([`crate::federated::CostModel::client_flops_u`]), scaled to the tokens
+    /// processed. `u` is the algorithm's own tail, whatever tail the cost model was built with.
+    pub fn step_flops_u(&self, s: usize, u: usize, tokens: usize) -> f64 {
+        let nominal = (self.cost_tokens()).max(1) as f64;
+        self.cost.client_flops_u(s, u) * tokens as f64 / nominal
+    }
+
+    /// Server FLOPs of one step over blocks s..L-u (and the head when `u = 0`), scaled to the
+    /// tokens processed.
+    pub fn server_step_flops_u(&self, s: usize, u: usize, tokens: usize) -> f64 {
+        let nominal = (self.cost_tokens()).max(1) as f64;
+        self.cost.server_flops_u(s, u) * tokens as f64 / nominal
+    }
+
     /// Server FLOPs of one step over blocks s..L and the head, scaled to the tokens processed.
     pub fn server_step_flops(&self, s: usize, tokens: usize) -> f64 {
         let nominal = (self.cost_tokens()).max(1) as f64;

@@ -243,7 +243,6 @@ impl<B: Backend> FlexpSfl<B> {
                 global: &mut self.global,
                 opt: &mut self.global_opt,
                 personal: &self.personal.sets,
-                splits: &self.splits,
                 tail: self.tail,
             },
             fed,
@@ -311,12 +310,9 @@ impl<B: Backend> FlexpSfl<B> {
             c.bytes_up += act_bytes;
             c.bytes_down += act_bytes;
         }
-        c.flops += fed.step_flops(s, tokens)
-            + if u > 0 {
-                fed.step_flops(u, tokens)
-            } else {
-                0.0
-            };
+        // One cost-model call for both ends: adding the tail's own `step_flops(u)` charged it a
+        // second block-0 discount and, with a tail-aware cost model, the tail twice.
+        c.flops += fed.step_flops_u(s, u, tokens);
     }
 }
 

@@ -16,7 +16,6 @@ pub(super) struct ServerState<'s, B: Backend> {
     pub(super) global: &'s mut AdapterSet<B>,
     pub(super) opt: &'s mut AdamWState<B>,
     pub(super) personal: &'s [AdapterSet<B>],
-    pub(super) splits: &'s [usize],
     pub(super) tail: usize,
 }
 
@@ -350,22 +349,23 @@ fn judge_members<B: Backend>(
     Ok(accepted)
 }
 
-/// The server's FLOPs for a group's sweep: the cost model at the members' mean cut, scaled to
-/// the tokens swept.
+/// The server's FLOPs for a group's sweep: for each sequence, the cost model at its own cut,
+/// scaled to its tokens.
 fn group_flops<B: Backend>(cx: &Sweep<'_, '_, B>, st: &ServerState<'_, B>, group: &Group) -> f64 {
     let fed = cx.fed;
-    let tokens: usize = group
+    // Each sequence from its own cut: one mean cut for the group (rounded down) charged mixed
+    // cuts wrongly.
+    group
         .jobs
         .iter()
-        .map(|j| seq_tokens(j, fed.model.config.hidden))
-        .sum();
-    let mean_s = group
-        .members
-        .iter()
-        .map(|&i| st.splits[cx.step.active[i]])
-        .sum::<usize>()
-        / group.members.len();
-    fed.server_step_flops(mean_s, tokens)
+        .map(|j| {
+            fed.server_step_flops_u(
+                j.blocks.start,
+                st.tail,
+                seq_tokens(j, fed.model.config.hidden),
+            )
+        })
+        .sum()
 }
 
 /// Step 4: G ← AdamW(G, Agg) over the accepted slots' gradients, Agg their mean or (`server_agg
