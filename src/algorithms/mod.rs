@@ -1,7 +1,7 @@
 //! Federated and split-learning algorithms: FlexP-SFL, FedBip, and the baselines.
 //!
 //! Each algorithm only orchestrates: it says which sequences run which blocks with which adapter
-//! sets and gradient slots (through [`Executor`]), and how updates combine. Adding one never
+//! sets and gradient slots (through [`crate::executor::Executor`]), and how updates combine. Adding one never
 //! touches the executor. The equations are in docs/algorithms.md.
 
 mod common;
