@@ -1,8 +1,8 @@
 //! Federated and split-learning algorithms: FlexP-SFL, FedBip, and the baselines.
 //!
 //! Each algorithm only orchestrates: it says which sequences run which blocks with which adapter
-//! sets and gradient slots (through [`crate::executor::Executor`]), and how updates combine. Adding one never
-//! touches the executor. The equations are in docs/algorithms.md.
+//! sets and gradient slots (through [`crate::executor::Executor`]), and how updates combine.
+//! Adding one never touches the executor. The equations are in docs/algorithms.md.
 
 mod common;
 pub mod ditto;
