@@ -1046,3 +1046,62 @@ fn flexp_sfl_round_charges_what_the_docs_state() {
         );
     }
 }
+
+/// What a round of each full-model algorithm charges, as docs/algorithms.md states it: each
+/// participant downloads the model it starts from and uploads what it trained (4 bytes a
+/// parameter each way; `local` communicates nothing), and each training step it runs costs a
+/// whole-model step from the cost model (every block, block 0 without its input gradient, and
+/// the head) scaled to its tokens: `local_steps` steps for FedAvg, local and FedBip, twice that
+/// for Ditto (its personal model and the global one), `local_steps · pfedme.inner_steps` for
+/// pFedMe.
+#[test]
+fn full_model_rounds_charge_what_the_docs_state() {
+    let model = tiny::model();
+    let h = hyper();
+    let fed = tiny::federation(&model, h.clone(), data(), vec![1, 2, 1, 3]);
+    let l = model.config.layers;
+    let whole = fed.cost.client_flops(l - 1) + fed.cost.server_flops(l - 1);
+    let nominal = (h.batch_size * 12) as f64;
+    let who = [0, 1, 3];
+    let tau = h.local_steps as f64;
+    for (kind, steps, talks) in [
+        (AlgorithmKind::FedAvg, tau, true),
+        (AlgorithmKind::Local, tau, false),
+        (AlgorithmKind::Ditto, 2.0 * tau, true),
+        (
+            AlgorithmKind::PFedMe,
+            tau * h.pfedme_inner_steps as f64,
+            true,
+        ),
+        (AlgorithmKind::FedBip, tau, true),
+    ] {
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+        let state = snapshot(algo.as_mut());
+        // The model a participant receives: the global one, or (FedBip) its own aggregate.
+        let sent = state
+            .iter()
+            .find(|(n, _)| n == "global" || n == "client0")
+            .map(|(_, s)| 4.0 * values(s).len() as f64)
+            .unwrap_or(0.0);
+        let log = algo.round(&fed, &who, &mut rng).unwrap();
+        assert!(log.rejected.is_empty(), "{kind:?}: {:?}", log.rejected);
+        for &k in &who {
+            let c = log.clients.iter().find(|c| c.client == k);
+            let tokens: usize = fed.clients[k].train.iter().map(|e| e.ids.len()).sum();
+            let flops = steps * whole * tokens as f64 / nominal;
+            let (up, down, got_flops) =
+                c.map_or((0.0, 0.0, 0.0), |c| (c.bytes_up, c.bytes_down, c.flops));
+            let bytes = if talks { sent } else { 0.0 };
+            assert!(
+                bytes > 0.0 || !talks,
+                "{kind:?}: no model found in the state"
+            );
+            assert_eq!((up, down), (bytes, bytes), "{kind:?}, client {k}: bytes");
+            assert!(
+                (got_flops - flops).abs() <= 1e-9 * flops,
+                "{kind:?}, client {k}: flops {got_flops} vs {flops}"
+            );
+        }
+    }
+}
