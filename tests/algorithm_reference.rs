@@ -492,6 +492,18 @@ fn similarity_weights_match_hand_computed_cosines() {
     let z: [&[f32]; 2] = [&[0.0, 0.0], &[1.0, 2.0]];
     let w = fedbip::similarity_weights(&z, Negative::Clip);
     assert_eq!(w, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+    // ... and dissimilar (cosine 0) to the others, with negative cosines kept: τ1 = (1, 0),
+    // τ2 = 0, τ3 = (−1, 0): row 1 is (1, 0, −1)/2, row 2 the identity, row 3 (−1, 0, 1)/2.
+    let z: [&[f32]; 3] = [&[1.0, 0.0], &[0.0, 0.0], &[-1.0, 0.0]];
+    let w = fedbip::similarity_weights(&z, Negative::Keep);
+    assert_eq!(
+        w,
+        vec![
+            vec![0.5, 0.0, -0.5],
+            vec![0.0, 1.0, 0.0],
+            vec![-0.5, 0.0, 0.5]
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- projections
