@@ -1175,3 +1175,49 @@ fn every_algorithm_resumes_from_its_checkpoint_exactly() {
         }
     }
 }
+
+/// The global model each algorithm reports (scored as `global_model_acc`) is the one
+/// docs/algorithms.md names: the global adapters on every block for FedAvg, Ditto, pFedMe and
+/// FlexP-SFL; none for local training, FedBip (per-client aggregates) and U-shaped FlexP-SFL.
+#[test]
+fn global_models_are_the_documented_ones() {
+    let model = tiny::model();
+    let l = model.config.layers;
+    for (kind, u, has) in [
+        (AlgorithmKind::FedAvg, 0, true),
+        (AlgorithmKind::Ditto, 0, true),
+        (AlgorithmKind::PFedMe, 0, true),
+        (AlgorithmKind::FlexpSfl, 0, true),
+        (AlgorithmKind::FlexpSfl, 1, false),
+        (AlgorithmKind::Local, 0, false),
+        (AlgorithmKind::FedBip, 0, false),
+        (AlgorithmKind::FedBipL, 0, false),
+    ] {
+        let h = Hyper {
+            u_tail: u,
+            ..hyper()
+        };
+        let fed = tiny::federation(&model, h, data(), vec![1, 2, 1, 2]);
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+        algo.round(&fed, &[0, 1, 2, 3], &mut rng).unwrap();
+        let global = snapshot(algo.as_mut())
+            .into_iter()
+            .find(|(n, _)| n == "global")
+            .map(|(_, s)| values(&s));
+        match algo.global() {
+            None => assert!(!has, "{kind:?} (u_tail {u}) reports no global model"),
+            Some(chain) => {
+                assert!(has, "{kind:?} (u_tail {u}) reports a global model");
+                assert_eq!(chain.parts.len(), 1, "{kind:?}");
+                let (blocks, set) = &chain.parts[0];
+                assert_eq!(*blocks, 0..l, "{kind:?}");
+                assert_eq!(
+                    Some(values(set)),
+                    global,
+                    "{kind:?}: not the global adapters"
+                );
+            }
+        }
+    }
+}
