@@ -1221,3 +1221,15 @@ fn global_models_are_the_documented_ones() {
         }
     }
 }
+
+/// Each algorithm calls itself by its configuration name (logs and reports use either).
+#[test]
+fn algorithms_are_named_as_configured() {
+    let model = tiny::model();
+    let fed = tiny::federation(&model, hyper(), data(), vec![1, 2, 1, 3]);
+    for (kind, name) in AlgorithmKind::ALL {
+        let algo = algorithms::build(kind, &fed, &mut Rng::new(7)).unwrap();
+        assert_eq!(algo.name(), name);
+        assert_eq!(AlgorithmKind::parse(name).unwrap(), kind);
+    }
+}
