@@ -1183,15 +1183,16 @@ fn every_algorithm_resumes_from_its_checkpoint_exactly() {
 fn global_models_are_the_documented_ones() {
     let model = tiny::model();
     let l = model.config.layers;
-    for (kind, u, has) in [
-        (AlgorithmKind::FedAvg, 0, true),
-        (AlgorithmKind::Ditto, 0, true),
-        (AlgorithmKind::PFedMe, 0, true),
-        (AlgorithmKind::FlexpSfl, 0, true),
-        (AlgorithmKind::FlexpSfl, 1, false),
-        (AlgorithmKind::Local, 0, false),
-        (AlgorithmKind::FedBip, 0, false),
-        (AlgorithmKind::FedBipL, 0, false),
+    // Without one, the report says why, naming what is missing.
+    for (kind, u, has, why) in [
+        (AlgorithmKind::FedAvg, 0, true, ""),
+        (AlgorithmKind::Ditto, 0, true, ""),
+        (AlgorithmKind::PFedMe, 0, true, ""),
+        (AlgorithmKind::FlexpSfl, 0, true, ""),
+        (AlgorithmKind::FlexpSfl, 1, false, "U-shaped"),
+        (AlgorithmKind::Local, 0, false, "never aggregates"),
+        (AlgorithmKind::FedBip, 0, false, "per client"),
+        (AlgorithmKind::FedBipL, 0, false, "per client"),
     ] {
         let h = Hyper {
             u_tail: u,
@@ -1206,7 +1207,11 @@ fn global_models_are_the_documented_ones() {
             .find(|(n, _)| n == "global")
             .map(|(_, s)| values(&s));
         match algo.global() {
-            None => assert!(!has, "{kind:?} (u_tail {u}) reports no global model"),
+            None => {
+                assert!(!has, "{kind:?} (u_tail {u}) reports no global model");
+                let note = algo.no_global_model();
+                assert!(note.contains(why), "{kind:?}: {note:?}");
+            }
             Some(chain) => {
                 assert!(has, "{kind:?} (u_tail {u}) reports a global model");
                 assert_eq!(chain.parts.len(), 1, "{kind:?}");
@@ -1231,5 +1236,31 @@ fn algorithms_are_named_as_configured() {
         let algo = algorithms::build(kind, &fed, &mut Rng::new(7)).unwrap();
         assert_eq!(algo.name(), name);
         assert_eq!(AlgorithmKind::parse(name).unwrap(), kind);
+    }
+}
+
+/// Every algorithm announces each local step once, numbered from 1 (the progress display).
+#[test]
+fn every_algorithm_reports_its_local_steps_in_order() {
+    use std::sync::Mutex;
+    let model = tiny::model();
+    let seen = Mutex::new(Vec::new());
+    let record = |s: usize| seen.lock().unwrap().push(s);
+    for (kind, _) in AlgorithmKind::ALL {
+        let mut fed = tiny::federation(&model, hyper(), data(), vec![1, 2, 1, 3]);
+        fed.on_step = Some(&record);
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+        seen.lock().unwrap().clear();
+        algo.round(&fed, &[0, 1, 3], &mut rng).unwrap();
+        let got = seen.lock().unwrap().clone();
+        let want: Vec<usize> = (1..=hyper().local_steps).collect();
+        // Ditto trains the personal and the global model: the steps are announced for each.
+        let want = if kind == AlgorithmKind::Ditto {
+            [want.clone(), want].concat()
+        } else {
+            want
+        };
+        assert_eq!(got, want, "{kind:?}");
     }
 }
