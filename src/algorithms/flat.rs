@@ -76,21 +76,6 @@ pub fn groups<B: Backend>(be: &B, set: &AdapterSet<B>, g: Granularity) -> Vec<Ra
     out
 }
 
-/// The block index of each flat group of [`groups`] with `Granularity::Block` (`None` = head).
-pub fn block_of_groups<B: Backend>(set: &AdapterSet<B>) -> Vec<Option<usize>> {
-    let mut out: Vec<Option<usize>> = set
-        .blocks
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.iter().any(Option::is_some))
-        .map(|(l, _)| Some(l))
-        .collect();
-    if set.head.is_some() {
-        out.push(None);
-    }
-    out
-}
-
 /// Inner product in f64.
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
