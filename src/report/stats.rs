@@ -128,18 +128,22 @@ fn mean_sd(xs: &[f64]) -> (f64, Option<f64>) {
     (mean, sd)
 }
 
+/// The 95% interval of a mean from `n` values with sample standard deviation `sd`.
+fn interval95(mean: f64, sd: f64, n: usize) -> Interval {
+    let half = t_critical(0.05, (n - 1) as f64) * sd / (n as f64).sqrt();
+    Interval {
+        mean,
+        lo: mean - half,
+        hi: mean + half,
+        n,
+    }
+}
+
 /// The mean of `xs` with its 95% confidence interval (t with n − 1 degrees of freedom).
 /// `None` for fewer than two values, where no interval exists.
 pub fn mean_ci95(xs: &[f64]) -> Option<Interval> {
     let (mean, sd) = mean_sd(xs);
-    let sd = sd?;
-    let half = t_critical(0.05, (xs.len() - 1) as f64) * sd / (xs.len() as f64).sqrt();
-    Some(Interval {
-        mean,
-        lo: mean - half,
-        hi: mean + half,
-        n: xs.len(),
-    })
+    Some(interval95(mean, sd?, xs.len()))
 }
 
 /// Paired t-test of `a[i] − b[i]` against zero (the pairs share a seed: the same data split).
@@ -149,9 +153,9 @@ pub fn paired_t(a: &[f64], b: &[f64]) -> Option<PairedTest> {
         return None;
     }
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    let diff = mean_ci95(&d)?;
     let (mean, sd) = mean_sd(&d);
     let sd = sd?;
+    let diff = interval95(mean, sd, d.len());
     let se = sd / (d.len() as f64).sqrt();
     let t = if se > 0.0 {
         mean / se

@@ -261,23 +261,36 @@ impl SweepSpec {
             .collect()
     }
 
+    /// A run's grid values split the way its folder and the report place it: the setting
+    /// (every key but the compared one and the seed, as text), the compared value, the seed.
+    fn place(&self, values: &[(String, Value)]) -> (Vec<(String, String)>, Option<String>, String) {
+        let mut setting = Vec::new();
+        let (mut compared, mut seed) = (None, String::new());
+        for (k, v) in values {
+            let text = value_text(v);
+            if k == "seed" {
+                seed = text;
+            } else if Some(k) == self.compare.as_ref() {
+                compared = Some(text);
+            } else {
+                setting.push((k.clone(), text));
+            }
+        }
+        (setting, compared, seed)
+    }
+
     fn run_dir(&self, values: &[(String, Value)]) -> PathBuf {
-        let get = |key: &str| values.iter().find(|(k, _)| k == key).map(|(_, v)| v);
-        let setting: Vec<String> = values
-            .iter()
-            .filter(|(k, _)| k != "seed" && Some(k) != self.compare.as_ref())
-            .map(|(k, v)| format!("{}-{}", safe(k), safe(&value_text(v))))
-            .collect();
+        let (setting, compared, seed) = self.place(values);
         let setting = if setting.is_empty() {
             "runs".to_string()
         } else {
-            setting.join("_")
+            let parts: Vec<String> = setting
+                .iter()
+                .map(|(k, v)| format!("{}-{}", safe(k), safe(v)))
+                .collect();
+            parts.join("_")
         };
-        let leaf = match self.compare.as_deref().and_then(get) {
-            Some(v) => safe(&value_text(v)),
-            None => "run".into(),
-        };
-        let seed = get("seed").map_or_else(String::new, value_text);
+        let leaf = compared.map_or_else(|| "run".into(), |c| safe(&c));
         self.out
             .join(setting)
             .join(format!("{leaf}-s{}", safe(&seed)))
@@ -286,25 +299,14 @@ impl SweepSpec {
     /// The planned runs as the report sees them.
     fn report_runs(&self, runs: &[PlannedRun]) -> Vec<SweepRun> {
         runs.iter()
-            .map(|r| SweepRun {
-                dir: r.dir.clone(),
-                setting: r
-                    .values
-                    .iter()
-                    .filter(|(k, _)| k != "seed" && Some(k) != self.compare.as_ref())
-                    .map(|(k, v)| (k.clone(), value_text(v)))
-                    .collect(),
-                compared: self.compare.as_ref().and_then(|c| {
-                    r.values
-                        .iter()
-                        .find(|(k, _)| k == c)
-                        .map(|(_, v)| value_text(v))
-                }),
-                seed: r
-                    .values
-                    .iter()
-                    .find(|(k, _)| k == "seed")
-                    .map_or_else(String::new, |(_, v)| value_text(v)),
+            .map(|r| {
+                let (setting, compared, seed) = self.place(&r.values);
+                SweepRun {
+                    dir: r.dir.clone(),
+                    setting,
+                    compared,
+                    seed,
+                }
             })
             .collect()
     }
