@@ -330,7 +330,7 @@ pub(crate) fn with_labels_used(
     }
     let mut raw = RawConfig::from_toml(resolved_toml)?;
     let list = toml::Value::Array(classes.iter().cloned().map(toml::Value::String).collect());
-    raw.set(&format!("data.labels={list}"))?;
+    raw.insert("data.labels", list);
     Ok(raw.resolved_toml())
 }
 
