@@ -1,7 +1,8 @@
 //! Comparison of several runs: a Markdown table, a grouped bar chart and a CSV file.
 
 use super::fmt::{
-    cell, fixed, gflop, int, mb, mean_std, pct, pct_pm, secs, table, text, Align, MISSING,
+    cell, csv_field, fixed, gflop, int, mb, mean_std, pct, pct_pm, secs, table, text, Align,
+    MISSING,
 };
 use super::run_report::time_to_target;
 use super::schema::Run;
@@ -374,14 +375,6 @@ fn chart(rows: &[Row], groups: &[Group], aggregate: bool) -> BarChart {
 }
 
 /// A CSV field, quoted when it holds a separator, a quote or a line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 fn csv(rows: &[Row]) -> String {
     let header = [
         "run",

@@ -5,7 +5,7 @@
 //! significant. Writes `sweep.md` and `sweep.csv` into the sweep's folder, and the per-run
 //! [`super::compare`] table and chart as `comparison.md` into each setting's folder.
 
-use super::fmt::{cell, table, Align, MISSING};
+use super::fmt::{cell, csv_field, table, Align, MISSING};
 use super::schema::Run;
 use super::stats::{holm, mean_ci95, paired_t, Interval};
 use crate::error::Result;
@@ -275,14 +275,6 @@ pub fn write_sweep_report(
     write_atomic(&md_path, md.as_bytes())?;
     write_atomic(&out.join("sweep.csv"), csv.as_bytes())?;
     Ok(md_path)
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// The paired tests of one setting against `reference`, and the plain statement of the result.
