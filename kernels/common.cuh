@@ -16,7 +16,8 @@ typedef unsigned short bf16_t;
 #else
 template <class T>
 using gmem = T*;
-#define SHARED(T, name, n) __shared__ T name[(n)]
+// 16-byte aligned so that ldmatrix and 16-byte cp.async (tensor_core.cuh) can address any row.
+#define SHARED(T, name, n) __shared__ __align__(16) T name[(n)]
 #define DYN_SHARED(T, name)                                       \
     extern __shared__ __align__(16) unsigned char name##_bytes[]; \
     T* name = reinterpret_cast<T*>(name##_bytes)

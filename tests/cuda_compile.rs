@@ -4,10 +4,15 @@
 //! kernels/README.md. Every kernel must also be registered with the SIMT emulator, so nothing
 //! ships to the GPU untested.
 //!
-//! Needs NVRTC and ptxas: tools/fetch_cuda_tools.sh installs them (the README's test command
-//! and .ci/run call it).
+//! The same cubins then go through nvdisasm for the SASS check (kernels/README.md, "SASS check"):
+//! no kernel touches local memory (LDL/STL), and each tensor-core kernel shows the tensor-core
+//! instructions its name promises (HMMA for mma.sync, LDSM for ldmatrix, LDGSTS for cp.async).
+//!
+//! Needs NVRTC, ptxas and nvdisasm: tools/fetch_cuda_tools.sh installs them (the README's test
+//! command and .ci/run call it).
 
 use flexp::backend::cuda::nvrtc::{self, KernelResources};
+use flexp::backend::cuda::sass;
 use flexp::backend::cuda::sources::{kernel_names, KERNEL_FILES};
 use std::collections::BTreeMap;
 
@@ -98,10 +103,65 @@ fn check(
     bad
 }
 
+/// The SASS opcodes (prefixes) a kernel must contain, by the family its name states: the probes
+/// of each tensor-core instruction, and the tensor-core kernels (`*_tc_*`, `attn_flash_*`,
+/// `lora_sgmv_*`), which must run on the tensor cores.
+fn required_sass(kernel: &str) -> &'static [&'static str] {
+    if kernel.starts_with("tc_probe_mma") {
+        &["HMMA"]
+    } else if kernel.starts_with("tc_probe_ldmatrix") {
+        &["LDSM"]
+    } else if kernel.starts_with("tc_probe_cp_async") {
+        &["LDGSTS"]
+    } else if kernel.contains("_tc_")
+        || kernel.starts_with("attn_flash")
+        || kernel.starts_with("lora_sgmv")
+    {
+        &["HMMA"]
+    } else {
+        &[]
+    }
+}
+
+/// The SASS check of one cubin: what `required_sass` asks for, and no local memory anywhere.
+fn check_sass(
+    sass: &BTreeMap<String, Vec<String>>,
+    names: &[String],
+    file: &str,
+    gpu: &str,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    for n in names {
+        let Some(ops) = sass.get(n) else {
+            bad.push(format!(
+                "{file}: kernel {n} missing from nvdisasm's output for {gpu}"
+            ));
+            continue;
+        };
+        for want in required_sass(n) {
+            if !ops.iter().any(|o| o.starts_with(want)) {
+                bad.push(format!("{gpu} {n}: no {want} instruction in its SASS"));
+            }
+        }
+        let local: Vec<&String> = ops
+            .iter()
+            .filter(|o| o.starts_with("LDL") || o.starts_with("STL"))
+            .collect();
+        if !local.is_empty() {
+            bad.push(format!("{gpu} {n}: local memory accesses {local:?}"));
+        }
+    }
+    bad
+}
+
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_within_budget() {
     let where_from = nvrtc::ensure_nvrtc().unwrap_or_else(|e| panic!("{e}"));
-    println!("{where_from}, ptxas {}", nvrtc::ptxas_path().display());
+    println!(
+        "{where_from}, ptxas {}, nvdisasm {}",
+        nvrtc::ptxas_path().display(),
+        sass::nvdisasm_path().display()
+    );
     let budgets = budgets();
     let mut bad = Vec::new();
     let mut seen = 0;
@@ -109,7 +169,10 @@ fn every_kernel_compiles_for_sm80_and_sm90_within_budget() {
         let names = kernel_names(text);
         for (arch, gpu) in [("compute_80", "sm_80"), ("compute_90", "sm_90")] {
             let ptx = nvrtc::compile(file, text, arch).unwrap_or_else(|e| panic!("{e}"));
-            let res = nvrtc::ptxas_resources(&ptx, gpu).unwrap_or_else(|e| panic!("{e}"));
+            let asm = nvrtc::assemble(&ptx, gpu).unwrap_or_else(|e| panic!("{e}"));
+            let res = nvrtc::parse_ptxas(&asm.report);
+            let ops = sass::kernel_instructions(&asm.cubin).unwrap_or_else(|e| panic!("{e}"));
+            bad.extend(check_sass(&ops, &names, file, gpu));
             for n in &names {
                 if !res.iter().any(|r| &r.name == n) {
                     bad.push(format!(
@@ -176,5 +239,32 @@ ptxas info    : Used 10 registers, 380 bytes cmem[0]\n";
             r[1].spill_bytes
         ),
         ("ew_add", 10, 0, 0)
+    );
+}
+
+#[test]
+fn sass_parser_reads_each_kernels_opcodes() {
+    // Verbatim nvdisasm 13.5 `-c` output for an sm_80 cubin (two kernels, one predicated op).
+    let text = "\t.headerflags\t@\"EF_CUDA_SM80\"\n\
+//--------------------- .text.k                   --------------------------\n\
+\t.section\t.text.k,\"ax\",@progbits\n\
+\t.sectioninfo\t@\"SHI_REGISTERS=16\"\n\
+k:\n\
+.text.k:\n\
+        /*0040*/                   LDG.E R4, [R2.64] ;\n\
+        /*00d0*/                   HMMA.16816.F32.BF16 R4, R4, R12, R8 ;\n\
+//--------------------- .text.j                   --------------------------\n\
+\t.section\t.text.j,\"ax\",@progbits\n\
+        /*0000*/              @!P0 LDL R2, [R1] ;\n\
+        /*0010*/                   EXIT ;\n";
+    let ops = sass::parse_disassembly(text);
+    assert_eq!(ops["k"], vec!["LDG.E", "HMMA.16816.F32.BF16"]);
+    assert_eq!(ops["j"], vec!["LDL", "EXIT"]);
+    let names = vec!["j".to_string(), "tc_probe_mma".to_string()];
+    let bad = check_sass(&ops, &names, "x.cu", "sm_80");
+    assert!(bad.iter().any(|b| b.contains("j: local memory")), "{bad:?}");
+    assert!(
+        bad.iter().any(|b| b.contains("tc_probe_mma missing")),
+        "{bad:?}"
     );
 }

@@ -567,3 +567,75 @@ fn a_vector_load_races_with_a_scalar_store_to_one_of_its_words() {
         );
     }
 }
+
+#[test]
+fn mma_with_part_of_the_warp_is_reported() {
+    let dev = Emulator::new();
+    let y = dev.alloc(32 * 4, StreamId(0)).unwrap();
+    let err = launch_err(
+        &dev,
+        "fault_mma_partial_warp",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(y), KArg::I32(16)],
+    );
+    assert!(err.contains("mma.sync"), "{err}");
+    assert!(err.contains("has exited"), "{err}");
+    // The whole warp: 16 products of 1 x 1 in every element.
+    launch(
+        &dev,
+        "fault_mma_partial_warp",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(y), KArg::I32(32)],
+        StreamId(0),
+    )
+    .unwrap();
+    assert_eq!(download(&dev, y, 32), vec![16.0; 32]);
+}
+
+#[test]
+fn misaligned_ldmatrix_row_is_reported() {
+    let dev = Emulator::new();
+    let y = dev.alloc(32 * 4, StreamId(0)).unwrap();
+    let err = launch_err(
+        &dev,
+        "fault_ldmatrix_misaligned",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(y), KArg::I32(1)],
+    );
+    assert!(err.contains("ldmatrix"), "{err}");
+    assert!(err.contains("not 16-byte aligned"), "{err}");
+    launch(
+        &dev,
+        "fault_ldmatrix_misaligned",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(y), KArg::I32(0)],
+        StreamId(0),
+    )
+    .unwrap();
+}
+
+#[test]
+fn reading_a_cp_async_group_still_in_flight_is_reported() {
+    let dev = Emulator::new();
+    let x = upload(&dev, &(0..128).map(|i| i as f32).collect::<Vec<_>>());
+    let y = dev.alloc(32 * 4, StreamId(0)).unwrap();
+    let err = launch_err(
+        &dev,
+        "fault_cp_async_unwaited",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(x), KArg::Ptr(y), KArg::I32(1)],
+    );
+    assert!(err.contains("second_buf"), "{err}");
+    assert!(err.contains("no thread"), "{err}");
+    // The older group was retired by wait_group 1: its data is there.
+    launch(
+        &dev,
+        "fault_cp_async_unwaited",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(x), KArg::Ptr(y), KArg::I32(0)],
+        StreamId(0),
+    )
+    .unwrap();
+    let want: Vec<f32> = (0..32).map(|l| ((l * 4 + 5) % 128) as f32).collect();
+    assert_eq!(download(&dev, y, 32), want);
+}

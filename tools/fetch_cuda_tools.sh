@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches what compiling the CUDA kernels needs on a machine with no GPU and no CUDA install:
-# NVRTC (libnvrtc + its builtins) and ptxas, from NVIDIA's PyPI wheels (version 12.9, see
-# ../shared/assets.md), verifying the wheels' and the extracted files' sha256. Installs into
+# NVRTC (libnvrtc + its builtins) and ptxas, from NVIDIA's PyPI wheels (version 12.9), and
+# nvdisasm (13.5, it reads ptxas 12.9's sm_80/sm_90 cubins) for the SASS check, verifying the
+# wheels' and the extracted files' sha256. Installs into
 # .cuda-tools/ under the repo root (git-ignored). Idempotent: a verified copy is left alone.
 #
 # usage: tools/fetch_cuda_tools.sh [DEST]    (default: .cuda-tools under the repo root)
@@ -14,11 +15,13 @@ dest=${1:-$root/.cuda-tools}
 declare -A wheels=(
   [nvidia_cuda_nvrtc_cu12-12.9.86-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl]=210cf05005a447e29214e9ce50851e83fc5f4358df8b453155d5e1918094dcb4
   [nvidia_cuda_nvcc_cu12-12.9.86-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl]=5d6a0d32fdc7ea39917c20065614ae93add6f577d840233237ff08e9a38f58f0
+  [nvidia_cuda_nvdisasm-13.5.37-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl]=d3fdbdd49fa53e2e4aacd3db8259d052bd2b049ececdcb69e92e083c6728e7ca
 )
 declare -A files=(
   [nvidia/cuda_nvrtc/lib/libnvrtc.so.12]=7c67c6b51ea0e0279634cebd676ff7efda1674806444520c84430ad5c35fe625
   [nvidia/cuda_nvrtc/lib/libnvrtc-builtins.so.12.9]=6507cf33450cfb22970c2c1e7aa8e7c0a33e39d864720277b05f61a92791e2e8
   [nvidia/cuda_nvcc/bin/ptxas]=983b0e9283855979f42cebfd80d43f9b6e786eb84f03f7570bf941c4d3a3c461
+  [nvidia/cu13/bin/nvdisasm]=3bf19e7ab706ed8f68ecc2403d277b97dc110c52e0ac4c4f0c8eada5f7889c3c
 )
 
 verified() {
@@ -38,12 +41,13 @@ if [ "$(uname -m)" != x86_64 ] || [ "$(uname -s)" != Linux ]; then
   exit 1
 fi
 
-echo "Fetching NVRTC and ptxas 12.9 (PyPI nvidia-cuda-nvrtc-cu12, nvidia-cuda-nvcc-cu12, ~130 MB) into $dest ..."
+echo "Fetching NVRTC, ptxas 12.9 and nvdisasm 13.5 (PyPI nvidia-cuda-nvrtc-cu12, nvidia-cuda-nvcc-cu12, nvidia-cuda-nvdisasm, ~135 MB) into $dest ..."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --disable-pip-version-check --only-binary=:all: \
   --platform manylinux2014_x86_64 --python-version 3.11 \
-  nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86 -d "$tmp"
+  nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86 nvidia-cuda-nvdisasm==13.5.37 \
+  -d "$tmp"
 for w in "${!wheels[@]}"; do
   echo "${wheels[$w]}  $tmp/$w" | sha256sum --check --status || {
     echo "error: sha256 mismatch for $w" >&2
@@ -68,7 +72,7 @@ done
 mkdir -p "$dest"
 staging=$(mktemp -d "$dest.staging.XXXXXX")
 cp -r "$tmp/x/nvidia" "$staging/"
-chmod +x "$staging/nvidia/cuda_nvcc/bin/ptxas"
+chmod +x "$staging/nvidia/cuda_nvcc/bin/ptxas" "$staging/nvidia/cu13/bin/nvdisasm"
 rm -rf "$dest/nvidia"
 mv "$staging/nvidia" "$dest/nvidia"
 rmdir "$staging"

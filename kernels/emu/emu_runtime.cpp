@@ -47,6 +47,9 @@ struct Thread {
     // clock of `lane` that this thread is ordered after (through __syncwarp); vc[own lane] is
     // this thread's own clock, which advances at each __syncwarp it completes.
     std::uint32_t vc[32] = {};
+    // cp.async copies issued and not yet committed, then the committed groups, oldest first.
+    std::vector<AsyncCopy> open_copies;
+    std::vector<std::vector<AsyncCopy>> copy_groups;
 };
 
 // xorshift64*: the seeded schedule's random source (quality is not the point; cost is).
@@ -200,8 +203,95 @@ const char* op_name(WarpOp op) {
         case ALL: return "__all_sync";
         case ANY: return "__any_sync";
         case SYNCWARP: return "__syncwarp";
+        case MMA: return "mma.sync";
+        case LDMATRIX: return "ldmatrix";
     }
     return "?";
+}
+
+float half_to_float(unsigned short h) {
+    const unsigned sign = (h >> 15) & 1u, exp = (h >> 10) & 31u, man = h & 1023u;
+    float v;
+    if (exp == 0)
+        v = std::ldexp(static_cast<float>(man), -24);  // zero or subnormal
+    else if (exp == 31)
+        v = man ? NAN : INFINITY;
+    else
+        v = std::ldexp(static_cast<float>(man | 1024u), static_cast<int>(exp) - 25);
+    return sign ? -v : v;
+}
+
+double mma_element(MmaType type, unsigned reg, int half) {
+    const unsigned short bits = static_cast<unsigned short>(half ? reg >> 16 : reg & 0xffffu);
+    if (type == MMA_BF16)
+        return static_cast<double>(__uint_as_float(static_cast<unsigned>(bits) << 16));
+    return static_cast<double>(half_to_float(bits));
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 for warp `w`, every lane
+// present. Fragments per the PTX ISA ("Matrix fragments for mma.m16n8k16 with floating point
+// type"), g = lane / 4, t = lane % 4, the lower-indexed element in a register's low half:
+//   A: a[0] = A[g][2t, 2t+1]  a[1] = A[g+8][2t, 2t+1]  a[2] = A[g][2t+8, 2t+9]  a[3] = A[g+8][2t+8, 2t+9]
+//   B: b[0] = B[2t, 2t+1][g]  b[1] = B[2t+8, 2t+9][g]
+//   C, D: c[0], c[1] = C[g][2t, 2t+1]  c[2], c[3] = C[g+8][2t, 2t+1]
+// Every operand is gathered before any result is written (D may be C). Each D element is the
+// exactly computed sum (bf16 and f16 products are exact in double) rounded once to f32; the
+// hardware's adder rounds differently in the last bits, so kernel tests carry a tolerance.
+void resolve_mma(Launch* L, unsigned w, MmaType type) {
+    double A[16][16], B[16][8], C[16][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane* f = from_bits<const MmaLane*>(L->threads[w * 32 + lane].value);
+        const unsigned g = lane / 4, t = lane % 4;
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * t + h] = mma_element(type, f->a[0], h);
+            A[g + 8][2 * t + h] = mma_element(type, f->a[1], h);
+            A[g][2 * t + 8 + h] = mma_element(type, f->a[2], h);
+            A[g + 8][2 * t + 8 + h] = mma_element(type, f->a[3], h);
+            B[2 * t + h][g] = mma_element(type, f->b[0], h);
+            B[2 * t + 8 + h][g] = mma_element(type, f->b[1], h);
+            C[g][2 * t + h] = f->c[h];
+            C[g + 8][2 * t + h] = f->c[2 + h];
+        }
+    }
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        const MmaLane* f = from_bits<const MmaLane*>(L->threads[w * 32 + lane].value);
+        const unsigned g = lane / 4, t = lane % 4;
+        for (int i = 0; i < 4; ++i) {
+            const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+            double acc = C[row][col];
+            for (int k = 0; k < 16; ++k)
+                acc += A[row][k] * B[k][col];
+            f->d[i] = static_cast<float>(acc);
+        }
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16 for warp `w`: lane l receives in r[i]
+// row l/4, columns 2(l%4) and 2(l%4)+1 of matrix i (of its transpose with .trans), whose rows
+// lanes 8i..8i+7 addressed.
+void resolve_ldmatrix(Launch* L, unsigned w, int arg) {
+    const int count = arg & 15;
+    const bool trans = (arg & 16) != 0;
+    auto lane_of = [&](unsigned l) {
+        return from_bits<const LdmatrixLane*>(L->threads[w * 32 + l].value);
+    };
+    unsigned out[32][4];
+    for (unsigned l = 0; l < 32; ++l)
+        for (int i = 0; i < count; ++i) {
+            const unsigned r = l / 4, c = 2 * (l % 4);
+            unsigned short lo, hi;
+            if (trans) {
+                lo = lane_of(8 * i + c)->row[r];
+                hi = lane_of(8 * i + c + 1)->row[r];
+            } else {
+                lo = lane_of(8 * i + r)->row[c];
+                hi = lane_of(8 * i + r)->row[c + 1];
+            }
+            out[l][i] = static_cast<unsigned>(lo) | static_cast<unsigned>(hi) << 16;
+        }
+    for (unsigned l = 0; l < 32; ++l)
+        for (int i = 0; i < count; ++i)
+            lane_of(l)->r[i] = out[l][i];
 }
 
 // Resolves the warp collectives whose participants have all arrived. Returns true when some
@@ -241,6 +331,16 @@ bool resolve_warps(Launch* L, bool* progressed) {
             }
             if (!ready)
                 continue;
+            if (t.op == MMA || t.op == LDMATRIX) {
+                // .aligned: the whole warp executes the instruction together.
+                if (t.mask != 0xffffffffu)
+                    return sched_fault(L, where(t) + ": " + op_name(t.op) + " at " + site(t) +
+                                              " needs all 32 lanes of the warp");
+                if (t.op == MMA)
+                    resolve_mma(L, w, static_cast<MmaType>(t.arg));
+                else
+                    resolve_ldmatrix(L, w, t.arg);
+            }
             // Every named lane is here: compute each participant's result.
             std::uint64_t ballot = 0;
             for (unsigned j = 0; j < 32; ++j)
@@ -290,7 +390,9 @@ bool resolve_warps(Launch* L, bool* progressed) {
                     case BALLOT: p.result = ballot; break;
                     case ALL: p.result = ballot == (p.mask & 0xffffffffull) ? 1 : 0; break;
                     case ANY: p.result = ballot != 0 ? 1 : 0; break;
-                    case SYNCWARP: p.result = 0; break;
+                    case SYNCWARP:
+                    case MMA:
+                    case LDMATRIX: p.result = 0; break;
                 }
             }
             if (t.op == SYNCWARP) {
@@ -455,6 +557,30 @@ std::uint64_t warp_op(WarpOp op, unsigned mask, std::uint64_t value, int arg, in
     t->line = line;
     park();
     return t->result;
+}
+
+void cp_async_issue(const AsyncCopy& c) {
+    g_launch->current->open_copies.push_back(c);
+}
+
+void cp_async_commit() {
+    Thread* t = g_launch->current;
+    t->copy_groups.push_back(std::move(t->open_copies));
+    t->open_copies.clear();
+}
+
+void cp_async_wait(int pending, const char* file, int line) {
+    if (pending < 0)
+        fault("cp.async.wait_group at %s:%d: negative group count %d", file, line, pending);
+    Thread* t = g_launch->current;
+    while (t->copy_groups.size() > static_cast<std::size_t>(pending)) {
+        // Take the group out first: the shared writes below may yield to other fibers.
+        std::vector<AsyncCopy> group = std::move(t->copy_groups.front());
+        t->copy_groups.erase(t->copy_groups.begin());
+        for (const AsyncCopy& c : group)
+            for (int i = 0; i < c.bytes; ++i)
+                c.dst[i] = c.data[i];
+    }
 }
 
 unsigned char* dyn_shared(std::size_t* bytes, Shadow** shadow) {

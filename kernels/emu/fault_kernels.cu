@@ -3,6 +3,7 @@
 // The fault_control_* kernels do the same work correctly (they must pass under every schedule),
 // and fault_fast_math exposes the fast-math intrinsics for measuring their error.
 // Compiled into the emulator only (build.rs), never shipped to NVRTC.
+#include "tensor_core.cuh"
 
 // Reads one element past the end of `x` in the last thread.
 extern "C" __global__ void fault_oob_read(gmem<const float> x, gmem<float> y, int n) {
@@ -182,3 +183,50 @@ extern "C" __global__ void fault_race_vector_vs_scalar(gmem<float> y) {
     }
 }
 EMU_REGISTER(fault_race_vector_vs_scalar)
+
+// Tensor-core instructions (tensor_core.cuh) used wrongly.
+
+// Only the first `lanes` lanes of the warp reach the mma (the others return): the hardware's
+// behaviour is undefined (.aligned), the emulator must refuse.
+extern "C" __global__ void fault_mma_partial_warp(gmem<float> y, int lanes) {
+    const int lane = threadIdx.x;
+    if (lane >= lanes)
+        return;
+    unsigned a[4] = {0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u};  // bf16 pairs of 1.0
+    unsigned b[2] = {0x3f803f80u, 0x3f803f80u};
+    float c[4] = {0.f, 0.f, 0.f, 0.f}, d[4];
+    mma_m16n8k16_bf16(d, a, b, c);
+    y[lane] = d[0];
+}
+EMU_REGISTER(fault_mma_partial_warp)
+
+// ldmatrix with row addresses `offset` bf16 elements past a 16-byte boundary (offset 0 is fine).
+extern "C" __global__ void fault_ldmatrix_misaligned(gmem<unsigned> y, int offset) {
+    SHARED(bf16_t, tile, 40 * 8);
+    const int lane = threadIdx.x;
+    for (int k = lane; k < 40 * 8; k += 32)
+        tile[k] = static_cast<bf16_t>(k);
+    __syncthreads();
+    unsigned r[1];
+    ldmatrix_x1(r, tile + lane % 8 * 8 + offset);
+    y[lane] = r[0];
+}
+EMU_REGISTER(fault_ldmatrix_misaligned)
+
+// Two cp.async groups, then cp.async.wait_group 1: the older group has landed, the newer may
+// still be in flight. Reading the newer group's data (`second` = 1) reads memory no write has
+// reached yet; reading the older one's (`second` = 0) is correct.
+extern "C" __global__ void fault_cp_async_unwaited(gmem<const float> x, gmem<float> y, int second) {
+    SHARED(float, first_buf, 32 * 4);
+    SHARED(float, second_buf, 32 * 4);
+    const int lane = threadIdx.x;
+    cp_async<16>(first_buf + lane * 4, x + lane * 4, 16);
+    cp_async_commit();
+    cp_async<16>(second_buf + lane * 4, x + lane * 4, 16);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    y[lane] = second ? second_buf[(lane * 4 + 5) % 128] : first_buf[(lane * 4 + 5) % 128];
+    cp_async_wait<0>();
+}
+EMU_REGISTER(fault_cp_async_unwaited)

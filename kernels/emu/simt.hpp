@@ -91,7 +91,12 @@ const dim3_t& grid_dim();
 std::uint64_t block_epoch();
 void syncthreads(const char* file, int line);
 
-enum WarpOp : int { SHFL_IDX, SHFL_XOR, SHFL_UP, SHFL_DOWN, BALLOT, ALL, ANY, SYNCWARP };
+enum WarpOp : int {
+    SHFL_IDX, SHFL_XOR, SHFL_UP, SHFL_DOWN, BALLOT, ALL, ANY, SYNCWARP,
+    // Tensor-core instructions (tensor_core.cuh): the value is a pointer to the lane's operands.
+    MMA,       // arg: MmaType
+    LDMATRIX,  // arg: matrices (1, 2, 4) | 16 if transposed
+};
 std::uint64_t warp_op(WarpOp op, unsigned mask, std::uint64_t value, int arg, int width,
                       const char* file, int line);
 struct Shadow;
@@ -272,7 +277,9 @@ struct shared_ptr {
 
 template <class T, std::size_t N>
 struct shared_array {
-    T data[N];
+    // 16-byte aligned like the GPU's (common.cuh declares static shared arrays __align__(16)), so
+    // ldmatrix and 16-byte cp.async can be checked against absolute addresses.
+    alignas(16) T data[N];
     // One cell per byte, on the heap: these arrays are thread_local, and glibc carves static TLS
     // out of each thread's stack. Never reset: records of earlier blocks carry older phases and
     // read as "not written".
@@ -337,6 +344,122 @@ EMU_SHFL_OVERLOADS(unsigned)
 EMU_SHFL_OVERLOADS(long long)
 EMU_SHFL_OVERLOADS(unsigned long long)
 #undef EMU_SHFL_OVERLOADS
+
+// ---- tensor-core instructions (the models behind kernels/tensor_core.cuh) ----
+// mma.sync.m16n8k16 and ldmatrix are warp collectives over all 32 lanes (PTX's .aligned): each
+// lane parks with a pointer to its operands and the scheduler, once every lane has arrived,
+// gathers the warp's fragments, computes and scatters the results (emu_runtime.cpp). Fragment
+// placement follows the PTX ISA's tables; tests/cuda_tensor_core_isa.rs states those tables as
+// data and checks this model against them.
+enum MmaType : int { MMA_BF16 = 0, MMA_F16 = 1 };
+// One lane's operands of mma.m16n8k16: A in 4 registers, B in 2, C and D in 4 floats each.
+struct MmaLane {
+    const unsigned* a;
+    const unsigned* b;
+    const float* c;
+    float* d;
+};
+// One lane's part of ldmatrix: the 8 16-bit elements of the row it addressed (lanes 8i..8i+7
+// address the rows of matrix i) and where its destination registers are.
+struct LdmatrixLane {
+    unsigned short row[8];
+    unsigned* r;
+};
+
+inline unsigned lane_id() {
+    const uint3_t& t = thread_idx();
+    const dim3_t& b = block_dim();
+    return (t.x + b.x * (t.y + b.y * t.z)) % 32u;
+}
+
+inline void mma_m16n8k16(MmaType type, float* d, const unsigned* a, const unsigned* b,
+                         const float* c, const char* file, int line) {
+    MmaLane lane{a, b, c, d};
+    warp_op(MMA, 0xffffffffu, to_bits(&lane), type, 32, file, line);
+}
+
+// Each lane of the first 8 * `count` reads the 16-byte row it addresses (as its own shared
+// reads, so the race detector and the unwritten-memory check see them), then the warp exchanges.
+template <class T>
+void ldmatrix(int count, bool trans, unsigned* r, shared_ptr<T> row, const char* file, int line) {
+    static_assert(sizeof(T) == 2, "ldmatrix moves 16-bit elements");
+    LdmatrixLane lane{};
+    lane.r = r;
+    if (lane_id() < 8u * static_cast<unsigned>(count)) {
+        if (reinterpret_cast<std::uintptr_t>(row.p) % 16 != 0)
+            fault("ldmatrix at %s:%d: the row address of lane %u is not 16-byte aligned", file,
+                  line, lane_id());
+        shared_ptr<unsigned short> s = shared_cast<unsigned short>(row);
+        for (int k = 0; k < 8; ++k)
+            lane.row[k] = s[k];
+    }
+    warp_op(LDMATRIX, 0xffffffffu, to_bits(&lane), count | (trans ? 16 : 0), 32, file, line);
+}
+
+// cp.async: the source is read when the copy is issued (as this thread's global reads); its
+// bytes land in shared memory only when a cp.async.wait_group retires the copy's group (as this
+// thread's shared writes, at that moment). A GPU may land them any time in between, so a kernel
+// that reads the destination before waiting reads unwritten memory here, which faults.
+struct AsyncCopy {
+    shared_ptr<unsigned char> dst;
+    unsigned char data[16];
+    int bytes;
+};
+// The issuing thread's queue (emu_runtime.cpp): copies not yet committed, then committed groups.
+void cp_async_issue(const AsyncCopy& c);
+void cp_async_commit();
+void cp_async_wait(int pending, const char* file, int line);
+
+template <class U, class S>
+void read_source(unsigned char* out, gmem<S> src, int n) {
+    gmem<const U> s = gmem_cast<const U>(src);
+    for (int i = 0; i < n / static_cast<int>(sizeof(U)); ++i) {
+        U v = s[i];
+        std::memcpy(out + i * sizeof(U), &v, sizeof(U));
+    }
+}
+
+template <int BYTES, class D, class S>
+void cp_async(shared_ptr<D> dst, gmem<S> src, int src_bytes, const char* file, int line) {
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+    AsyncCopy c{};
+    c.dst = shared_cast<unsigned char>(dst);
+    c.bytes = BYTES;
+    if (reinterpret_cast<std::uintptr_t>(c.dst.p) % BYTES != 0)
+        fault("cp.async at %s:%d: shared destination is not %d-byte aligned", file, line, BYTES);
+    if (c.dst.n < BYTES)
+        fault("cp.async at %s:%d: a %d-byte copy runs past the end of shared array %s", file, line,
+              BYTES, c.dst.name);
+    if (src_bytes < 0 || src_bytes > BYTES)
+        fault("cp.async at %s:%d: source size %d is outside 0..%d", file, line, src_bytes, BYTES);
+    if (src_bytes > 0) {
+        if (reinterpret_cast<std::uintptr_t>(src.p) % BYTES != 0)
+            fault("cp.async at %s:%d: global source is not %d-byte aligned", file, line, BYTES);
+        // Read in the widest unit the size allows, so the race detector sees the same words a
+        // plain load or store of them would.
+        if (src_bytes % 4 == 0)
+            read_source<unsigned>(c.data, src, src_bytes);
+        else if (src_bytes % 2 == 0)
+            read_source<unsigned short>(c.data, src, src_bytes);
+        else
+            read_source<unsigned char>(c.data, src, src_bytes);
+    }
+    cp_async_issue(c);
+}
+
+// A call site, for the cp_async / cp_async_wait macros of tensor_core.cuh.
+struct Site {
+    const char* file;
+    int line;
+    template <int BYTES, class D, class S>
+    void cp_async(shared_ptr<D> dst, gmem<S> src, int src_bytes) const {
+        ::emu::cp_async<BYTES>(dst, src, src_bytes, file, line);
+    }
+    template <int N>
+    void cp_async_wait() const {
+        ::emu::cp_async_wait(N, file, line);
+    }
+};
 
 // ---- kernel registry: type-checked unpacking of cuLaunchKernel-style argument arrays ----
 enum ArgTag : int { TAG_PTR = 0, TAG_I32 = 1, TAG_U32 = 2, TAG_F32 = 3, TAG_U64 = 4, TAG_I64 = 5 };

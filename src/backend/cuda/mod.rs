@@ -29,6 +29,7 @@ pub mod driver;
 pub mod emulator;
 pub mod nvrtc;
 mod ops;
+pub mod sass;
 pub mod sources;
 
 pub use device::{DevPtr, Device, EventId, KArg, LaunchCfg, StreamId};

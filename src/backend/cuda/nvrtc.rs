@@ -18,6 +18,14 @@ use std::sync::OnceLock;
 /// Where tools/fetch_cuda_tools.sh puts the NVIDIA wheels' contents, relative to a root.
 const TOOLS_DIR: &str = ".cuda-tools/nvidia";
 
+/// `rel` (under the fetched NVIDIA tools) in the first root that has it.
+pub(crate) fn fetched_tool(rel: &str) -> Option<PathBuf> {
+    tool_roots()
+        .into_iter()
+        .map(|r| r.join(TOOLS_DIR).join(rel))
+        .find(|p| p.is_file())
+}
+
 fn tool_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     if let Ok(d) = std::env::current_dir() {
@@ -32,13 +40,7 @@ pub fn ptxas_path() -> PathBuf {
     if let Some(p) = std::env::var_os("FLEXP_PTXAS") {
         return PathBuf::from(p);
     }
-    for r in tool_roots() {
-        let p = r.join(TOOLS_DIR).join("cuda_nvcc/bin/ptxas");
-        if p.is_file() {
-            return p;
-        }
-    }
-    PathBuf::from("ptxas")
+    fetched_tool("cuda_nvcc/bin/ptxas").unwrap_or_else(|| PathBuf::from("ptxas"))
 }
 
 fn nvrtc_candidates() -> Vec<PathBuf> {
@@ -139,8 +141,8 @@ pub fn compile(file_name: &str, file_text: &str, arch: &'static str) -> Result<S
 pub fn compile_cached(file_name: &str, file_text: &str, arch: &'static str) -> Result<String> {
     let (major, minor) = nvrtc_version()?;
     let key = fnv1a(&format!(
-        "{file_text}\0{}\0{arch}\0{major}.{minor}",
-        sources::COMMON
+        "{}\0{arch}\0{major}.{minor}",
+        sources::gpu_source(file_text)
     ));
     let dir = cache_dir();
     let path = dir.as_ref().map(|d| {
@@ -193,11 +195,26 @@ pub struct KernelResources {
 
 /// Assembles `ptx` for `gpu` (e.g. `sm_80`) with ptxas and returns each kernel's resources.
 pub fn ptxas_resources(ptx: &str, gpu: &str) -> Result<Vec<KernelResources>> {
+    Ok(parse_ptxas(&assemble(ptx, gpu)?.report))
+}
+
+/// What ptxas made of one PTX module.
+pub struct Assembled {
+    /// The cubin (ELF) for the GPU.
+    pub cubin: Vec<u8>,
+    /// ptxas's `-v` report (registers, shared memory, spills per kernel).
+    pub report: String,
+}
+
+/// Assembles `ptx` for `gpu` (e.g. `sm_80`) with `ptxas -v`.
+pub fn assemble(ptx: &str, gpu: &str) -> Result<Assembled> {
     let dir = std::env::temp_dir().join(format!("flexp-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let input = dir.join(format!("k{:016x}.ptx", fnv1a(ptx)));
+    // Named by content and target, so concurrent calls (tests run in parallel) never share files.
+    let stem = format!("k{:016x}-{gpu}", fnv1a(ptx));
+    let input = dir.join(format!("{stem}.ptx"));
     std::fs::write(&input, ptx).map_err(|e| Error::io(&input, e))?;
-    let out = dir.join(format!("k{:016x}.cubin", fnv1a(ptx)));
+    let out = dir.join(format!("{stem}.cubin"));
     let ptxas = ptxas_path();
     let res = Command::new(&ptxas)
         .arg("-v")
@@ -213,13 +230,15 @@ pub fn ptxas_resources(ptx: &str, gpu: &str) -> Result<Vec<KernelResources>> {
             ))
         })?;
     let _ = std::fs::remove_file(&input);
+    let cubin = std::fs::read(&out);
     let _ = std::fs::remove_file(&out);
-    let text =
+    let report =
         String::from_utf8_lossy(&res.stderr).into_owned() + &String::from_utf8_lossy(&res.stdout);
     if !res.status.success() {
-        return Err(Error::Backend(format!("ptxas failed for {gpu}:\n{text}")));
+        return Err(Error::Backend(format!("ptxas failed for {gpu}:\n{report}")));
     }
-    Ok(parse_ptxas(&text))
+    let cubin = cubin.map_err(|e| Error::io(&out, e))?;
+    Ok(Assembled { cubin, report })
 }
 
 /// Parses `ptxas -v` output into per-kernel resources.

@@ -1,6 +1,6 @@
 //! The kernel sources, embedded in the binary so NVRTC can compile them on the user's machine for
-//! the user's GPU. `common.cuh` is inlined in place of its `#include`, so NVRTC needs no include
-//! path and no CUDA headers.
+//! the user's GPU. The headers (`common.cuh`, `tensor_core.cuh`) are inlined in place of their
+//! `#include`, so NVRTC needs no include path and no CUDA headers.
 
 /// `(file name, source text)` of every kernels/*.cu file that ships to the GPU.
 pub const KERNEL_FILES: &[(&str, &str)] = &[
@@ -18,14 +18,23 @@ pub const KERNEL_FILES: &[(&str, &str)] = &[
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
+    (
+        "tensor_core_probe.cu",
+        include_str!("../../../kernels/tensor_core_probe.cu"),
+    ),
 ];
 
 /// kernels/common.cuh.
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
-/// The source NVRTC compiles for `file`: the file with common.cuh inlined.
+/// kernels/tensor_core.cuh (mma.sync, ldmatrix, cp.async wrappers).
+pub const TENSOR_CORE: &str = include_str!("../../../kernels/tensor_core.cuh");
+
+/// The source NVRTC compiles for `file`: the file with the headers it includes inlined.
 pub fn gpu_source(file_text: &str) -> String {
-    file_text.replace("#include \"common.cuh\"", COMMON)
+    file_text
+        .replace("#include \"common.cuh\"", COMMON)
+        .replace("#include \"tensor_core.cuh\"", TENSOR_CORE)
 }
 
 /// Names of the `extern "C" __global__` kernels a source defines, in order.
