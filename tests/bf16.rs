@@ -210,6 +210,31 @@ mod cuda {
     }
 
     #[test]
+    fn emulated_cuda_bf16_linear_runs_on_tensor_cores_where_shapes_allow() {
+        // in and out multiples of 8 (ragged against the 128x128 tile and the 32-deep K step):
+        // both products go to kernels/gemm_tc.cu; in = 65 keeps the SIMT bf16 kernel.
+        let dev = std::sync::Arc::new(flexp::backend::cuda::emulator::Emulator::new());
+        let gpu = CudaBackend::new(dev.clone());
+        check_backend(
+            &gpu,
+            WeightPrecision::Bf16,
+            "cuda",
+            &[(1, 8, 8), (77, 136, 40), (130, 24, 264)],
+        );
+        let n = dev.launch_counts();
+        let count = |k: &str| n.get(k).copied().unwrap_or(0);
+        // Three shapes, two accumulate modes each.
+        assert_eq!(count("gemm_tc_bf16_nt"), 6, "{n:?}");
+        assert_eq!(count("gemm_tc_bf16_nn"), 6, "{n:?}");
+        assert_eq!(count("gemm_bf16_nt") + count("gemm_bf16_nn"), 0, "{n:?}");
+        check_backend(&gpu, WeightPrecision::Bf16, "cuda", &[(5, 16, 65)]);
+        let n = dev.launch_counts();
+        assert_eq!(n.get("gemm_bf16_nt"), Some(&2), "{n:?}");
+        // out = 16 is a multiple of 8 but k = out for the input gradient, n = in = 65 is not.
+        assert_eq!(n.get("gemm_bf16_nn"), Some(&2), "{n:?}");
+    }
+
+    #[test]
     fn emulated_cuda_bf16_linear_matches_cpu() {
         // Both backends multiply the same bf16 values with f32 sums: only the order differs.
         let (cpu, gpu) = (Cpu, CudaBackend::emulated());

@@ -242,6 +242,70 @@ fn bf16_matmul_matches_cpu_on_rounded_inputs() {
     }
 }
 
+#[test]
+fn tensor_core_gemm_matches_cpu_on_rounded_inputs() {
+    // kernels/gemm_tc.cu by name: B stored [n, k] (_nt, the forward product) or [k, n] (_nn, the
+    // input gradient). Shapes ragged against the 128x128 tile and the 32-deep K step (k = 40,
+    // 72 and 520 end in a part-filled stage), m = 1, several blocks in each dimension; k and n
+    // are multiples of 8, the kernels' alignment condition.
+    let (cpu, gpu) = (Cpu, cuda());
+    let mut rng = Rng::new(29);
+    for &(m, n, k) in &[(1, 8, 8), (77, 136, 40), (130, 24, 520), (129, 264, 72)] {
+        for tb in [false, true] {
+            for acc in [false, true] {
+                let (a_bits, a) = to_bf16(&rand_vec(&mut rng, m * k, -1.0, 1.0));
+                let (b_bits, b) = to_bf16(&rand_vec(&mut rng, k * n, -1.0, 1.0));
+                let c0 = rand_vec(&mut rng, m * n, -1.0, 1.0);
+                let mut c_cpu = c0.clone();
+                cpu.matmul(&mut c_cpu, &a, &b, m, n, k, false, tb, acc)
+                    .unwrap();
+                let c_gpu = gpu.upload(&c0).unwrap();
+                let (ga, gb) = (
+                    gpu.upload_pod(&a_bits).unwrap(),
+                    gpu.upload_pod(&b_bits).unwrap(),
+                );
+                let name = if tb {
+                    "gemm_tc_bf16_nt"
+                } else {
+                    "gemm_tc_bf16_nn"
+                };
+                let cfg = LaunchCfg {
+                    grid: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
+                    block: (256, 1, 1),
+                    shared_bytes: 0,
+                };
+                // SAFETY: gemm_tc_bf16_*(C, A, B, m, n, k, acc) reads m·k and k·n bf16 (the two
+                // uploads, rows 16-byte aligned since k and n are multiples of 8) and updates
+                // m·n f32 of C; the grid covers C with 128x128 tiles.
+                unsafe {
+                    gpu.launch(
+                        name,
+                        cfg,
+                        &[
+                            c_gpu.arg(),
+                            ga.arg(),
+                            gb.arg(),
+                            KArg::I32(m as i32),
+                            KArg::I32(n as i32),
+                            KArg::I32(k as i32),
+                            KArg::I32(acc as i32),
+                        ],
+                    )
+                }
+                .unwrap();
+                let (rtol, atol) = gemm_tol(k);
+                assert_close(
+                    &format!("{name} m={m} n={n} k={k} acc={acc}"),
+                    &gpu.download(&c_gpu).unwrap(),
+                    &c_cpu,
+                    rtol,
+                    atol,
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- norms
 
 /// Row lengths: 1, below and at one warp, odd, BERT/MiniLM hidden sizes, past 512 (256 threads

@@ -639,3 +639,29 @@ fn reading_a_cp_async_group_still_in_flight_is_reported() {
     let want: Vec<f32> = (0..32).map(|l| ((l * 4 + 5) % 128) as f32).collect();
     assert_eq!(download(&dev, y, 32), want);
 }
+
+#[test]
+fn refilling_a_tile_others_still_read_is_a_race() {
+    let dev = Emulator::new();
+    let x = upload(&dev, &(0..256).map(|i| i as f32).collect::<Vec<_>>());
+    let y = dev.alloc(64 * 4, StreamId(0)).unwrap();
+    let err = launch_err(
+        &dev,
+        "fault_cp_async_refill",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(x), KArg::Ptr(y), KArg::I32(0)],
+    );
+    assert!(err.contains("shared-memory race on `buf`"), "{err}");
+    launch(
+        &dev,
+        "fault_cp_async_refill",
+        LaunchCfg::linear(1, 32),
+        &[KArg::Ptr(x), KArg::Ptr(y), KArg::I32(1)],
+        StreamId(0),
+    )
+    .unwrap();
+    let want: Vec<f32> = (0..64)
+        .map(|j| ((j / 32) * 128 + ((j % 32 + 1) % 32) * 4) as f32)
+        .collect();
+    assert_eq!(download(&dev, y, 64), want);
+}

@@ -8,7 +8,7 @@ use flexp::algorithms::{
 };
 use flexp::backend::cpu::Cpu;
 use flexp::backend::cuda::CudaBackend;
-use flexp::backend::Backend;
+use flexp::backend::{Backend, WeightPrecision};
 use flexp::federated::CostModel;
 use flexp::model::{LoraConfig, Model, ModelConfig, Pooling};
 use flexp::rng::Rng;
@@ -34,9 +34,10 @@ fn run<B: Backend + 'static>(
     model_json: serde_json::Value,
     kind: AlgorithmKind,
     hyper: Hyper,
+    precision: WeightPrecision,
 ) -> Outcome {
     let cfg = ModelConfig::from_json(&model_json).unwrap();
-    let model = Model::random(be, cfg, &mut Rng::new(11)).unwrap();
+    let model = Model::random_with(be, cfg, &mut Rng::new(11), precision).unwrap();
     let lora = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -95,8 +96,24 @@ fn run<B: Backend + 'static>(
 }
 
 fn compare(kind: AlgorithmKind, model_json: serde_json::Value, hyper: Hyper) {
-    let cpu = run(&Cpu, model_json.clone(), kind, hyper.clone());
-    let gpu = run(&CudaBackend::emulated_streams(), model_json, kind, hyper);
+    compare_in(
+        kind,
+        model_json,
+        hyper,
+        WeightPrecision::F32,
+        &CudaBackend::emulated_streams(),
+    );
+}
+
+fn compare_in(
+    kind: AlgorithmKind,
+    model_json: serde_json::Value,
+    hyper: Hyper,
+    precision: WeightPrecision,
+    gpu_backend: &CudaBackend,
+) {
+    let cpu = run(&Cpu, model_json.clone(), kind, hyper.clone(), precision);
+    let gpu = run(gpu_backend, model_json, kind, hyper, precision);
     for (r, (a, b)) in cpu.losses.iter().zip(&gpu.losses).enumerate() {
         for (k, (x, y)) in a.iter().zip(b).enumerate() {
             assert!(
@@ -159,4 +176,26 @@ fn flexp_sfl_with_server_projection_on_llama_matches_cpu() {
         ..hyper()
     };
     compare(AlgorithmKind::FlexpSfl, llama, h);
+}
+
+#[test]
+fn flexp_sfl_rounds_in_bf16_on_tensor_cores_match_cpu() {
+    // precision = bf16: every frozen product (hidden 32, FFN 64: multiples of 8) runs on
+    // kernels/gemm_tc.cu, the CPU multiplies the same bf16 values with f32 sums.
+    let dev = std::sync::Arc::new(flexp::backend::cuda::emulator::Emulator::with_streams());
+    let gpu = CudaBackend::new(dev.clone());
+    compare_in(
+        AlgorithmKind::FlexpSfl,
+        bert(),
+        hyper(),
+        WeightPrecision::Bf16,
+        &gpu,
+    );
+    let n = dev.launch_counts();
+    assert!(n.get("gemm_tc_bf16_nt").copied().unwrap_or(0) > 0, "{n:?}");
+    assert!(n.get("gemm_tc_bf16_nn").copied().unwrap_or(0) > 0, "{n:?}");
+    assert!(
+        !n.contains_key("gemm_bf16_nt") && !n.contains_key("gemm_bf16_nn"),
+        "{n:?}"
+    );
 }

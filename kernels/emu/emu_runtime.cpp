@@ -774,6 +774,13 @@ void shared_access(const void* addr, std::size_t bytes, std::size_t align, Shado
     }
 }
 
+void shared_async_write(const void* addr, std::size_t bytes, Shadow* cells, const void* base,
+                        const char* name) {
+    shared_access(addr, bytes, 1, cells, base, name, ACC_WRITE);
+    for (std::size_t b = 0; b < bytes; ++b)
+        cells[b].w = Access{};
+}
+
 void global_access(const void* addr, std::size_t bytes, std::size_t align, const char* lo,
                    const char* hi, AccessKind kind) {
     Launch* L = g_launch;

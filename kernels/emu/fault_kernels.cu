@@ -230,3 +230,24 @@ extern "C" __global__ void fault_cp_async_unwaited(gmem<const float> x, gmem<flo
     cp_async_wait<0>();
 }
 EMU_REGISTER(fault_cp_async_unwaited)
+
+// Stage a tile with cp.async, read a neighbour's part, then refill the tile: without a barrier
+// between the reads and the refill (`sync` = 0) another lane may still be reading what the
+// refill overwrites, since the hardware may land a cp.async as soon as it is issued.
+extern "C" __global__ void fault_cp_async_refill(gmem<const float> x, gmem<float> y, int sync) {
+    SHARED(float, buf, 32 * 4);
+    const int lane = threadIdx.x;
+    cp_async<16>(buf + lane * 4, x + lane * 4, 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    y[lane] = buf[((lane + 1) % 32) * 4];
+    if (sync)
+        __syncthreads();
+    cp_async<16>(buf + lane * 4, x + 128 + lane * 4, 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    y[32 + lane] = buf[((lane + 1) % 32) * 4];
+}
+EMU_REGISTER(fault_cp_async_refill)

@@ -125,6 +125,11 @@ enum AccessKind : int { ACC_READ = 0, ACC_WRITE = 1, ACC_ATOMIC = 2 };
 // read of bytes no thread of the block wrote, and on misalignment.
 void shared_access(const void* addr, std::size_t bytes, std::size_t align, Shadow* cells,
                    const void* base, const char* name, AccessKind kind);
+// A cp.async's write to shared memory at issue: checked like a write (the hardware may land it at
+// once, so it races with every access not ordered before the issue), then the bytes are marked
+// unwritten until the wait that retires the copy writes them for real.
+void shared_async_write(const void* addr, std::size_t bytes, Shadow* cells, const void* base,
+                        const char* name);
 // The same for global memory: `lo`/`hi` bound the allocation `addr` lies in.
 void global_access(const void* addr, std::size_t bytes, std::size_t align, const char* lo,
                    const char* hi, AccessKind kind);
@@ -398,8 +403,10 @@ void ldmatrix(int count, bool trans, unsigned* r, shared_ptr<T> row, const char*
 
 // cp.async: the source is read when the copy is issued (as this thread's global reads); its
 // bytes land in shared memory only when a cp.async.wait_group retires the copy's group (as this
-// thread's shared writes, at that moment). A GPU may land them any time in between, so a kernel
-// that reads the destination before waiting reads unwritten memory here, which faults.
+// thread's shared writes, at that moment). A GPU may land them any time in between, so both ends
+// are checked: at issue the destination is checked as written (a race with any access not
+// ordered before the issue, e.g. a warp still reading the buffer being refilled) and then marked
+// unwritten, so a kernel that reads it before the wait reads unwritten memory, which faults.
 struct AsyncCopy {
     shared_ptr<unsigned char> dst;
     unsigned char data[16];
@@ -432,6 +439,7 @@ void cp_async(shared_ptr<D> dst, gmem<S> src, int src_bytes, const char* file, i
               BYTES, c.dst.name);
     if (src_bytes < 0 || src_bytes > BYTES)
         fault("cp.async at %s:%d: source size %d is outside 0..%d", file, line, src_bytes, BYTES);
+    shared_async_write(c.dst.p, BYTES, c.dst.w, c.dst.base, c.dst.name);
     if (src_bytes > 0) {
         if (reinterpret_cast<std::uintptr_t>(src.p) % BYTES != 0)
             fault("cp.async at %s:%d: global source is not %d-byte aligned", file, line, BYTES);

@@ -5,7 +5,7 @@
 
 use super::device::{DevPtr, Device, EventId, KArg, LaunchCfg, RawArg, StreamId};
 use crate::error::{Error, Result};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -74,6 +74,8 @@ pub struct Emulator {
     /// Allocations made through this instance and not yet freed (the C++ allocation table is
     /// shared by every instance, so it cannot answer per device).
     live: AtomicUsize,
+    /// Launches issued per kernel name (see [`Emulator::launch_counts`]).
+    by_kernel: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Emulator {
@@ -85,6 +87,7 @@ impl Default for Emulator {
             arch: DEFAULT_ARCH,
             launches: AtomicU64::new(0),
             live: AtomicUsize::new(0),
+            by_kernel: Mutex::default(),
         }
     }
 }
@@ -182,6 +185,15 @@ impl Emulator {
     /// synchronisation). Lets tests check that owned buffers release their memory exactly once.
     pub fn live_allocations(&self) -> usize {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// How many launches of each kernel were issued to this device: lets tests check which
+    /// kernel a backend operation chose (e.g. the tensor-core GEMM where the shapes allow it).
+    pub fn launch_counts(&self) -> BTreeMap<String, u64> {
+        self.by_kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The same emulator with a schedule seed: 0 runs blocks and threads in index order; any
@@ -437,6 +449,12 @@ unsafe impl Device for Emulator {
         args: &[KArg<'_>],
         stream: StreamId,
     ) -> Result<()> {
+        *self
+            .by_kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default() += 1;
         self.issue(
             stream,
             Op::Launch {

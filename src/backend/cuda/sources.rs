@@ -14,6 +14,7 @@ pub const KERNEL_FILES: &[(&str, &str)] = &[
         include_str!("../../../kernels/elementwise.cu"),
     ),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
+    ("gemm_tc.cu", include_str!("../../../kernels/gemm_tc.cu")),
     ("lora.cu", include_str!("../../../kernels/lora.cu")),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),

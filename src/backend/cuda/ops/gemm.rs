@@ -1,41 +1,80 @@
-//! Host side of kernels/gemm.cu: the f32 GEMM behind [`crate::backend::Backend::matmul`].
+//! Host side of kernels/gemm.cu and kernels/gemm_tc.cu: the f32 GEMM behind
+//! [`crate::backend::Backend::matmul`] and the frozen-weight products.
 //!
-//! The kernels are specialised per transpose pair (`gemm_f32_nn` … `gemm_f32_tt`); bf16-storage
-//! twins (`gemm_bf16_*`, bf16 A and B, f32 C) share the launch shape below.
+//! The SIMT kernels are specialised per transpose pair (`gemm_f32_nn` … `gemm_f32_tt`), with
+//! bf16-storage twins (`gemm_bf16_*`, bf16 A and B, f32 C). A bf16 weight's products run on the
+//! tensor cores (`gemm_tc_bf16_nt` forward, `gemm_tc_bf16_nn` input gradient) whenever the
+//! shapes keep every 16-byte row chunk aligned ([`tensor_core_fits`]), else on the SIMT twins.
 
 use super::super::{bytes_of, check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
-/// Rows of C one block computes (kernels/gemm.cu `BM`).
-pub(crate) const TILE_M: usize = 128;
-/// Columns of C one block computes (kernels/gemm.cu `BN`).
-pub(crate) const TILE_N: usize = 64;
-/// Threads per block (kernels/gemm.cu `THREADS`, its `__launch_bounds__`).
+/// Threads per block of every GEMM kernel (their `__launch_bounds__`).
 pub(crate) const THREADS: u32 = 256;
 
-/// Name of the kernel for a storage type (`"f32"` or `"bf16"`) and transpose pair.
-pub(crate) fn kernel_name(storage: &str, trans_a: bool, trans_b: bool) -> String {
-    let t = |x: bool| if x { 't' } else { 'n' };
-    format!("gemm_{storage}_{}{}", t(trans_a), t(trans_b))
+/// Which GEMM kernel family runs a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gemm {
+    /// kernels/gemm.cu on f32 operands.
+    F32,
+    /// kernels/gemm.cu on bf16 operands (SIMT, f32 accumulation).
+    Bf16,
+    /// kernels/gemm_tc.cu: bf16 operands on the tensor cores (f32 accumulation).
+    Bf16TensorCore,
 }
 
-/// The grid that covers C `[m, n]` with 128x64 tiles.
-pub(crate) fn launch_cfg(m: usize, n: usize) -> Result<LaunchCfg> {
-    let gx = u32::try_from(n.div_ceil(TILE_N)).ok();
-    let gy = u32::try_from(m.div_ceil(TILE_M))
-        .ok()
-        .filter(|&g| g <= 65_535);
-    match (gx, gy) {
-        (Some(gx), Some(gy)) => Ok(LaunchCfg {
-            grid: (gx, gy, 1),
-            block: (THREADS, 1, 1),
-            shared_bytes: 0,
-        }),
-        _ => Err(Error::Backend(format!(
-            "matmul output [{m}x{n}] exceeds the launch grid"
-        ))),
+impl Gemm {
+    /// Bytes per element of A and B.
+    fn element_bytes(self) -> usize {
+        match self {
+            Gemm::F32 => 4,
+            Gemm::Bf16 | Gemm::Bf16TensorCore => 2,
+        }
     }
+
+    /// (rows, columns) of C one block computes (the kernels' `BM`, `BN`).
+    pub(crate) fn tile(self) -> (usize, usize) {
+        match self {
+            Gemm::F32 | Gemm::Bf16 => (128, 64),
+            Gemm::Bf16TensorCore => (128, 128),
+        }
+    }
+
+    /// The kernel for a transpose pair.
+    pub(crate) fn kernel_name(self, trans_a: bool, trans_b: bool) -> String {
+        let t = |x: bool| if x { 't' } else { 'n' };
+        let family = match self {
+            Gemm::F32 => "f32",
+            Gemm::Bf16 => "bf16",
+            Gemm::Bf16TensorCore => "tc_bf16",
+        };
+        format!("gemm_{family}_{}{}", t(trans_a), t(trans_b))
+    }
+
+    /// The grid that covers C `[m, n]` with this family's tiles.
+    pub(crate) fn launch_cfg(self, m: usize, n: usize) -> Result<LaunchCfg> {
+        let (tm, tn) = self.tile();
+        let gx = u32::try_from(n.div_ceil(tn)).ok();
+        let gy = u32::try_from(m.div_ceil(tm)).ok().filter(|&g| g <= 65_535);
+        match (gx, gy) {
+            (Some(gx), Some(gy)) => Ok(LaunchCfg {
+                grid: (gx, gy, 1),
+                block: (THREADS, 1, 1),
+                shared_bytes: 0,
+            }),
+            _ => Err(Error::Backend(format!(
+                "matmul output [{m}x{n}] exceeds the launch grid"
+            ))),
+        }
+    }
+}
+
+/// Whether the tensor-core kernels can run `[m,k] · op(B)` with B stored `[n,k]`
+/// (`b_transposed`, the forward product) or `[k,n]`: they copy 16-byte row chunks with cp.async,
+/// so every row of A and B must start 16-byte aligned, i.e. hold a multiple of 8 bf16.
+pub(crate) fn tensor_core_fits(k: usize, n: usize, b_transposed: bool) -> bool {
+    k.is_multiple_of(8) && (b_transposed || n.is_multiple_of(8))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -69,7 +108,7 @@ pub(crate) fn matmul(
     }
     launch(
         be,
-        "f32",
+        Gemm::F32,
         (trans_a, trans_b),
         c,
         &a.mem,
@@ -79,13 +118,13 @@ pub(crate) fn matmul(
     )
 }
 
-/// Launches `gemm_<storage>_<ta><tb>` on `C` (f32) and the `A`, `B` operands in `a`, `b`
-/// (stored as `storage`, `"f32"` or `"bf16"`), for `m, n, k > 0`. Checks every operand against
-/// the shape itself, since the kernel indexes them by `m, n, k` alone.
+/// Launches `gemm` for a transpose pair on `C` (f32) and the `A`, `B` operands in `a`, `b`, for
+/// `m, n, k > 0`. Checks every operand against the shape itself, since the kernel indexes them by
+/// `m, n, k` alone.
 #[allow(clippy::too_many_arguments)]
-fn launch(
+pub(crate) fn launch(
     be: &CudaBackend,
-    storage: &str,
+    gemm: Gemm,
     (trans_a, trans_b): (bool, bool),
     c: &mut CudaBuf,
     a: &DeviceMem,
@@ -98,7 +137,13 @@ fn launch(
         i32_of("matmul n", n)?,
         i32_of("matmul k", k)?,
     );
-    let elem = if storage == "bf16" { 2 } else { 4 };
+    if gemm == Gemm::Bf16TensorCore && (trans_a || !tensor_core_fits(k, n, trans_b)) {
+        return Err(Error::Backend(format!(
+            "tensor-core GEMM needs A [m, k] untransposed, k % 8 == 0 and, for B [k, n], \
+             n % 8 == 0 (got m={m}, n={n}, k={k}, trans_a={trans_a}, trans_b={trans_b})"
+        )));
+    }
+    let elem = gemm.element_bytes();
     // Each product is below 2^62 (factors are i32), so only the byte counts need checking.
     check_len("matmul c", c, m * n)?;
     for (what, mem, elems) in [("matmul a", a, m * k), ("matmul b", b, k * n)] {
@@ -111,13 +156,15 @@ fn launch(
         }
     }
     // SAFETY: the gemm kernels read A `[m, k]` and B `[k, n]` (either stored transposed, same
-    // extent) as `storage` elements and read-modify-write C `[m, n]` as f32, with the grid of
+    // extent) as `gemm`'s element type and read-modify-write C `[m, n]` as f32, with the grid of
     // `launch_cfg` covering C in guarded tiles; all three were checked above to hold that many
-    // elements. Arguments are (C, A, B, m, n, k, accumulate) as in kernels/gemm.cu.
+    // elements, and the tensor-core kernels' alignment condition was checked too (their buffers
+    // start 256-byte aligned, as every device allocation does). Arguments are
+    // (C, A, B, m, n, k, accumulate) as in kernels/gemm.cu and kernels/gemm_tc.cu.
     unsafe {
         be.launch(
-            &kernel_name(storage, trans_a, trans_b),
-            launch_cfg(m, n)?,
+            &gemm.kernel_name(trans_a, trans_b),
+            gemm.launch_cfg(m, n)?,
             &[
                 c.arg(),
                 a.arg(),
@@ -221,8 +268,9 @@ pub(crate) fn weight_to_host(be: &CudaBackend, w: &CudaWeight) -> Result<Vec<f32
 }
 
 /// `c[m,n] (+)= a[m,k] · op(W)` where `op(W)` is `Wᵀ` (forward: `k = cols`, `n = rows`) or `W`
-/// (input gradient: `k = rows`, `n = cols`). A bf16 weight multiplies a bf16 copy of `a` in the
-/// bf16-storage kernel (f32 accumulation), which is what the CPU's bf16 path computes.
+/// (input gradient: `k = rows`, `n = cols`). A bf16 weight multiplies a bf16 copy of `a` with f32
+/// accumulation, which is what the CPU's bf16 path computes: on the tensor cores where the shapes
+/// allow, else in the SIMT bf16 kernel.
 #[allow(clippy::too_many_arguments)]
 fn weight_product(
     be: &CudaBackend,
@@ -253,7 +301,7 @@ fn weight_product(
     match w.precision {
         WeightPrecision::F32 => launch(
             be,
-            "f32",
+            Gemm::F32,
             (false, transposed),
             c,
             &a.mem,
@@ -264,9 +312,14 @@ fn weight_product(
         WeightPrecision::Bf16 => {
             // Only the rows the product reads are cast; the buffer may be longer.
             let rows = be.cast_prefix_to_bf16(a, m * k)?;
+            let gemm = if tensor_core_fits(k, n, transposed) {
+                Gemm::Bf16TensorCore
+            } else {
+                Gemm::Bf16
+            };
             launch(
                 be,
-                "bf16",
+                gemm,
                 (false, transposed),
                 c,
                 &rows,
