@@ -8,7 +8,7 @@
 
 use flexp::backend::cuda::driver::CudaDriver;
 use flexp::backend::cuda::CudaBackend;
-use flexp::backend::{AttnShape, Backend, LoraSeg, LoraShape, Span};
+use flexp::backend::{AttnShape, Backend, LoraSeg, LoraShape, Span, WeightPrecision};
 use flexp::executor::{Executor, Output, SeqInput, SeqJob};
 use flexp::model::{AdapterSet, LoraConfig, Model, ModelConfig};
 use flexp::rng::Rng;
@@ -18,6 +18,8 @@ use std::time::Instant;
 /// H100 SXM peak numbers the bounds use (kernels/README.md).
 const HBM_BYTES_PER_S: f64 = 3.0e12;
 const F32_FLOPS: f64 = 67.0e12;
+/// Dense bf16 tensor-core peak of the H100 SXM (and H200, the same chip).
+const BF16_TC_FLOPS: f64 = 989.0e12;
 
 fn main() {
     let dev = match CudaDriver::new(0) {
@@ -51,7 +53,12 @@ fn time(
 }
 
 fn row(name: &str, secs: f64, flops: f64, bytes: f64) {
-    let bound = (flops / F32_FLOPS).max(bytes / HBM_BYTES_PER_S);
+    row_at(name, secs, flops, bytes, F32_FLOPS);
+}
+
+/// A row whose compute bound is `peak` FLOP/s (the tensor cores' for the bf16 kernels).
+fn row_at(name: &str, secs: f64, flops: f64, bytes: f64, peak: f64) {
+    let bound = (flops / peak).max(bytes / HBM_BYTES_PER_S);
     println!(
         "{name:34} {:9.3} ms   bound {:9.3} ms   {:5.1}% of bound   {:7.1} TFLOP/s  {:7.1} GB/s",
         secs * 1e3,
@@ -81,6 +88,33 @@ fn run(be: &CudaBackend) -> flexp::Result<()> {
         s,
         flops,
         4.0 * (2 * tokens * d + d * d) as f64,
+    );
+
+    // The same projection with the weight in bf16: kernels/gemm_tc.cu on the tensor cores (the
+    // input is cast to bf16 first, which the time includes, as in training).
+    let wb = be.weight(
+        &rng.vec_range(d * d, -1.0, 1.0),
+        d,
+        d,
+        WeightPrecision::Bf16,
+    )?;
+    let s = time(be, 10, || be.linear(&mut y, &x, &wb, tokens, false))?;
+    row_at(
+        "gemm bf16 tensor cores 32768x4096x4096",
+        s,
+        flops,
+        (2 * tokens * d + 2 * d * d + 4 * tokens * d + 4 * tokens * d) as f64,
+        BF16_TC_FLOPS,
+    );
+    let s = time(be, 10, || {
+        be.linear_backward_input(&mut y, &x, &wb, tokens, false)
+    })?;
+    row_at(
+        "gemm bf16 tc input grad 32768x4096x4096",
+        s,
+        flops,
+        (2 * tokens * d + 2 * d * d + 4 * tokens * d + 4 * tokens * d) as f64,
+        BF16_TC_FLOPS,
     );
 
     // Multi-LoRA: 64 adapters, one segment each.

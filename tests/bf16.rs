@@ -203,7 +203,7 @@ mod cuda {
     fn emulated_cuda_linear_matches_reference_in_both_precisions() {
         // The emulator runs every GPU thread as a fiber: the small shapes (ragged against the
         // 128x64 tile, m = 1, two grid blocks in each dimension) keep it quick.
-        let gpu = CudaBackend::emulated();
+        let gpu = CudaBackend::for_tests().unwrap();
         let shapes = &[(1, 1, 1), (1, 33, 7), (5, 17, 65), (130, 70, 33)];
         check_backend(&gpu, WeightPrecision::F32, "cuda", shapes);
         check_backend(&gpu, WeightPrecision::Bf16, "cuda", shapes);
@@ -237,7 +237,7 @@ mod cuda {
     #[test]
     fn emulated_cuda_bf16_linear_matches_cpu() {
         // Both backends multiply the same bf16 values with f32 sums: only the order differs.
-        let (cpu, gpu) = (Cpu, CudaBackend::emulated());
+        let (cpu, gpu) = (Cpu, CudaBackend::for_tests().unwrap());
         let mut rng = Rng::new(5);
         let (m, out, inp) = (70, 130, 65);
         let w = rng.vec_range(out * inp, -1.0, 1.0);

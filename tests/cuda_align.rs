@@ -97,7 +97,7 @@ fn make_problem(rng: &mut Rng, k: usize) -> (Vec<f32>, Vec<f32>, Vec<Span>, Vec<
 
 #[test]
 fn segmented_inner_products_match_flat_dot() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let mut rng = Rng::new(11);
     let (g, a, segs, kinds) = make_problem(&mut rng, 4);
     let got = be.align_dots(&up(&be, &g), &up(&be, &a), &segs).unwrap();
@@ -146,7 +146,7 @@ fn client_rule_reference(g: &[f32], a: &[f32], segs: &[Span], lambda: f32) -> Ve
 
 #[test]
 fn client_rule_matches_project_conflict_then_axpy() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let mut rng = Rng::new(12);
     for k in 1..=5 {
         let (g, a, segs, _) = make_problem(&mut rng, k);
@@ -195,7 +195,7 @@ fn client_rule_matches_project_conflict_then_axpy() {
 
 #[test]
 fn client_rule_is_deterministic() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let mut rng = Rng::new(13);
     let (g, a, segs, _) = make_problem(&mut rng, 3);
     let ab = up(&be, &a);
@@ -227,7 +227,7 @@ fn make_rows(rng: &mut Rng, k: usize, n: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn server_rule_matches_projected_mean() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let mut rng = Rng::new(14);
     for k in 1..=5 {
         for n in [1usize, 7, 4097, 9000] {
@@ -260,7 +260,7 @@ fn server_rule_matches_projected_mean() {
 
 #[test]
 fn bad_shapes_are_errors() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let g = up(&be, &[1.0; 10]);
     let a = up(&be, &[1.0; 8]);
     let mut gm = up(&be, &[1.0; 10]);

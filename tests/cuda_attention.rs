@@ -127,7 +127,7 @@ fn max_err(got: &[f32], want: &[f32]) -> f64 {
 /// Forward and backward of one case on both backends; panics past the tolerances, returns the
 /// errors [o, lse, dq, dk, dv].
 fn compare(c: &Case, fwd_tol: f64, bwd_tol: f64) -> [f64; 5] {
-    let gpu = CudaBackend::emulated();
+    let gpu = CudaBackend::for_tests().unwrap();
     let (o, lse) = c.forward(&Cpu);
     let (go, glse) = c.forward(&gpu);
     let eo = max_err(&go, &o);
@@ -236,7 +236,7 @@ fn large_scores_stay_finite_and_match() {
     // inputs are f32, so a score carries a rounding error of ~1e-4 whatever the softmax does.
     for causal in [true, false] {
         let c = Case::new(shape(2, 1, 16, causal), &[sp(0, 9), sp(9, 67)], 7, 15.0);
-        let (o, lse) = c.forward(&CudaBackend::emulated());
+        let (o, lse) = c.forward(&CudaBackend::for_tests().unwrap());
         assert!(o.iter().chain(&lse).all(|x| x.is_finite()));
         assert!(
             lse.iter().any(|&x| x > 100.0),
@@ -276,7 +276,7 @@ fn results_do_not_depend_on_the_schedule() {
 #[test]
 fn backward_is_bitwise_reproducible() {
     let c = Case::new(shape(4, 1, 16, true), &[sp(0, 70), sp(70, 33)], 9, 1.0);
-    let gpu = CudaBackend::emulated();
+    let gpu = CudaBackend::for_tests().unwrap();
     let (o, lse) = c.forward(&gpu);
     let first = c.backward(&gpu, &o, &lse);
     let second = c.backward(&gpu, &o, &lse);
@@ -290,7 +290,7 @@ fn backward_is_bitwise_reproducible() {
 
 #[test]
 fn degenerate_inputs() {
-    let gpu = CudaBackend::emulated();
+    let gpu = CudaBackend::for_tests().unwrap();
     // No sequences, and only empty ones: nothing is written.
     for seqs in [vec![], vec![sp(0, 0), sp(3, 0)]] {
         let c = Case::new(shape(2, 1, 8, true), &seqs, 11, 1.0);
@@ -318,7 +318,7 @@ fn degenerate_inputs() {
 
 /// The forward's error message on both backends, with outputs of the given lengths.
 fn forward_errors(c: &Case, o_len: usize, lse_len: usize) -> (String, String) {
-    let gpu = CudaBackend::emulated();
+    let gpu = CudaBackend::for_tests().unwrap();
     let up = |x: &[f32]| gpu.upload(x).unwrap();
     let (q, k, v) = (up(&c.q), up(&c.k), up(&c.v));
     let (mut o, mut lse) = (up(&vec![0.0; o_len]), up(&vec![0.0; lse_len]));
@@ -352,7 +352,7 @@ fn errors_match_the_cpu_backend() {
     let (a, b) = forward_errors(&c, c.q.len(), c.rows * 2 - 1);
     assert_eq!(a, b);
     // A short gradient buffer in the backward.
-    let gpu = CudaBackend::emulated();
+    let gpu = CudaBackend::for_tests().unwrap();
     let up = |x: &[f32]| gpu.upload(x).unwrap();
     let (q, k, v, o, lse, do_) = (
         up(&c.q),

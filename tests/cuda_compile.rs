@@ -268,3 +268,33 @@ k:\n\
         "{bad:?}"
     );
 }
+
+#[test]
+fn precompiled_ptx_loads_and_stale_ptx_is_refused() {
+    // `flexp-run ptx` writes one stamped file per kernel file; a GPU machine without NVRTC loads
+    // them through FLEXP_PTX_DIR (nvrtc::kernel_ptx calls load_ptx then).
+    let dir = std::env::temp_dir().join(format!("flexp-ptx-test-{}", std::process::id()));
+    let written = nvrtc::write_ptx(&dir, "compute_80").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(written.len(), KERNEL_FILES.len());
+    let (file, text) = KERNEL_FILES[0];
+    let loaded = nvrtc::load_ptx(&dir, file, text, "compute_80").unwrap();
+    assert_eq!(loaded, nvrtc::compile(file, text, "compute_80").unwrap());
+    // Another source (a kernel edited since) or another architecture: clear errors, never
+    // the old code.
+    let edited = format!("{text}\n// edited\n");
+    let err = nvrtc::load_ptx(&dir, file, &edited, "compute_80")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another version") && err.contains("flexp-run ptx"),
+        "{err}"
+    );
+    let err = nvrtc::load_ptx(&dir, file, text, "compute_90")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot read") && err.contains("compute_90"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

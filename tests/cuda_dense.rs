@@ -9,7 +9,7 @@ use flexp::backend::{AdamW, Backend};
 use flexp::rng::Rng;
 
 fn cuda() -> CudaBackend {
-    CudaBackend::emulated()
+    CudaBackend::for_tests().unwrap()
 }
 
 /// Asserts |got - want| <= atol + rtol * |want| element-wise, naming the first bad element.

@@ -172,7 +172,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
 fn check_case(c: &Case, seed: u64) {
     let inp = c.inputs(seed);
     let want = run(&Cpu, c, &inp).expect("cpu lora");
-    let got = run(&CudaBackend::emulated(), c, &inp).expect("cuda lora");
+    let got = run(&CudaBackend::for_tests().unwrap(), c, &inp).expect("cuda lora");
     let (abs, rel) = (2e-5, 1e-5);
     assert_close("y", &got.y, &want.y, abs, rel);
     assert_close("u", &got.u, &want.u, abs, rel);
@@ -308,7 +308,7 @@ fn bad_segments_fail_like_cpu() {
         let want = run(&Cpu, &c, &inp)
             .expect_err("cpu must refuse")
             .to_string();
-        let got = run(&CudaBackend::emulated(), &c, &inp)
+        let got = run(&CudaBackend::for_tests().unwrap(), &c, &inp)
             .expect_err("cuda must refuse")
             .to_string();
         assert_eq!(got, want);
@@ -361,7 +361,7 @@ fn bf16_shrink_and_expand_match_cpu_on_rounded_inputs() {
     inp.y = yh.iter().map(|&h| from_bf16(h)).collect();
     let want = run(&Cpu, &c, &inp).unwrap();
 
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let x = be.upload_pod(&xh).unwrap();
     let y = be.upload_pod(&yh).unwrap();
     let u = be.upload(&inp.u).unwrap();
@@ -423,7 +423,7 @@ fn bf16_shrink_and_expand_match_cpu_on_rounded_inputs() {
 
 #[test]
 fn table_address_outside_any_allocation_faults() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let x = be.upload(&[1.0; 8]).unwrap();
     let u = be.zeros(4).unwrap();
     let b = be.zeros(8).unwrap();

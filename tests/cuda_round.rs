@@ -95,13 +95,22 @@ fn run<B: Backend + 'static>(
     }
 }
 
+/// The emulator with strict, adversarial stream ordering; the GPU under tools/gpu_check.sh.
+fn gpu_backend() -> CudaBackend {
+    if std::env::var("FLEXP_CUDA_TESTS").as_deref() == Ok("gpu") {
+        CudaBackend::for_tests().unwrap()
+    } else {
+        CudaBackend::emulated_streams()
+    }
+}
+
 fn compare(kind: AlgorithmKind, model_json: serde_json::Value, hyper: Hyper) {
     compare_in(
         kind,
         model_json,
         hyper,
         WeightPrecision::F32,
-        &CudaBackend::emulated_streams(),
+        &gpu_backend(),
     );
 }
 

@@ -182,7 +182,7 @@ fn run_mma(be: &CudaBackend, a: &[u32], b: &[u32], c: &[f32], f16_inputs: bool) 
 /// D = A B + C through the probe, with A, B, C placed and D read back by the ISA's tables, against
 /// the product computed here in f64 from the same (rounded) inputs.
 fn check_mma(f16_inputs: bool, seed: u64) {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let (la, lb, lc) = (
         Layout::parse(MMA_A, 16, 16),
         Layout::parse(MMA_B, 16, 8),
@@ -255,7 +255,7 @@ fn mma_f16_places_fragments_as_the_isa_tables_say() {
 /// ldmatrix through the probe: 32 rows of 8 distinct bf16 values staged in shared memory, lane l
 /// addressing row `perm[l]`, so that matrix i's row r is the row lane 8i + r named.
 fn check_ldmatrix(count: usize, trans: bool) {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     let layout = Layout::parse(LDMATRIX, 8, 8);
     // Distinct, exactly representable values: element (row, col) of the staged buffer.
     let value = |row: usize, col: usize| (row * 8 + col) as f32;
@@ -318,7 +318,7 @@ fn ldmatrix_trans_delivers_the_transposed_tiles() {
 
 #[test]
 fn cp_async_copies_and_zero_fills_past_the_source_size() {
-    let be = CudaBackend::emulated();
+    let be = CudaBackend::for_tests().unwrap();
     for bytes in [4usize, 8, 16] {
         let n = 32 * bytes / 4;
         let src: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();

@@ -108,6 +108,17 @@ enum Command {
         #[arg(long)]
         report_only: bool,
     },
+    /// Compile the CUDA kernels to PTX for one GPU architecture, for GPU machines without NVRTC:
+    /// there, FLEXP_PTX_DIR=<folder> makes the CUDA backend load them instead of compiling.
+    Ptx {
+        /// Virtual architecture: compute_80 (A100), compute_86, compute_87, compute_89 or
+        /// compute_90 (H100, H200; also newer GPUs).
+        #[arg(long, default_value = "compute_90")]
+        arch: String,
+        /// Folder to write one .ptx per kernel file into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// One table and one plot across run folders.
     Compare {
         /// Run folders.
@@ -440,6 +451,25 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 Selected::Cuda(b) => bench(&b, &model, &spec, threads, precision)?,
             };
             println!("{json}");
+            Ok(())
+        }
+        Command::Ptx { arch, out } => {
+            let arch: &'static str = match arch.as_str() {
+                "compute_80" => "compute_80",
+                "compute_86" => "compute_86",
+                "compute_87" => "compute_87",
+                "compute_89" => "compute_89",
+                "compute_90" => "compute_90",
+                other => {
+                    return Err(flexp::Error::Input(format!(
+                        "--arch {other}: expected compute_80, compute_86, compute_87, compute_89 \
+                         or compute_90"
+                    )))
+                }
+            };
+            for p in flexp::backend::cuda::nvrtc::write_ptx(&out, arch)? {
+                println!("{}", p.display());
+            }
             Ok(())
         }
         Command::Sweep { file, report_only } => {

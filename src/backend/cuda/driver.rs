@@ -122,7 +122,7 @@ impl CudaDriver {
             match mods.get(file) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = nvrtc::compile_cached(file, text, self.arch)?;
+                    let ptx = nvrtc::kernel_ptx(file, text, self.arch)?;
                     let m = self
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_src(ptx))

@@ -173,6 +173,23 @@ impl CudaBackend {
         Self::new(Arc::new(emulator::Emulator::new()))
     }
 
+    /// The backend the CUDA tests run on: the SIMT emulator, or GPU 0 when the environment sets
+    /// `FLEXP_CUDA_TESTS=gpu` (tools/gpu_check.sh runs the test binaries so on a GPU machine,
+    /// where the same comparisons against the CPU backend then check the hardware).
+    #[cfg(feature = "emulator")]
+    pub fn for_tests() -> Result<Self> {
+        match std::env::var("FLEXP_CUDA_TESTS").as_deref() {
+            Ok("gpu") => match select(BackendChoice::Cuda)?.0 {
+                Selected::Cuda(be) => Ok(be),
+                Selected::Cpu(_) => Err(Error::Backend("FLEXP_CUDA_TESTS=gpu: no GPU".into())),
+            },
+            Ok("emulator") | Err(_) => Ok(Self::emulated()),
+            Ok(other) => Err(Error::Input(format!(
+                "FLEXP_CUDA_TESTS={other}: expected `gpu` or `emulator`"
+            ))),
+        }
+    }
+
     /// The backend over the SIMT emulator with strict, adversarial stream ordering
     /// ([`emulator::Emulator::with_streams`]).
     #[cfg(feature = "emulator")]
@@ -762,7 +779,10 @@ pub fn select(choice: BackendChoice) -> Result<(Selected, String)> {
         // The driver first: on a machine with no GPU, "no driver" is the reason to report, not
         // a missing compiler the user would then install for nothing.
         driver::CudaDriver::probe()?;
-        nvrtc::ensure_nvrtc()?;
+        // Kernels precompiled to PTX (`flexp-run ptx`) need no NVRTC on this machine.
+        if nvrtc::ptx_dir().is_none() {
+            nvrtc::ensure_nvrtc()?;
+        }
         Ok(CudaBackend::new(Arc::new(driver::CudaDriver::new(0)?)))
     };
     match choice {

@@ -136,6 +136,78 @@ pub fn compile(file_name: &str, file_text: &str, arch: &'static str) -> Result<S
     Ok(ptx.to_src())
 }
 
+/// The folder of precompiled PTX named by `FLEXP_PTX_DIR`, if set: a GPU machine without NVRTC
+/// (or with another CUDA major version's) loads the kernels from there (see [`kernel_ptx`]).
+pub fn ptx_dir() -> Option<PathBuf> {
+    std::env::var_os("FLEXP_PTX_DIR").map(PathBuf::from)
+}
+
+/// The file [`write_ptx`] writes for a kernel file and virtual architecture.
+pub fn ptx_file_name(file_name: &str, arch: &str) -> String {
+    format!("{}-{arch}.ptx", file_name.trim_end_matches(".cu"))
+}
+
+/// The first line of a precompiled PTX file: the hash of the source it was compiled from, so
+/// that PTX of an older source is refused instead of silently run.
+fn ptx_stamp(file_text: &str) -> String {
+    format!(
+        "// flexp kernel source {:016x}",
+        fnv1a(&sources::gpu_source(file_text))
+    )
+}
+
+/// Compiles every kernel file for `arch` into `dir` (one stamped .ptx per file); returns the
+/// paths written. For GPU machines without NVRTC: point `FLEXP_PTX_DIR` at the folder there.
+pub fn write_ptx(dir: &std::path::Path, arch: &'static str) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for (file, text) in sources::KERNEL_FILES {
+        let ptx = compile(file, text, arch)?;
+        let path = dir.join(ptx_file_name(file, arch));
+        let body = format!("{}\n{ptx}", ptx_stamp(text));
+        crate::fsutil::write_atomic(&path, body.as_bytes())?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// The PTX of one kernel file for `arch`: from `FLEXP_PTX_DIR` when set (an error if the file is
+/// missing or was compiled from another source), else compiled by NVRTC through the cache.
+pub fn kernel_ptx(file_name: &str, file_text: &str, arch: &'static str) -> Result<String> {
+    match ptx_dir() {
+        Some(dir) => load_ptx(&dir, file_name, file_text, arch),
+        None => compile_cached(file_name, file_text, arch),
+    }
+}
+
+/// The PTX [`write_ptx`] wrote into `dir` for one kernel file and `arch`, refused if it was
+/// compiled from a source other than `file_text`.
+pub fn load_ptx(
+    dir: &std::path::Path,
+    file_name: &str,
+    file_text: &str,
+    arch: &str,
+) -> Result<String> {
+    let path = dir.join(ptx_file_name(file_name, arch));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::Backend(format!(
+            "FLEXP_PTX_DIR: cannot read {} ({e}); write it with `flexp-run ptx --arch {arch} --out {}`",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    let (stamp, ptx) = text.split_once('\n').unwrap_or((&text, ""));
+    if stamp != ptx_stamp(file_text) {
+        return Err(Error::Backend(format!(
+            "{} was compiled from another version of kernels/{file_name}; rewrite it with \
+             `flexp-run ptx --arch {arch} --out {}`",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(ptx.to_string())
+}
+
 /// [`compile`] through an on-disk cache (`$XDG_CACHE_HOME/flexp/ptx`, else `~/.cache/flexp/ptx`).
 /// A cache that cannot be read or written is ignored, never an error.
 pub fn compile_cached(file_name: &str, file_text: &str, arch: &'static str) -> Result<String> {

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The GPU check, in two halves, for the day a GPU machine is lent (it may have no Rust toolchain
+# and no NVRTC 12, so everything it runs is built here and carried):
+#
+#   bash tools/gpu_check.sh prepare   # here: builds, strips and collects into .gpu-check/ (< 60 MiB)
+#   bash tools/gpu_check.sh run       # there: runs what prepare collected
+#
+# `run` executes every CUDA test binary on the real GPU (FLEXP_CUDA_TESTS=gpu: the tests that
+# compare the CUDA backend with the CPU backend, and the tensor-core probes with the PTX ISA's
+# fragment tables, now check the hardware), the kernel benchmark (achieved TFLOP/s and GB/s next
+# to each kernel's roofline bound) and the training-round benchmark on MiniLM-shaped random
+# weights, then writes gpu_check.json and gpu_check.md into $OUT (or ./gpu-check-out). Kernels
+# come precompiled to PTX for compute_80 and compute_90 (FLEXP_PTX_DIR), so no NVRTC is needed.
+# Budget: about 6 minutes on an H100; each step has its own timeout.
+#
+# With the `device` tool: run(command="bash tools/gpu_check.sh run", carry=[".gpu-check"],
+# timeout_s=540), after `bash tools/gpu_check.sh prepare` here.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+pack=.gpu-check
+# The test binaries that take their backend from CudaBackend::for_tests().
+tests=(cuda_tensor_core_isa cuda_dense bf16 cuda_lora cuda_attention cuda_align cuda_round)
+
+prepare() {
+  set -e
+  bash tools/fetch_cuda_tools.sh >/dev/null
+  rm -rf "$pack"
+  mkdir -p "$pack/bin" "$pack/ptx"
+  # Test binaries (the test profile: optimised, as CI runs them), found from cargo's own report.
+  local args=()
+  for t in "${tests[@]}"; do args+=(--test "$t"); done
+  cargo test --no-run --message-format=json "${args[@]}" 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+    strip --strip-debug -o "$pack/bin/$name" "$exe"
+  done
+  cargo build --release --bench cuda_kernels --bin flexp-run 2>/dev/null
+  local bench
+  bench=$(ls -t target/release/deps/cuda_kernels-* | grep -v '\.d$' | head -1)
+  strip --strip-debug -o "$pack/bin/cuda_kernels" "$bench"
+  strip --strip-debug -o "$pack/bin/flexp-run" target/release/flexp-run
+  for arch in compute_80 compute_90; do
+    "$pack/bin/flexp-run" ptx --arch "$arch" --out "$pack/ptx" >/dev/null
+  done
+  for t in "${tests[@]}"; do
+    [ -x "$pack/bin/$t" ] || { echo "error: test binary $t was not built" >&2; exit 1; }
+  done
+  local bytes
+  bytes=$(du -sb "$pack" | cut -f1)
+  if [ "$bytes" -gt $((60 * 1024 * 1024)) ]; then
+    echo "error: $pack holds $bytes bytes; the device tool carries 64 MiB with the tree" >&2
+    exit 1
+  fi
+  echo "prepared $pack: $(ls "$pack/bin" | wc -l) binaries, $(ls "$pack/ptx" | wc -l) PTX files, $((bytes / 1024 / 1024)) MiB"
+}
+
+run_check() {
+  local out=${OUT:-$root/gpu-check-out}
+  mkdir -p "$out"
+  [ -d "$pack/bin" ] || { echo "error: no $pack; run 'bash tools/gpu_check.sh prepare' first" >&2; exit 1; }
+  export FLEXP_CUDA_TESTS=gpu FLEXP_PTX_DIR="$root/$pack/ptx"
+  local device
+  device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+  echo "device: ${device:-unknown}"
+  local rows=() json_tests=()
+  for t in "${tests[@]}"; do
+    local start end rc
+    start=$(date +%s.%N)
+    timeout 150 "$pack/bin/$t" --test-threads=4 >"$out/$t.log" 2>&1
+    rc=$?
+    end=$(date +%s.%N)
+    local secs summary
+    secs=$(python3 -c "print(f'{$end - $start:.1f}')")
+    summary=$(grep -E '^test result' "$out/$t.log" | tail -1)
+    echo "$t: rc=$rc ${secs}s $summary"
+    rows+=("| $t | $([ $rc -eq 0 ] && echo pass || echo "FAIL ($rc)") | $secs | ${summary#test result: } |")
+    json_tests+=("{\"test\": \"$t\", \"rc\": $rc, \"seconds\": $secs}")
+  done
+  timeout 180 "$pack/bin/cuda_kernels" >"$out/cuda_kernels.log" 2>&1
+  echo "cuda_kernels: rc=$?"
+  # A MiniLM-shaped BERT with random weights (the real checkpoint is too large to carry), written
+  # by the machine's own transformers; timings do not depend on the weights' values.
+  local model=/tmp/flexp-minilm-random round_f32 round_bf16
+  python3 - "$model" >"$out/model.log" 2>&1 <<'PY'
+import sys
+from transformers import BertConfig, BertModel
+cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                 intermediate_size=1536, max_position_embeddings=512)
+BertModel(cfg, add_pooling_layer=False).save_pretrained(sys.argv[1])
+PY
+  round_f32=$(timeout 120 "$pack/bin/flexp-run" bench --backend cuda --model "$model" --quiet 2>>"$out/round.log" | tail -1)
+  round_bf16=$(timeout 120 "$pack/bin/flexp-run" bench --backend cuda --model "$model" --precision bf16 --quiet 2>>"$out/round.log" | tail -1)
+  echo "round f32: ${round_f32:-failed}"
+  echo "round bf16: ${round_bf16:-failed}"
+  {
+    echo "# GPU check, $(date -u +%Y-%m-%d) on ${device:-unknown}"
+    echo
+    echo "| test binary | result | seconds | counts |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo '## Kernels (cuda_kernels)'
+    echo
+    echo '```'
+    cat "$out/cuda_kernels.log"
+    echo '```'
+    echo
+    echo '## Round (flexp-run bench --backend cuda, MiniLM shape, random weights)'
+    echo
+    echo '```'
+    echo "f32:  ${round_f32:-failed}"
+    echo "bf16: ${round_bf16:-failed}"
+    echo '```'
+  } >"$out/gpu_check.md"
+  {
+    echo "{\"device\": \"${device:-unknown}\", \"tests\": [$(IFS=,; echo "${json_tests[*]}")],"
+    echo " \"round_f32\": ${round_f32:-null}, \"round_bf16\": ${round_bf16:-null}}"
+  } >"$out/gpu_check.json"
+  # Logs beyond the summary stay under $OUT only as far as the device tool brings files back.
+  tar -czf "$out/logs.tar.gz" -C "$out" $(cd "$out" && ls *.log) 2>/dev/null
+  rm -f "$out"/*.log
+  echo "wrote $out/gpu_check.md and $out/gpu_check.json"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) run_check ;;
+  *) echo "usage: bash tools/gpu_check.sh prepare|run" >&2; exit 2 ;;
+esac
