@@ -6,6 +6,10 @@
 pub const KERNEL_FILES: &[(&str, &str)] = &[
     ("align.cu", include_str!("../../../kernels/align.cu")),
     (
+        "attn_flash.cu",
+        include_str!("../../../kernels/attn_flash.cu"),
+    ),
+    (
         "attention.cu",
         include_str!("../../../kernels/attention.cu"),
     ),
