@@ -7,6 +7,7 @@
 
 use flexp::backend::cpu::Cpu;
 use flexp::backend::cuda::{CudaBackend, KArg, LaunchCfg};
+
 use flexp::backend::{AttnShape, Backend, Span};
 use flexp::rng::Rng;
 
