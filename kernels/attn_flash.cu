@@ -51,6 +51,46 @@ __device__ __forceinline__ void fa_stage(S dst, gmem<const bf16_t> src, long lon
     }
 }
 
+
+// Fragment loads from a shared tile with row pitch LD (bf16), lane addressing as ldmatrix wants
+// it (lane l gives row l % 8 of matrix l / 8):
+// - frag_a: the A fragment of the 16 x 16 block at (row0, col0) of a row-major tile;
+// - frag_b_rows: B fragments of two n8 tiles (n0.., n0+8..) over k16 (k0..) of a tile stored
+//   [n][k] (rows are n: K for S = QKᵀ);
+// - frag_b_trans: the same from a tile stored [k][n] (rows are k: V for O = PV).
+// r[0], r[1] are the first n8 tile's b[0], b[1]; r[2], r[3] the second's.
+template <int LD, class S>
+__device__ __forceinline__ void frag_a(unsigned (&a)[4], S t, int row0, int col0) {
+    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
+    ldmatrix_x4(a, t + ((row0 + mrow + 8 * (mat & 1)) * LD + col0 + 8 * (mat >> 1)));
+}
+template <int LD, class S>
+__device__ __forceinline__ void frag_b_rows(unsigned (&r)[4], S t, int n0, int k0) {
+    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
+    ldmatrix_x4(r, t + ((n0 + 8 * (mat >> 1) + mrow) * LD + k0 + 8 * (mat & 1)));
+}
+template <int LD, class S>
+__device__ __forceinline__ void frag_b_trans(unsigned (&r)[4], S t, int k0, int n0) {
+    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
+    ldmatrix_x4_trans(r, t + ((k0 + 8 * (mat & 1) + mrow) * LD + n0 + 8 * (mat >> 1)));
+}
+// acc += A · (the pair of n8 tiles r loaded above), into acc tiles j and j + 1.
+__device__ __forceinline__ void mma_pair(float (&c0)[4], float (&c1)[4], const unsigned (&a)[4],
+                                         const unsigned (&r)[4]) {
+    unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+    mma_m16n8k16_bf16(c0, a, b0, c0);
+    mma_m16n8k16_bf16(c1, a, b1, c1);
+}
+// Two adjacent n8 accumulator tiles (16 rows x 16 columns, f32) as the bf16 A fragment of one
+// k16 step: the accumulator layout of tiles j, j + 1 is exactly A's register layout.
+__device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&t0)[4],
+                                         const float (&t1)[4]) {
+    a[0] = pack_bf16(t0[0], t0[1]);
+    a[1] = pack_bf16(t0[2], t0[3]);
+    a[2] = pack_bf16(t1[0], t1[1]);
+    a[3] = pack_bf16(t1[2], t1[3]);
+}
+
 template <int HD>
 __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, gmem<const bf16_t> q,
                                                gmem<const bf16_t> k, gmem<const bf16_t> v,
@@ -70,7 +110,6 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
     auto vs = smem + (FA_BM + FA_BN) * LD;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, tq = lane % 4;
-    const int mat = lane / 8, mrow = lane % 8;
     const float ninf = fa_neg_inf();
 
     fa_stage<HD>(qs, q, qstride, (long long)start + q0, min(FA_BM, len - q0), h * HD);
@@ -80,10 +119,8 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
     // This warp's 16 query rows as A fragments, one per k16 step of the head dimension.
     unsigned qa[KS][4];
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-        const int row = warp * 16 + mrow + 8 * (mat & 1);
-        ldmatrix_x4(qa[kk], qs + (row * LD + 16 * kk + 8 * (mat >> 1)));
-    }
+    for (int kk = 0; kk < KS; ++kk)
+        frag_a<LD>(qa[kk], qs, warp * 16, 16 * kk);
 
     // Rows g and g + 8 of the warp's 16: running max, sum and output accumulators.
     float m[2] = {ninf, ninf}, l[2] = {0.f, 0.f};
@@ -116,13 +153,9 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
         for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
             for (int j = 0; j < ST; j += 2) {
-                // Matrices: d 0-7 / 8-15 (mat & 1) of key tiles j / j + 1 (mat >> 1).
                 unsigned r[4];
-                const int key = 8 * (j + (mat >> 1)) + mrow;
-                ldmatrix_x4(r, ks + (key * LD + 16 * kk + 8 * (mat & 1)));
-                unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                mma_m16n8k16_bf16(s[j], qa[kk], b0, s[j]);
-                mma_m16n8k16_bf16(s[j + 1], qa[kk], b1, s[j + 1]);
+                frag_b_rows<LD>(r, ks, 8 * j, 16 * kk);
+                mma_pair(s[j], s[j + 1], qa[kk], r);
             }
         }
 
@@ -175,18 +208,13 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
         // O += P V: key tiles 2c and 2c + 1 of S are the A fragment of k16 step c.
 #pragma unroll
         for (int c = 0; c < ST / 2; ++c) {
-            unsigned pa[4] = {pack_bf16(s[2 * c][0], s[2 * c][1]), pack_bf16(s[2 * c][2], s[2 * c][3]),
-                              pack_bf16(s[2 * c + 1][0], s[2 * c + 1][1]),
-                              pack_bf16(s[2 * c + 1][2], s[2 * c + 1][3])};
+            unsigned pa[4];
+            acc_to_a(pa, s[2 * c], s[2 * c + 1]);
 #pragma unroll
             for (int j = 0; j < DT; j += 2) {
-                // Matrices: keys 0-7 / 8-15 (mat & 1) of output tiles j / j + 1 (mat >> 1).
                 unsigned r[4];
-                const int key = 16 * c + 8 * (mat & 1) + mrow;
-                ldmatrix_x4_trans(r, vs + (key * LD + 8 * (j + (mat >> 1))));
-                unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                mma_m16n8k16_bf16(acc[j], pa, b0, acc[j]);
-                mma_m16n8k16_bf16(acc[j + 1], pa, b1, acc[j + 1]);
+                frag_b_trans<LD>(r, vs, 16 * c, 8 * j);
+                mma_pair(acc[j], acc[j + 1], pa, r);
             }
         }
     }
@@ -205,6 +233,267 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
         }
         if (tq == 0)
             lse[r * heads + h] = m[row] + logf(l[row]);
+    }
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Backward, two kernels and no atomics (as attention.cu): with P = exp(scale·QKᵀ − lse),
+// D = rowsum(dO ∘ O), dP = dO Vᵀ and dS = P ∘ (dP − D):
+//   attn_flash_bwd_dq:   dQ = scale · dS K, one block per (64-query tile, head); also writes D;
+//   attn_flash_bwd_dkdv: dV = Σ Pᵀ dO, dK = scale · Σ dSᵀ Q, one block per (64-key tile, kv
+//                        head), summing the query heads of its group in a fixed order.
+// The dK/dV kernel works in the transposed orientation (Sᵀ = K Qᵀ, dPᵀ = V dOᵀ with the warp's 16
+// keys as rows), so Pᵀ and dSᵀ leave their accumulators directly as A fragments, as P does in
+// the forward. Q, K, V, dO are bf16; O, lse, D and all accumulation f32; P and dS are rounded to
+// bf16 as the A operands of their products.
+
+template <int HD>
+__device__ __forceinline__ void attn_flash_bwd_dq(gmem<float> dq, gmem<float> delta,
+                                                  gmem<const bf16_t> q, gmem<const bf16_t> k,
+                                                  gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                                                  gmem<const float> o, gmem<const float> lse,
+                                                  gmem<const int> tiles, int heads, int kv_heads,
+                                                  int causal, float scale) {
+    constexpr int LD = HD + 8, KS = HD / 16, DT = HD / 8, ST = FA_BN / 8;
+    const int tile = blockIdx.x, h = blockIdx.y;
+    const int start = tiles[3 * tile], len = tiles[3 * tile + 1], q0 = tiles[3 * tile + 2];
+    const int kvh = h / (heads / kv_heads);
+    const long long qstride = (long long)heads * HD, kvstride = (long long)kv_heads * HD;
+    DYN_SHARED(bf16_t, smem);
+    auto qs = smem;
+    auto dos = smem + FA_BM * LD;
+    auto ks = smem + 2 * FA_BM * LD;
+    auto vs = smem + (2 * FA_BM + FA_BN) * LD;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, tq = lane % 4;
+    const int nq = min(FA_BM, len - q0);
+
+    fa_stage<HD>(qs, q, qstride, (long long)start + q0, nq, h * HD);
+    fa_stage<HD>(dos, dout, qstride, (long long)start + q0, nq, h * HD);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    // D of the warp's 16 rows, one row at a time across the lanes; rows g and g + 8 kept.
+    float dr[2] = {0.f, 0.f};
+    for (int i = 0; i < 16; ++i) {
+        const int r = warp * 16 + i;
+        float part = 0.f;
+        if (r < nq)
+            for (int d = lane; d < HD; d += 32)
+                part += bf16_to_f32(dos[r * LD + d]) *
+                        o[((long long)start + q0 + r) * qstride + (long long)h * HD + d];
+        const float dsum = warp_sum(part);
+        if (i == g)
+            dr[0] = dsum;
+        if (i == g + 8)
+            dr[1] = dsum;
+        if (lane == 0 && r < nq)
+            delta[((long long)start + q0 + r) * heads + h] = dsum;
+    }
+    const int qi[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    float lr[2];
+#pragma unroll
+    for (int row = 0; row < 2; ++row)
+        lr[row] = qi[row] < len ? lse[((long long)start + qi[row]) * heads + h] : 0.f;
+
+    float acc[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            acc[j][e] = 0.f;
+
+    const int kend = causal ? min(len, q0 + FA_BM) : len;
+    for (int k0 = 0; k0 < kend; k0 += FA_BN) {
+        const int kn = min(FA_BN, kend - k0);
+        __syncthreads();
+        fa_stage<HD>(ks, k, kvstride, (long long)start + k0, kn, kvh * HD);
+        fa_stage<HD>(vs, v, kvstride, (long long)start + k0, kn, kvh * HD);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        float sc[ST][4], dp[ST][4];
+#pragma unroll
+        for (int j = 0; j < ST; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                sc[j][e] = 0.f;
+                dp[j][e] = 0.f;
+            }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            unsigned qa[4], da[4];
+            frag_a<LD>(qa, qs, warp * 16, 16 * kk);
+            frag_a<LD>(da, dos, warp * 16, 16 * kk);
+#pragma unroll
+            for (int j = 0; j < ST; j += 2) {
+                unsigned r[4];
+                frag_b_rows<LD>(r, ks, 8 * j, 16 * kk);
+                mma_pair(sc[j], sc[j + 1], qa, r);
+                frag_b_rows<LD>(r, vs, 8 * j, 16 * kk);
+                mma_pair(dp[j], dp[j + 1], da, r);
+            }
+        }
+        // dS = P ∘ (dP − D), zero where masked.
+#pragma unroll
+        for (int j = 0; j < ST; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = k0 + 8 * j + 2 * tq + (e & 1);
+                const int row = e >> 1;
+                const bool ok = key < kend && qi[row] < len && (!causal || key <= qi[row]);
+                const float p = ok ? expf(sc[j][e] * scale - lr[row]) : 0.f;
+                sc[j][e] = p * (dp[j][e] - dr[row]);
+            }
+        // dQ += dS K.
+#pragma unroll
+        for (int c = 0; c < ST / 2; ++c) {
+            unsigned sa[4];
+            acc_to_a(sa, sc[2 * c], sc[2 * c + 1]);
+#pragma unroll
+            for (int j = 0; j < DT; j += 2) {
+                unsigned r[4];
+                frag_b_trans<LD>(r, ks, 16 * c, 8 * j);
+                mma_pair(acc[j], acc[j + 1], sa, r);
+            }
+        }
+    }
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        if (qi[row] >= len)
+            continue;
+        const long long base = ((long long)start + qi[row]) * qstride + (long long)h * HD + 2 * tq;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            dq[base + 8 * j] = scale * acc[j][2 * row];
+            dq[base + 8 * j + 1] = scale * acc[j][2 * row + 1];
+        }
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void attn_flash_bwd_dkdv(gmem<float> dk, gmem<float> dv,
+                                                    gmem<const bf16_t> q, gmem<const bf16_t> k,
+                                                    gmem<const bf16_t> v,
+                                                    gmem<const bf16_t> dout,
+                                                    gmem<const float> lse,
+                                                    gmem<const float> delta,
+                                                    gmem<const int> tiles, int heads,
+                                                    int kv_heads, int causal, float scale) {
+    constexpr int LD = HD + 8, KS = HD / 16, DT = HD / 8, QT = FA_BM / 8;
+    const int tile = blockIdx.x, kvh = blockIdx.y;
+    const int start = tiles[3 * tile], len = tiles[3 * tile + 1], k0 = tiles[3 * tile + 2];
+    const int group = heads / kv_heads;
+    const long long qstride = (long long)heads * HD, kvstride = (long long)kv_heads * HD;
+    DYN_SHARED(bf16_t, smem);
+    auto ks = smem;
+    auto vs = smem + FA_BN * LD;
+    auto qs = smem + 2 * FA_BN * LD;
+    auto dos = smem + (2 * FA_BN + FA_BM) * LD;
+    auto stats = shared_cast<float>(smem + (2 * FA_BN + 2 * FA_BM) * LD);  // lse[64], D[64]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, tq = lane % 4;
+    const int nk = min(FA_BN, len - k0);
+
+    fa_stage<HD>(ks, k, kvstride, (long long)start + k0, nk, kvh * HD);
+    fa_stage<HD>(vs, v, kvstride, (long long)start + k0, nk, kvh * HD);
+    cp_async_commit();
+    // The warp's keys: rows g and g + 8 of its 16.
+    const int kj[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+
+    float dka[DT][4], dva[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            dka[j][e] = 0.f;
+            dva[j][e] = 0.f;
+        }
+
+    // Under causal masking no query before the tile's first key sees it.
+    const int qfirst = causal ? k0 - k0 % FA_BM : 0;
+    for (int i = 0; i < group; ++i) {
+        const int h = kvh * group + i;
+        for (int q0 = qfirst; q0 < len; q0 += FA_BM) {
+            const int nq = min(FA_BM, len - q0);
+            __syncthreads();  // every warp is done with the previous Q, dO and statistics
+            fa_stage<HD>(qs, q, qstride, (long long)start + q0, nq, h * HD);
+            fa_stage<HD>(dos, dout, qstride, (long long)start + q0, nq, h * HD);
+            cp_async_commit();
+            for (int r = threadIdx.x; r < FA_BM; r += FA_THREADS) {
+                const bool ok = r < nq;
+                const long long at = ((long long)start + q0 + r) * heads + h;
+                stats[r] = ok ? lse[at] : 0.f;
+                stats[FA_BM + r] = ok ? delta[at] : 0.f;
+            }
+            cp_async_wait<0>();
+            __syncthreads();
+            // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: the warp's 16 keys x 64 queries.
+            float st[QT][4], dpt[QT][4];
+#pragma unroll
+            for (int j = 0; j < QT; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    st[j][e] = 0.f;
+                    dpt[j][e] = 0.f;
+                }
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                unsigned ka[4], va[4];
+                frag_a<LD>(ka, ks, warp * 16, 16 * kk);
+                frag_a<LD>(va, vs, warp * 16, 16 * kk);
+#pragma unroll
+                for (int j = 0; j < QT; j += 2) {
+                    unsigned r[4];
+                    frag_b_rows<LD>(r, qs, 8 * j, 16 * kk);
+                    mma_pair(st[j], st[j + 1], ka, r);
+                    frag_b_rows<LD>(r, dos, 8 * j, 16 * kk);
+                    mma_pair(dpt[j], dpt[j + 1], va, r);
+                }
+            }
+            // Pᵀ and dSᵀ = Pᵀ ∘ (dPᵀ − D), zero where masked; st keeps Pᵀ, dpt becomes dSᵀ.
+#pragma unroll
+            for (int j = 0; j < QT; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int qc = 8 * j + 2 * tq + (e & 1);  // query within the tile
+                    const int key = kj[e >> 1];
+                    const bool ok = qc < nq && key < len && (!causal || key <= q0 + qc);
+                    const float p = ok ? expf(st[j][e] * scale - stats[qc]) : 0.f;
+                    st[j][e] = p;
+                    dpt[j][e] = p * (dpt[j][e] - stats[FA_BM + qc]);
+                }
+            // dV += Pᵀ dO and dK += dSᵀ Q.
+#pragma unroll
+            for (int c = 0; c < QT / 2; ++c) {
+                unsigned pa[4], sa[4];
+                acc_to_a(pa, st[2 * c], st[2 * c + 1]);
+                acc_to_a(sa, dpt[2 * c], dpt[2 * c + 1]);
+#pragma unroll
+                for (int j = 0; j < DT; j += 2) {
+                    unsigned r[4];
+                    frag_b_trans<LD>(r, dos, 16 * c, 8 * j);
+                    mma_pair(dva[j], dva[j + 1], pa, r);
+                    frag_b_trans<LD>(r, qs, 16 * c, 8 * j);
+                    mma_pair(dka[j], dka[j + 1], sa, r);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();  // a tile with no query tiles still retires its K/V copies
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+        if (kj[row] >= len)
+            continue;
+        const long long base = ((long long)start + kj[row]) * kvstride + (long long)kvh * HD + 2 * tq;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            dk[base + 8 * j] = scale * dka[j][2 * row];
+            dk[base + 8 * j + 1] = scale * dka[j][2 * row + 1];
+            dv[base + 8 * j] = dva[j][2 * row];
+            dv[base + 8 * j + 1] = dva[j][2 * row + 1];
+        }
     }
 }
 
@@ -231,6 +520,60 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     attn_flash_fwd<128>(o, lse, q, k, v, tiles, heads, kv_heads, causal, scale);
 }
 
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attn_flash_bwd_dq_d32(gmem<float> dq, gmem<float> delta, gmem<const bf16_t> q,
+                          gmem<const bf16_t> k, gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                          gmem<const float> o, gmem<const float> lse, gmem<const int> tiles,
+                          int heads, int kv_heads, int causal, float scale) {
+    attn_flash_bwd_dq<32>(dq, delta, q, k, v, dout, o, lse, tiles, heads, kv_heads, causal, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attn_flash_bwd_dkdv_d32(gmem<float> dk, gmem<float> dv, gmem<const bf16_t> q,
+                            gmem<const bf16_t> k, gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                            gmem<const float> lse, gmem<const float> delta, gmem<const int> tiles,
+                            int heads, int kv_heads, int causal, float scale) {
+    attn_flash_bwd_dkdv<32>(dk, dv, q, k, v, dout, lse, delta, tiles, heads, kv_heads, causal, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attn_flash_bwd_dq_d64(gmem<float> dq, gmem<float> delta, gmem<const bf16_t> q,
+                          gmem<const bf16_t> k, gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                          gmem<const float> o, gmem<const float> lse, gmem<const int> tiles,
+                          int heads, int kv_heads, int causal, float scale) {
+    attn_flash_bwd_dq<64>(dq, delta, q, k, v, dout, o, lse, tiles, heads, kv_heads, causal, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attn_flash_bwd_dkdv_d64(gmem<float> dk, gmem<float> dv, gmem<const bf16_t> q,
+                            gmem<const bf16_t> k, gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                            gmem<const float> lse, gmem<const float> delta, gmem<const int> tiles,
+                            int heads, int kv_heads, int causal, float scale) {
+    attn_flash_bwd_dkdv<64>(dk, dv, q, k, v, dout, lse, delta, tiles, heads, kv_heads, causal, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attn_flash_bwd_dq_d128(gmem<float> dq, gmem<float> delta, gmem<const bf16_t> q,
+                          gmem<const bf16_t> k, gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                          gmem<const float> o, gmem<const float> lse, gmem<const int> tiles,
+                          int heads, int kv_heads, int causal, float scale) {
+    attn_flash_bwd_dq<128>(dq, delta, q, k, v, dout, o, lse, tiles, heads, kv_heads, causal, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attn_flash_bwd_dkdv_d128(gmem<float> dk, gmem<float> dv, gmem<const bf16_t> q,
+                            gmem<const bf16_t> k, gmem<const bf16_t> v, gmem<const bf16_t> dout,
+                            gmem<const float> lse, gmem<const float> delta, gmem<const int> tiles,
+                            int heads, int kv_heads, int causal, float scale) {
+    attn_flash_bwd_dkdv<128>(dk, dv, q, k, v, dout, lse, delta, tiles, heads, kv_heads, causal, scale);
+}
+
 EMU_REGISTER(attn_flash_fwd_d32)
 EMU_REGISTER(attn_flash_fwd_d64)
 EMU_REGISTER(attn_flash_fwd_d128)
+EMU_REGISTER(attn_flash_bwd_dq_d32)
+EMU_REGISTER(attn_flash_bwd_dkdv_d32)
+EMU_REGISTER(attn_flash_bwd_dq_d64)
+EMU_REGISTER(attn_flash_bwd_dkdv_d64)
+EMU_REGISTER(attn_flash_bwd_dq_d128)
+EMU_REGISTER(attn_flash_bwd_dkdv_d128)

@@ -2,7 +2,8 @@
 //! attention on the same bf16-rounded queries, keys and values: ragged packed sequences (1 to
 //! 130 tokens, so one query tile and several key tiles, none full), a gap of rows no sequence
 //! covers, causal and bidirectional, grouped-query heads, and every head dimension the kernel is
-//! instantiated for. The only difference the kernel may show is P rounded to bf16 before P·V.
+//! instantiated for. The only difference the forward may show is P rounded to bf16 before P·V;
+//! the backward (attn_flash_bwd_dq_*, attn_flash_bwd_dkdv_*) also rounds dS.
 #![cfg(feature = "emulator")]
 
 use flexp::backend::cpu::Cpu;
@@ -41,6 +42,16 @@ fn spans() -> Vec<Span> {
     out
 }
 
+fn tile_table(seqs: &[Span]) -> Vec<i32> {
+    let mut tiles: Vec<i32> = Vec::new();
+    for sp in seqs {
+        for t0 in (0..sp.len).step_by(TILE) {
+            tiles.extend([sp.start as i32, sp.len as i32, t0 as i32]);
+        }
+    }
+    tiles
+}
+
 fn check(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) {
     let s = AttnShape {
         heads,
@@ -64,12 +75,7 @@ fn check(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) {
         .unwrap();
 
     let gpu = CudaBackend::for_tests().unwrap();
-    let mut tiles: Vec<i32> = Vec::new();
-    for sp in &seqs {
-        for q0 in (0..sp.len).step_by(TILE) {
-            tiles.extend([sp.start as i32, sp.len as i32, q0 as i32]);
-        }
-    }
+    let tiles = tile_table(&seqs);
     let (dq, dk, dv) = (
         gpu.upload_pod(&qb).unwrap(),
         gpu.upload_pod(&kb).unwrap(),
@@ -141,4 +147,165 @@ fn flash_forward_d64_grouped_query_matches_cpu() {
 #[test]
 fn flash_forward_d128_matches_cpu() {
     check(2, 1, 128, true, 5);
+}
+
+/// max |got − want| over max |want| (rows no span covers must keep the sentinel in both).
+fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    let scale = want
+        .iter()
+        .filter(|w| **w != SENTINEL)
+        .fold(0f64, |m, &w| m.max(w.abs() as f64));
+    let mut worst = 0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g == SENTINEL) == (w == SENTINEL) && g.is_finite(),
+            "{what}[{i}] = {g}, cpu {w}"
+        );
+        worst = worst.max((g as f64 - w as f64).abs() / scale.max(1e-6));
+    }
+    worst
+}
+
+fn check_backward(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) -> [f64; 3] {
+    let s = AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        causal,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let seqs = spans();
+    let rows = seqs.iter().map(Span::end).max().unwrap();
+    let mut rng = Rng::new(seed);
+    let (qb, q) = rounded(&mut rng, rows * heads * hd, 2.0);
+    let (kb, k) = rounded(&mut rng, rows * kv_heads * hd, 2.0);
+    let (vb, v) = rounded(&mut rng, rows * kv_heads * hd, 1.0);
+    let (dob, do_) = rounded(&mut rng, rows * heads * hd, 1.0);
+
+    // The CPU's forward gives O and lse for both backwards; then the CPU backward.
+    let cpu = Cpu;
+    let mut o = vec![SENTINEL; rows * heads * hd];
+    let mut lse = vec![SENTINEL; rows * heads];
+    cpu.attention_forward(&mut o, &mut lse, &q, &k, &v, &seqs, s)
+        .unwrap();
+    let mut dq_cpu = vec![SENTINEL; q.len()];
+    let mut dk_cpu = vec![SENTINEL; k.len()];
+    let mut dv_cpu = vec![SENTINEL; v.len()];
+    cpu.attention_backward(
+        &mut dq_cpu,
+        &mut dk_cpu,
+        &mut dv_cpu,
+        &do_,
+        &q,
+        &k,
+        &v,
+        &o,
+        &lse,
+        &seqs,
+        s,
+    )
+    .unwrap();
+
+    let gpu = CudaBackend::for_tests().unwrap();
+    let tiles = tile_table(&seqs);
+    let up16 = |x: &[u16]| gpu.upload_pod(x).unwrap();
+    let (gq, gk, gv, gdo) = (up16(&qb), up16(&kb), up16(&vb), up16(&dob));
+    let (go, glse, gt) = (
+        gpu.upload(&o).unwrap(),
+        gpu.upload(&lse).unwrap(),
+        gpu.upload_pod(&tiles).unwrap(),
+    );
+    let dq = gpu.upload(&vec![SENTINEL; q.len()]).unwrap();
+    let dk = gpu.upload(&vec![SENTINEL; k.len()]).unwrap();
+    let dv = gpu.upload(&vec![SENTINEL; v.len()]).unwrap();
+    let delta = gpu.upload(&vec![SENTINEL; rows * heads]).unwrap();
+    let pitch = hd + 8;
+    let scalars = [
+        KArg::I32(heads as i32),
+        KArg::I32(kv_heads as i32),
+        KArg::I32(causal as i32),
+        KArg::F32(s.scale),
+    ];
+    // SAFETY: attn_flash_bwd_dq_*(dq, delta, q, k, v, dout, o, lse, tiles, heads, kv_heads,
+    // causal, scale) reads q, dout, o [rows, heads·hd], k, v [rows, kv_heads·hd], lse [rows,
+    // heads] and writes dq and delta for the rows of the spans (all below `rows`); the table has
+    // grid.x triples; Q, dO, K, V tiles of 64 rows fill the dynamic shared memory.
+    unsafe {
+        let mut args = vec![
+            dq.arg(),
+            delta.arg(),
+            gq.arg(),
+            gk.arg(),
+            gv.arg(),
+            gdo.arg(),
+            go.arg(),
+            glse.arg(),
+            gt.arg(),
+        ];
+        args.extend_from_slice(&scalars);
+        gpu.launch(
+            &format!("attn_flash_bwd_dq_d{hd}"),
+            LaunchCfg {
+                grid: ((tiles.len() / 3) as u32, heads as u32, 1),
+                block: (128, 1, 1),
+                shared_bytes: (4 * 64 * pitch * 2) as u32,
+            },
+            &args,
+        )
+    }
+    .unwrap();
+    // SAFETY: attn_flash_bwd_dkdv_*(dk, dv, q, k, v, dout, lse, delta, tiles, ...) reads what
+    // the dq launch read plus `delta` (written there for every covered row) and writes dk, dv
+    // for the rows of the spans; one block per 64-key tile (the same table) and kv head; K, V,
+    // Q, dO tiles plus 128 floats of statistics.
+    unsafe {
+        let mut args = vec![
+            dk.arg(),
+            dv.arg(),
+            gq.arg(),
+            gk.arg(),
+            gv.arg(),
+            gdo.arg(),
+            glse.arg(),
+            delta.arg(),
+            gt.arg(),
+        ];
+        args.extend_from_slice(&scalars);
+        gpu.launch(
+            &format!("attn_flash_bwd_dkdv_d{hd}"),
+            LaunchCfg {
+                grid: ((tiles.len() / 3) as u32, kv_heads as u32, 1),
+                block: (128, 1, 1),
+                shared_bytes: (4 * 64 * pitch * 2 + 128 * 4) as u32,
+            },
+            &args,
+        )
+    }
+    .unwrap();
+    let what = format!("hd={hd} heads={heads} kv={kv_heads} causal={causal}");
+    let errs = [
+        rel_err(&format!("{what} dq"), &gpu.download(&dq).unwrap(), &dq_cpu),
+        rel_err(&format!("{what} dk"), &gpu.download(&dk).unwrap(), &dk_cpu),
+        rel_err(&format!("{what} dv"), &gpu.download(&dv).unwrap(), &dv_cpu),
+    ];
+    eprintln!(
+        "{what}: relative errors dq {:.2e} dk {:.2e} dv {:.2e}",
+        errs[0], errs[1], errs[2]
+    );
+    errs
+}
+
+#[test]
+fn flash_backward_matches_cpu() {
+    for (heads, kv, hd, causal, seed) in [
+        (4, 4, 32, false, 11),
+        (4, 2, 64, true, 12),
+        (2, 1, 128, true, 13),
+        (2, 2, 128, false, 14),
+    ] {
+        let errs = check_backward(heads, kv, hd, causal, seed);
+        for (name, e) in ["dq", "dk", "dv"].iter().zip(errs) {
+            assert!(e <= 8e-3, "hd={hd} causal={causal}: {name} error {e:.2e}");
+        }
+    }
 }
