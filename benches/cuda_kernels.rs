@@ -164,6 +164,7 @@ fn run(be: &CudaBackend) -> flexp::Result<()> {
         head_dim: hd,
         causal: true,
         scale: 1.0 / (hd as f32).sqrt(),
+        bf16: false,
     };
     let s = time(be, 5, || {
         be.attention_forward(&mut o, &mut lse, &q, &k, &v, &seqs, shape)

@@ -127,6 +127,7 @@ fn attention(c: &mut Criterion) {
         head_dim: 32,
         causal: false,
         scale: 1.0 / 32f32.sqrt(),
+        bf16: false,
     };
     let seqs: Vec<Span> = (0..TOKENS / SEQ)
         .map(|i| Span {

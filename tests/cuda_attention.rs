@@ -24,6 +24,7 @@ fn shape(heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> AttnSh
         head_dim,
         causal,
         scale: 1.0 / (head_dim.max(1) as f32).sqrt(),
+        bf16: false,
     }
 }
 

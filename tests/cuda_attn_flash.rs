@@ -59,6 +59,7 @@ fn check(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) {
         head_dim: hd,
         causal,
         scale: 1.0 / (hd as f32).sqrt(),
+        bf16: false,
     };
     let seqs = spans();
     let rows = seqs.iter().map(Span::end).max().unwrap();
@@ -173,6 +174,7 @@ fn check_backward(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: 
         head_dim: hd,
         causal,
         scale: 1.0 / (hd as f32).sqrt(),
+        bf16: false,
     };
     let seqs = spans();
     let rows = seqs.iter().map(Span::end).max().unwrap();
@@ -308,4 +310,104 @@ fn flash_backward_matches_cpu() {
             assert!(e <= 8e-3, "hd={hd} causal={causal}: {name} error {e:.2e}");
         }
     }
+}
+
+/// Through the Backend trait: `AttnShape::bf16` sends the CUDA backend to these kernels (casting
+/// the f32 activations to bf16), and the CPU backend rounds at the same points, so the two agree
+/// as closely as two f32 summation orders with bf16 rounding of P and dS allow.
+#[test]
+fn bf16_attention_through_the_backend_matches_cpu_and_runs_on_tensor_cores() {
+    use std::sync::Arc;
+    let dev = Arc::new(flexp::backend::cuda::emulator::Emulator::new());
+    let gpu = CudaBackend::new(dev.clone());
+    let cpu = Cpu;
+    let s = AttnShape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        causal: true,
+        scale: 1.0 / 32f32.sqrt(),
+        bf16: true,
+    };
+    let seqs = spans();
+    let rows = seqs.iter().map(Span::end).max().unwrap();
+    let mut rng = Rng::new(21);
+    let (qw, kw) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let q = rng.vec_range(rows * qw, -2.0, 2.0);
+    let k = rng.vec_range(rows * kw, -2.0, 2.0);
+    let v = rng.vec_range(rows * kw, -1.0, 1.0);
+    let do_ = rng.vec_range(rows * qw, -1.0, 1.0);
+    // CPU.
+    let mut o_c = vec![SENTINEL; rows * qw];
+    let mut lse_c = vec![SENTINEL; rows * s.heads];
+    cpu.attention_forward(&mut o_c, &mut lse_c, &q, &k, &v, &seqs, s)
+        .unwrap();
+    let (mut dq_c, mut dk_c, mut dv_c) = (
+        vec![SENTINEL; q.len()],
+        vec![SENTINEL; k.len()],
+        vec![SENTINEL; v.len()],
+    );
+    cpu.attention_backward(
+        &mut dq_c, &mut dk_c, &mut dv_c, &do_, &q, &k, &v, &o_c, &lse_c, &seqs, s,
+    )
+    .unwrap();
+    // Emulated CUDA.
+    let up = |x: &[f32]| gpu.upload(x).unwrap();
+    let (gq, gk, gv, gdo) = (up(&q), up(&k), up(&v), up(&do_));
+    let mut o = up(&vec![SENTINEL; rows * qw]);
+    let mut lse = up(&vec![SENTINEL; rows * s.heads]);
+    gpu.attention_forward(&mut o, &mut lse, &gq, &gk, &gv, &seqs, s)
+        .unwrap();
+    let (mut dq, mut dk, mut dv) = (
+        up(&vec![SENTINEL; q.len()]),
+        up(&vec![SENTINEL; k.len()]),
+        up(&vec![SENTINEL; v.len()]),
+    );
+    gpu.attention_backward(
+        &mut dq, &mut dk, &mut dv, &gdo, &gq, &gk, &gv, &o, &lse, &seqs, s,
+    )
+    .unwrap();
+    let errs = [
+        rel_err("o", &gpu.download(&o).unwrap(), &o_c),
+        rel_err("lse", &gpu.download(&lse).unwrap(), &lse_c),
+        rel_err("dq", &gpu.download(&dq).unwrap(), &dq_c),
+        rel_err("dk", &gpu.download(&dk).unwrap(), &dk_c),
+        rel_err("dv", &gpu.download(&dv).unwrap(), &dv_c),
+    ];
+    eprintln!("bf16 backend attention, cuda vs cpu: {errs:?}");
+    for e in errs {
+        assert!(e <= 8e-3, "{errs:?}");
+    }
+    let n = dev.launch_counts();
+    for kname in [
+        "attn_flash_fwd_d32",
+        "attn_flash_bwd_dq_d32",
+        "attn_flash_bwd_dkdv_d32",
+    ] {
+        assert_eq!(n.get(kname), Some(&1), "{n:?}");
+    }
+    assert!(
+        !n.keys()
+            .any(|k| k.starts_with("attn_fwd") || k.starts_with("attn_bwd")),
+        "{n:?}"
+    );
+    // Head dimensions without a tensor-core kernel are refused with a clear error.
+    let s5 = AttnShape {
+        head_dim: 40,
+        scale: 1.0 / 40f32.sqrt(),
+        ..s
+    };
+    let mut o5 = gpu.zeros(rows * s.heads * 40).unwrap();
+    let (q5, kv5) = (
+        gpu.zeros(rows * s.heads * 40).unwrap(),
+        gpu.zeros(rows * s.kv_heads * 40).unwrap(),
+    );
+    let err = gpu
+        .attention_forward(&mut o5, &mut lse, &q5, &kv5, &kv5, &seqs, s5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("32, 64 and 128") && err.contains("40"),
+        "{err}"
+    );
 }

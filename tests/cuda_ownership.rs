@@ -152,6 +152,7 @@ fn workload(be: &CudaBackend) {
         head_dim: 4,
         causal: true,
         scale: 0.5,
+        bf16: false,
     };
     let seqs = [Span { start: 0, len: 4 }];
     be.attention_forward(&mut o, &mut lse, &q, &kv, &kv, &seqs, attn)

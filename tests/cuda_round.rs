@@ -121,6 +121,14 @@ fn compare_in(
     precision: WeightPrecision,
     gpu_backend: &CudaBackend,
 ) {
+    // bf16 attention rounds P and dS to bf16 after f32 sums taken in different orders on the two
+    // backends, so a probability can round to neighbouring bf16 values (2^-8 apart); AdamW turns
+    // the resulting differences of near-zero gradients into whole steps of size lr, so single
+    // adapter elements drift apart by a few lr (seen: up to 6% of a tensor's rms after these
+    // rounds, while every loss still agrees to 1e-4). In bf16 each tensor is compared as a whole
+    // (rms of the difference over rms of the tensor, below 10%) and the losses carry the check;
+    // the kernels' own tests (cuda_attn_flash.rs, cuda_dense.rs) bound the per-step error.
+    let elementwise = precision == WeightPrecision::F32;
     let cpu = run(&Cpu, model_json.clone(), kind, hyper.clone(), precision);
     let gpu = run(gpu_backend, model_json, kind, hyper, precision);
     for (r, (a, b)) in cpu.losses.iter().zip(&gpu.losses).enumerate() {
@@ -136,10 +144,18 @@ fn compare_in(
     for ((n, a), (m, b)) in cpu.state.iter().zip(&gpu.state) {
         assert_eq!(n, m);
         assert_eq!(a.len(), b.len(), "{n}");
-        for (x, y) in a.iter().zip(b) {
-            let d = (x - y).abs() / x.abs().max(1e-2);
+        if elementwise {
+            for (x, y) in a.iter().zip(b) {
+                let d = (x - y).abs() / x.abs().max(1e-2);
+                worst = worst.max(d);
+                assert!(d < 2e-3, "{n}: cpu {x} vs cuda {y}");
+            }
+        } else {
+            let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+            let norm: f32 = a.iter().map(|x| x * x).sum();
+            let d = (diff / norm.max(1e-12)).sqrt();
             worst = worst.max(d);
-            assert!(d < 2e-3, "{n}: cpu {x} vs cuda {y}");
+            assert!(d < 0.1, "{n}: rms difference {d:e} of the tensor's rms");
         }
     }
     // Accuracy counts may differ only if a logit sits on the decision boundary; with these
@@ -189,13 +205,19 @@ fn flexp_sfl_with_server_projection_on_llama_matches_cpu() {
 
 #[test]
 fn flexp_sfl_rounds_in_bf16_on_tensor_cores_match_cpu() {
-    // precision = bf16: every frozen product (hidden 32, FFN 64: multiples of 8) runs on
-    // kernels/gemm_tc.cu, the CPU multiplies the same bf16 values with f32 sums.
+    // precision = bf16: every frozen product (hidden 64, FFN 128: multiples of 8) runs on
+    // kernels/gemm_tc.cu and attention (2 heads of 32) on kernels/attn_flash.cu; the CPU
+    // multiplies the same bf16 values with f32 sums and rounds attention at the same points.
     let dev = std::sync::Arc::new(flexp::backend::cuda::emulator::Emulator::with_streams());
     let gpu = CudaBackend::new(dev.clone());
+    let bert64 = serde_json::json!({
+        "model_type": "bert", "vocab_size": 64, "hidden_size": 64, "num_hidden_layers": 4,
+        "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 32,
+        "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12
+    });
     compare_in(
         AlgorithmKind::FlexpSfl,
-        bert(),
+        bert64,
         hyper(),
         WeightPrecision::Bf16,
         &gpu,

@@ -47,6 +47,11 @@ pub struct AttnShape {
     pub causal: bool,
     /// Multiplier of the scores, usually `1/sqrt(head_dim)`.
     pub scale: f32,
+    /// bf16 operands, as the tensor-core kernels compute (set for models whose frozen weights
+    /// are bf16): Q, K, V and dO are rounded to bf16, and so are P before `P V` and `Pᵀ dO` and
+    /// dS before `dS K` and `dSᵀ Q`; scores, softmax statistics, D and every sum stay f32. Both
+    /// backends round at these points, so they stay twins.
+    pub bf16: bool,
 }
 
 /// Element-wise activation functions of MLP blocks.

@@ -5,7 +5,7 @@
 mod backward;
 
 use super::{Active, Run};
-use crate::backend::{AttnShape, Backend, LoraGradSeg, LoraSeg};
+use crate::backend::{AttnShape, Backend, LoraGradSeg, LoraSeg, WeightPrecision};
 use crate::error::{Error, Result};
 use crate::model::config::{MlpKind, ModelConfig, NormKind, NormPlacement, PositionKind};
 use crate::model::weights::{Block, Linear, Norm};
@@ -138,13 +138,16 @@ pub(crate) struct BlockCtx<'a, B: Backend> {
 }
 
 impl<B: Backend> BlockCtx<'_, B> {
-    fn attn_shape(&self) -> AttnShape {
+    /// The attention shape of this block; its operands are bf16 when the block's frozen weights
+    /// are (precision = "bf16"), so attention runs on the same tensor-core path as the products.
+    fn attn_shape(&self, w: &Block<B>) -> AttnShape {
         AttnShape {
             heads: self.cfg.heads,
             kv_heads: self.cfg.kv_heads,
             head_dim: self.cfg.head_dim,
             causal: self.cfg.causal,
             scale: 1.0 / (self.cfg.head_dim as f32).sqrt(),
+            bf16: self.backend.weight_precision(&w.q.w) == WeightPrecision::Bf16,
         }
     }
 
@@ -290,7 +293,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             &k,
             &v,
             &act.spans,
-            self.attn_shape(),
+            self.attn_shape(w),
         )?;
         let (mut h, uo) = self.linear(&attn, &w.o, act, Target::O)?;
         u[3] = uo;

@@ -277,6 +277,14 @@ pub(crate) fn forward(
             ("v", v.len(), kvs),
         ],
     );
+    // bf16 operands (AttnShape::bf16): rounded copies of the inputs.
+    let rounded: [Vec<f32>; 3];
+    let (q, k, v) = if s.bf16 {
+        rounded = [bf16_copy(q), bf16_copy(k), bf16_copy(v)];
+        (&rounded[0][..], &rounded[1][..], &rounded[2][..])
+    } else {
+        (q, k, v)
+    };
     let group = s.heads / s.kv_heads;
     let mut tasks: Vec<(Span, usize)> = seqs
         .iter()
@@ -340,6 +348,9 @@ pub(crate) fn forward(
                     // rows of this span is written only by this (span, head) task: spans do not
                     // overlap and each head is a different task.
                     unsafe { *lse_ptr.get().add(idx) = row_lse };
+                    if s.bf16 {
+                        round_bf16(row);
+                    }
                 }
                 // O_tile = P V, written straight into o.
                 // SAFETY: the `tr × hd` block of o at rows start+i0.., columns h·hd.. is in bounds
@@ -367,6 +378,21 @@ pub(crate) fn forward(
             }
         },
     );
+}
+
+/// `x` rounded to bf16 (nearest even), as f32.
+fn bf16_copy(x: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    round_bf16(&mut out);
+    out
+}
+
+/// Rounds every value to bf16 (nearest even) in place: the operand rounding of the tensor-core
+/// kernels (AttnShape::bf16).
+fn round_bf16(x: &mut [f32]) {
+    for v in x {
+        *v = half::bf16::from_f32(*v).to_f32();
+    }
 }
 
 /// Attention backward: overwrites `dq: [rows, heads·hd]`, `dk, dv: [rows, kv_heads·hd]` for the
@@ -404,6 +430,18 @@ pub(crate) fn backward(
             ("lse", lse.len(), s.heads),
         ],
     );
+    let rounded: [Vec<f32>; 4];
+    let (q, k, v, do_) = if s.bf16 {
+        rounded = [bf16_copy(q), bf16_copy(k), bf16_copy(v), bf16_copy(do_)];
+        (
+            &rounded[0][..],
+            &rounded[1][..],
+            &rounded[2][..],
+            &rounded[3][..],
+        )
+    } else {
+        (q, k, v, do_)
+    };
     let group = s.heads / s.kv_heads;
     let mut tasks: Vec<(Span, usize)> = seqs
         .iter()
@@ -520,6 +558,10 @@ pub(crate) fn backward(
                             .map(|(&a, &b)| f64::from(a) * f64::from(b))
                             .sum::<f64>() as f32;
                         probs_and_score_grads(prow, dsrow, valid, m, d);
+                        if s.bf16 {
+                            round_bf16(prow);
+                            round_bf16(dsrow);
+                        }
                     }
                     // SAFETY (all three products): the dq tile block (rows start+i0..start+i1,
                     // columns of head h) and the dk/dv blocks (rows start..start+nk, columns of
@@ -620,6 +662,7 @@ mod tests {
             head_dim,
             causal,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            bf16: false,
         }
     }
 
@@ -670,6 +713,15 @@ mod tests {
         }
     }
 
+    /// A product operand as the shape says: rounded to bf16 (nearest even) under `bf16`.
+    fn operand(s: AttnShape, x: f64) -> f64 {
+        if s.bf16 {
+            half::bf16::from_f64(x).to_f64()
+        } else {
+            x
+        }
+    }
+
     /// Naive f64 reference over the whole packed batch: per head, the full `rows × rows` score
     /// matrix with a mask "same sequence (and key not after query when causal)".
     /// Returns (o, lse, probabilities per head) — p[h][i][j].
@@ -677,6 +729,7 @@ mod tests {
     #[allow(clippy::type_complexity, clippy::needless_range_loop)]
     fn naive_forward(c: &Case) -> (Vec<f64>, Vec<f64>, Vec<Vec<Vec<f64>>>) {
         let (n, hq, hk, d) = (c.rows, c.s.heads, c.s.kv_heads, c.s.head_dim);
+        let r = |x: f32| operand(c.s, x as f64);
         let mut seq_of = vec![usize::MAX; n];
         for (id, x) in c.seqs.iter().enumerate() {
             seq_of[x.start..x.start + x.len].fill(id);
@@ -696,8 +749,7 @@ mod tests {
                     if sees(i, j) {
                         let mut dot = 0.0;
                         for t in 0..d {
-                            dot += c.q[i * hq * d + h * d + t] as f64
-                                * c.k[j * hk * d + g * d + t] as f64;
+                            dot += r(c.q[i * hq * d + h * d + t]) * r(c.k[j * hk * d + g * d + t]);
                         }
                         sc[i][j] = c.s.scale as f64 * dot;
                     }
@@ -716,7 +768,7 @@ mod tests {
                 for t in 0..d {
                     let mut acc = 0.0;
                     for j in 0..n {
-                        acc += probs[h][i][j] * c.v[j * hk * d + g * d + t] as f64;
+                        acc += operand(c.s, probs[h][i][j]) * r(c.v[j * hk * d + g * d + t]);
                     }
                     o[i * hq * d + h * d + t] = acc;
                 }
@@ -728,6 +780,7 @@ mod tests {
     /// Naive f64 backward from the formula, using the reference probabilities and output.
     fn naive_backward(c: &Case, do_: &[f32]) -> [Vec<f64>; 3] {
         let (n, hq, hk, d) = (c.rows, c.s.heads, c.s.kv_heads, c.s.head_dim);
+        let r = |x: f32| operand(c.s, x as f64);
         let sc = c.s.scale as f64;
         let (o, _, probs) = naive_forward(c);
         let mut dq = vec![0.0f64; n * hq * d];
@@ -739,21 +792,21 @@ mod tests {
             let g = h / (hq / hk);
             let p = &probs[h];
             for i in 0..n {
-                let dd: f64 = (0..d)
-                    .map(|t| do_[qi(i, h, t)] as f64 * o[qi(i, h, t)])
-                    .sum();
+                let dd: f64 = (0..d).map(|t| r(do_[qi(i, h, t)]) * o[qi(i, h, t)]).sum();
                 for j in 0..n {
                     if p[i][j] == 0.0 {
                         continue;
                     }
                     let dp: f64 = (0..d)
-                        .map(|t| do_[qi(i, h, t)] as f64 * c.v[ki(j, g, t)] as f64)
+                        .map(|t| r(do_[qi(i, h, t)]) * r(c.v[ki(j, g, t)]))
                         .sum();
-                    let ds = p[i][j] * (dp - dd);
+                    // With bf16 operands, P and dS are rounded where they enter a product.
+                    let ds = operand(c.s, p[i][j] * (dp - dd));
+                    let pj = operand(c.s, p[i][j]);
                     for t in 0..d {
-                        dq[qi(i, h, t)] += sc * ds * c.k[ki(j, g, t)] as f64;
-                        dk[ki(j, g, t)] += sc * ds * c.q[qi(i, h, t)] as f64;
-                        dv[ki(j, g, t)] += p[i][j] * do_[qi(i, h, t)] as f64;
+                        dq[qi(i, h, t)] += sc * ds * r(c.k[ki(j, g, t)]);
+                        dk[ki(j, g, t)] += sc * ds * r(c.q[qi(i, h, t)]);
+                        dv[ki(j, g, t)] += pj * r(do_[qi(i, h, t)]);
                     }
                 }
             }
@@ -878,6 +931,68 @@ mod tests {
             "backward max rel err: dq {:e}, dk {:e}, dv {:e}",
             worst[0], worst[1], worst[2]
         );
+    }
+
+    /// rms(a − b) / rms(b) over the covered elements (NaN in both): a bf16 rounding that lands on
+    /// the other side of a tie in f32 than in f64 moves one element by 2^-8 of itself, which a
+    /// maximum would report; the rms sees the systematic difference of a missing rounding point.
+    fn rms_rel_err(a: &[f32], b: &[f64]) -> f64 {
+        let (mut num, mut den) = (0.0, 0.0);
+        for (&x, &y) in a.iter().zip(b) {
+            assert_eq!(x.is_nan(), y.is_nan());
+            if !y.is_nan() {
+                num += (x as f64 - y).powi(2);
+                den += y * y;
+            }
+        }
+        (num / den.max(1e-300)).sqrt()
+    }
+
+    /// The bf16-operand mode (AttnShape::bf16) against the naive reference with the same rounding
+    /// points, and against the reference without them: the first must be far closer. A rounding
+    /// point the implementation misses, or adds, moves it to the second's distance.
+    #[test]
+    fn bf16_operands_round_where_the_tensor_cores_do() {
+        let mut worst_same = [0.0f64; 5];
+        let mut worst_other = [0.0f64; 5];
+        for (n, (mut s, seqs)) in configs().into_iter().enumerate() {
+            s.bf16 = true;
+            let c = Case::new(s, &seqs, 400 + n as u64, 2.0);
+            let (o, lse) = c.forward();
+            let do_ = Rng(500 + n as u64).vec(o.len(), 1.0);
+            let grads = c.backward(&o, &lse, &do_);
+            let got: [&[f32]; 5] = [&o, &lse, &grads[0], &grads[1], &grads[2]];
+            let (ro, rl, _) = naive_forward(&c);
+            let rb = naive_backward(&c, &do_);
+            let mut plain = Case::new(s, &seqs, 400 + n as u64, 2.0);
+            plain.s.bf16 = false;
+            for x in [&mut plain.q, &mut plain.k, &mut plain.v] {
+                round_bf16(x);
+            }
+            let mut do16 = do_.clone();
+            round_bf16(&mut do16);
+            let (po, pl, _) = naive_forward(&plain);
+            let pb = naive_backward(&plain, &do16);
+            let same = [&ro, &rl, &rb[0], &rb[1], &rb[2]];
+            let other = [&po, &pl, &pb[0], &pb[1], &pb[2]];
+            for t in 0..5 {
+                worst_same[t] = worst_same[t].max(rms_rel_err(got[t], same[t]));
+                worst_other[t] = worst_other[t].max(rms_rel_err(got[t], other[t]));
+            }
+        }
+        eprintln!(
+            "bf16 mode vs reference with its rounding {worst_same:?}, without {worst_other:?}"
+        );
+        for t in 0..5 {
+            assert!(worst_same[t] < 1.5e-3, "{t}: {worst_same:?}");
+        }
+        // o and the three gradients: P (and dS) rounding is visible; lse is computed before it.
+        for t in [0, 2, 3, 4] {
+            assert!(
+                worst_other[t] > 3.0 * worst_same[t],
+                "{t}: {worst_same:?} vs {worst_other:?}"
+            );
+        }
     }
 
     #[test]

@@ -190,7 +190,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             &t.attn,
             &t.lse,
             &act.spans,
-            self.attn_shape(),
+            self.attn_shape(w),
         )?;
         if let PositionKind::Rotary { theta } = self.cfg.positions {
             be.rope(

@@ -110,7 +110,11 @@ fn check(
 /// triple (sequence start, sequence length, tile offset in the sequence). Tiles are ordered by
 /// decreasing `work(len, offset)` so that the longest blocks start first and the short ones fill
 /// the tail of the grid (causal tiles differ in cost by up to the sequence length).
-fn work_table(seqs: &[Span], tile: usize, work: impl Fn(usize, usize) -> usize) -> Vec<i32> {
+pub(super) fn work_table(
+    seqs: &[Span],
+    tile: usize,
+    work: impl Fn(usize, usize) -> usize,
+) -> Vec<i32> {
     let work = &work;
     let mut tiles: Vec<(usize, [i32; 3])> = seqs
         .iter()
@@ -153,6 +157,9 @@ pub(crate) fn forward(
     let rows = check(shape, seqs, &[q, o], &[k, v], lse)?;
     if rows == 0 || shape.heads == 0 {
         return Ok(());
+    }
+    if shape.bf16 {
+        return super::attn_flash::forward(be, o, lse, q, k, v, seqs, shape, rows);
     }
     let hd = shape.head_dim;
     let var = variant(hd)?;
@@ -222,6 +229,11 @@ pub(crate) fn backward(
     // With hd = 0 the gradients have no elements.
     if rows == 0 || shape.heads == 0 || hd == 0 {
         return Ok(());
+    }
+    if shape.bf16 {
+        return super::attn_flash::backward(
+            be, dq, dk, dv, do_, q, k, v, o, lse, seqs, shape, rows,
+        );
     }
     let var = variant(hd)?;
     let causal = shape.causal;

@@ -3,6 +3,7 @@
 
 pub(super) mod align;
 pub(super) mod attention;
+pub(super) mod attn_flash;
 pub(super) mod elementwise;
 pub(super) mod gemm;
 pub(super) mod lora;
