@@ -52,7 +52,19 @@ fn tile_table(seqs: &[Span]) -> Vec<i32> {
     tiles
 }
 
-fn check(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) {
+/// One case's shape, sequences and bf16-rounded inputs (bits for the kernels, values for the
+/// CPU): queries and keys up to 2 in magnitude, so the softmax is peaked enough to matter.
+struct Inputs {
+    s: AttnShape,
+    seqs: Vec<Span>,
+    rows: usize,
+    q: (Vec<u16>, Vec<f32>),
+    k: (Vec<u16>, Vec<f32>),
+    v: (Vec<u16>, Vec<f32>),
+    do_: (Vec<u16>, Vec<f32>),
+}
+
+fn inputs(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) -> Inputs {
     let s = AttnShape {
         heads,
         kv_heads,
@@ -64,10 +76,27 @@ fn check(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) {
     let seqs = spans();
     let rows = seqs.iter().map(Span::end).max().unwrap();
     let mut rng = Rng::new(seed);
-    // Queries and keys up to 2 in magnitude make the softmax peaked enough to matter.
-    let (qb, q) = rounded(&mut rng, rows * heads * hd, 2.0);
-    let (kb, k) = rounded(&mut rng, rows * kv_heads * hd, 2.0);
-    let (vb, v) = rounded(&mut rng, rows * kv_heads * hd, 1.0);
+    Inputs {
+        s,
+        seqs,
+        rows,
+        q: rounded(&mut rng, rows * heads * hd, 2.0),
+        k: rounded(&mut rng, rows * kv_heads * hd, 2.0),
+        v: rounded(&mut rng, rows * kv_heads * hd, 1.0),
+        do_: rounded(&mut rng, rows * heads * hd, 1.0),
+    }
+}
+
+fn check(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) {
+    let Inputs {
+        s,
+        seqs,
+        rows,
+        q: (qb, q),
+        k: (kb, k),
+        v: (vb, v),
+        ..
+    } = inputs(heads, kv_heads, hd, causal, seed);
 
     let cpu = Cpu;
     let mut o_cpu = vec![SENTINEL; rows * heads * hd];
@@ -168,21 +197,15 @@ fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn check_backward(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) -> [f64; 3] {
-    let s = AttnShape {
-        heads,
-        kv_heads,
-        head_dim: hd,
-        causal,
-        scale: 1.0 / (hd as f32).sqrt(),
-        bf16: false,
-    };
-    let seqs = spans();
-    let rows = seqs.iter().map(Span::end).max().unwrap();
-    let mut rng = Rng::new(seed);
-    let (qb, q) = rounded(&mut rng, rows * heads * hd, 2.0);
-    let (kb, k) = rounded(&mut rng, rows * kv_heads * hd, 2.0);
-    let (vb, v) = rounded(&mut rng, rows * kv_heads * hd, 1.0);
-    let (dob, do_) = rounded(&mut rng, rows * heads * hd, 1.0);
+    let Inputs {
+        s,
+        seqs,
+        rows,
+        q: (qb, q),
+        k: (kb, k),
+        v: (vb, v),
+        do_: (dob, do_),
+    } = inputs(heads, kv_heads, hd, causal, seed);
 
     // The CPU's forward gives O and lse for both backwards; then the CPU backward.
     let cpu = Cpu;

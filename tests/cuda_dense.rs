@@ -178,6 +178,50 @@ fn to_bf16(v: &[f32]) -> (Vec<u16>, Vec<f32>) {
     )
 }
 
+/// Launches a bf16 GEMM kernel by name (C f32 [m, n] starting as `c0`, A and B as bf16 bits)
+/// with blocks of `tile` = (columns, rows) of C, and returns C. The bf16 kernels are not behind
+/// the Backend trait (its buffers are f32).
+fn bf16_gemm_by_name(
+    gpu: &CudaBackend,
+    name: &str,
+    tile: (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    acc: bool,
+    (a_bits, b_bits): (&[u16], &[u16]),
+    c0: &[f32],
+) -> Vec<f32> {
+    let c = gpu.upload(c0).unwrap();
+    let (ga, gb) = (
+        gpu.upload_pod(a_bits).unwrap(),
+        gpu.upload_pod(b_bits).unwrap(),
+    );
+    let cfg = LaunchCfg {
+        grid: (n.div_ceil(tile.0) as u32, m.div_ceil(tile.1) as u32, 1),
+        block: (256, 1, 1),
+        shared_bytes: 0,
+    };
+    // SAFETY: gemm_bf16_* and gemm_tc_bf16_* (C, A, B, m, n, k, acc) read m·k and k·n bf16 (the
+    // two uploads; for the tensor-core kernels the callers keep k and n multiples of 8, so rows
+    // are 16-byte aligned) and update m·n f32 of C; the grid covers C with the kernel's tiles.
+    unsafe {
+        gpu.launch(
+            name,
+            cfg,
+            &[
+                c.arg(),
+                ga.arg(),
+                gb.arg(),
+                KArg::I32(m as i32),
+                KArg::I32(n as i32),
+                KArg::I32(k as i32),
+                KArg::I32(acc as i32),
+            ],
+        )
+    }
+    .unwrap();
+    gpu.download(&c).unwrap()
+}
+
 #[test]
 fn bf16_matmul_matches_cpu_on_rounded_inputs() {
     // The bf16 kernels are not behind the Backend trait (its buffers are f32): launch them by
@@ -195,43 +239,24 @@ fn bf16_matmul_matches_cpu_on_rounded_inputs() {
                     let mut c_cpu = c0.clone();
                     cpu.matmul(&mut c_cpu, &a, &b, m, n, k, ta, tb, acc)
                         .unwrap();
-                    let c_gpu = gpu.upload(&c0).unwrap();
-                    let (ga, gb) = (
-                        gpu.upload_pod(&a_bits).unwrap(),
-                        gpu.upload_pod(&b_bits).unwrap(),
-                    );
                     let name = format!(
                         "gemm_bf16_{}{}",
                         if ta { 't' } else { 'n' },
                         if tb { 't' } else { 'n' }
                     );
-                    let cfg = LaunchCfg {
-                        grid: (n.div_ceil(64) as u32, m.div_ceil(128) as u32, 1),
-                        block: (256, 1, 1),
-                        shared_bytes: 0,
-                    };
-                    // SAFETY: gemm_bf16_*(C, A, B, m, n, k, acc) reads m·k and k·n bf16 (the
-                    // two uploads) and updates m·n f32 of C; the grid is the host code's.
-                    unsafe {
-                        gpu.launch(
-                            &name,
-                            cfg,
-                            &[
-                                c_gpu.arg(),
-                                ga.arg(),
-                                gb.arg(),
-                                KArg::I32(m as i32),
-                                KArg::I32(n as i32),
-                                KArg::I32(k as i32),
-                                KArg::I32(acc as i32),
-                            ],
-                        )
-                    }
-                    .unwrap();
+                    let got = bf16_gemm_by_name(
+                        &gpu,
+                        &name,
+                        (64, 128),
+                        (m, n, k),
+                        acc,
+                        (&a_bits, &b_bits),
+                        &c0,
+                    );
                     let (rtol, atol) = gemm_tol(k);
                     assert_close(
                         &format!("{name} m={m} n={n} k={k} acc={acc}"),
-                        &gpu.download(&c_gpu).unwrap(),
+                        &got,
                         &c_cpu,
                         rtol,
                         atol,
@@ -259,44 +284,24 @@ fn tensor_core_gemm_matches_cpu_on_rounded_inputs() {
                 let mut c_cpu = c0.clone();
                 cpu.matmul(&mut c_cpu, &a, &b, m, n, k, false, tb, acc)
                     .unwrap();
-                let c_gpu = gpu.upload(&c0).unwrap();
-                let (ga, gb) = (
-                    gpu.upload_pod(&a_bits).unwrap(),
-                    gpu.upload_pod(&b_bits).unwrap(),
-                );
                 let name = if tb {
                     "gemm_tc_bf16_nt"
                 } else {
                     "gemm_tc_bf16_nn"
                 };
-                let cfg = LaunchCfg {
-                    grid: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
-                    block: (256, 1, 1),
-                    shared_bytes: 0,
-                };
-                // SAFETY: gemm_tc_bf16_*(C, A, B, m, n, k, acc) reads m·k and k·n bf16 (the two
-                // uploads, rows 16-byte aligned since k and n are multiples of 8) and updates
-                // m·n f32 of C; the grid covers C with 128x128 tiles.
-                unsafe {
-                    gpu.launch(
-                        name,
-                        cfg,
-                        &[
-                            c_gpu.arg(),
-                            ga.arg(),
-                            gb.arg(),
-                            KArg::I32(m as i32),
-                            KArg::I32(n as i32),
-                            KArg::I32(k as i32),
-                            KArg::I32(acc as i32),
-                        ],
-                    )
-                }
-                .unwrap();
+                let got = bf16_gemm_by_name(
+                    &gpu,
+                    name,
+                    (128, 128),
+                    (m, n, k),
+                    acc,
+                    (&a_bits, &b_bits),
+                    &c0,
+                );
                 let (rtol, atol) = gemm_tol(k);
                 assert_close(
                     &format!("{name} m={m} n={n} k={k} acc={acc}"),
-                    &gpu.download(&c_gpu).unwrap(),
+                    &got,
                     &c_cpu,
                     rtol,
                     atol,

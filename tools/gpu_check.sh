@@ -8,8 +8,11 @@
 # `run` executes every CUDA test binary on the real GPU (FLEXP_CUDA_TESTS=gpu: the tests that
 # compare the CUDA backend with the CPU backend, and the tensor-core probes with the PTX ISA's
 # fragment tables, now check the hardware), the kernel benchmark (achieved TFLOP/s and GB/s next
-# to each kernel's roofline bound) and the training-round benchmark on MiniLM-shaped random
-# weights, then writes gpu_check.json and gpu_check.md into $OUT (or ./gpu-check-out). Kernels
+# to each kernel's roofline bound) and the training round on MiniLM-shaped random weights at 1,
+# 16 and 64 clients against PyTorch + peft on the same GPU (tools/torch_reference/flexp_round.py,
+# sequential and batched), then writes gpu_check.json and gpu_check.md into $OUT (or
+# ./gpu-check-out). Not yet: the round on a ~1B Llama-shaped config (the torch reference is BERT
+# only). Kernels
 # come precompiled to PTX for compute_80 and compute_90 (FLEXP_PTX_DIR), so no NVRTC is needed.
 # Budget: about 6 minutes on an H100; each step has its own timeout.
 #
@@ -90,7 +93,7 @@ run_check() {
   echo "cuda_kernels: rc=$?"
   # A MiniLM-shaped BERT with random weights (the real checkpoint is too large to carry), written
   # by the machine's own transformers; timings do not depend on the weights' values.
-  local model=/tmp/flexp-minilm-random round_f32 round_bf16
+  local model=/tmp/flexp-minilm-random
   python3 - "$model" >"$out/model.log" 2>&1 <<'PY'
 import sys
 from transformers import BertConfig, BertModel
@@ -98,10 +101,23 @@ cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_att
                  intermediate_size=1536, max_position_embeddings=512)
 BertModel(cfg, add_pooling_layer=False).save_pretrained(sys.argv[1])
 PY
-  round_f32=$(timeout 120 "$pack/bin/flexp-run" bench --backend cuda --model "$model" --quiet 2>>"$out/round.log" | tail -1)
-  round_bf16=$(timeout 120 "$pack/bin/flexp-run" bench --backend cuda --model "$model" --precision bf16 --quiet 2>>"$out/round.log" | tail -1)
-  echo "round f32: ${round_f32:-failed}"
-  echo "round bf16: ${round_bf16:-failed}"
+  # The training round at 1, 16 and 64 clients: flexp (f32; bf16 on the tensor cores) against
+  # PyTorch + peft on the same GPU, clients one after another and server side batched
+  # (tools/torch_reference/flexp_round.py), the same sizes and random data as `flexp-run bench`.
+  local rounds=() cmp_rows=()
+  tps() { python3 -c 'import json,sys; print(round(json.loads(sys.stdin.read())["tokens_per_s"]))' 2>/dev/null || echo failed; }
+  for c in 1 16 64; do
+    local f32 bf16 tseq tseqb tbat
+    f32=$(timeout 120 "$pack/bin/flexp-run" bench --backend cuda --model "$model" --clients $c --quiet 2>>"$out/round.log" | tail -1)
+    bf16=$(timeout 120 "$pack/bin/flexp-run" bench --backend cuda --model "$model" --clients $c --precision bf16 --quiet 2>>"$out/round.log" | tail -1)
+    local targs="--model $model --clients $c --batch 8 --seq 64 --steps 2 --rank 8 --split 2,3,4 --threads 8 --device cuda"
+    tseq=$(timeout 150 python3 tools/torch_reference/flexp_round.py $targs 2>>"$out/torch.log" | tail -1)
+    tseqb=$(timeout 150 python3 tools/torch_reference/flexp_round.py $targs --precision bf16 2>>"$out/torch.log" | tail -1)
+    tbat=$(timeout 150 python3 tools/torch_reference/flexp_round.py $targs --precision bf16 --variant batched 2>>"$out/torch.log" | tail -1)
+    rounds+=("${f32:-null}" "${bf16:-null}" "${tseq:-null}" "${tseqb:-null}" "${tbat:-null}")
+    cmp_rows+=("| $c | $(echo "$f32" | tps) | $(echo "$bf16" | tps) | $(echo "$tseq" | tps) | $(echo "$tseqb" | tps) | $(echo "$tbat" | tps) |")
+    echo "round, $c clients: ${cmp_rows[-1]}"
+  done
   {
     echo "# GPU check, $(date -u +%Y-%m-%d) on ${device:-unknown}"
     echo
@@ -115,16 +131,15 @@ PY
     cat "$out/cuda_kernels.log"
     echo '```'
     echo
-    echo '## Round (flexp-run bench --backend cuda, MiniLM shape, random weights)'
+    echo '## Training round, tokens/s (MiniLM shape, random weights; batch 8, seq 64, 2 steps, rank 8, cuts 2,3,4)'
     echo
-    echo '```'
-    echo "f32:  ${round_f32:-failed}"
-    echo "bf16: ${round_bf16:-failed}"
-    echo '```'
+    echo '| clients | flexp f32 | flexp bf16 (tensor cores) | torch+peft sequential f32 | torch+peft sequential bf16 autocast | torch+peft batched bf16 autocast |'
+    echo '|---:|---:|---:|---:|---:|---:|'
+    printf '%s\n' "${cmp_rows[@]}"
   } >"$out/gpu_check.md"
   {
     echo "{\"device\": \"${device:-unknown}\", \"tests\": [$(IFS=,; echo "${json_tests[*]}")],"
-    echo " \"round_f32\": ${round_f32:-null}, \"round_bf16\": ${round_bf16:-null}}"
+    echo " \"rounds\": [$(IFS=,; echo "${rounds[*]}")]}"
   } >"$out/gpu_check.json"
   # Logs beyond the summary stay under $OUT only as far as the device tool brings files back.
   tar -czf "$out/logs.tar.gz" -C "$out" $(cd "$out" && ls *.log) 2>/dev/null

@@ -52,6 +52,8 @@ def parse_args(argv=None):
                    help="bf16: torch.autocast('cpu', dtype=torch.bfloat16) around forward passes")
     p.add_argument("--variant", choices=["sequential", "batched"], default="sequential")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="torch device: cpu (default) or cuda (tools/gpu_check.sh times the GPU)")
     a = p.parse_args(argv)
     try:
         a.split = [int(s) for s in a.split.split(",") if s.strip() != ""]
@@ -128,7 +130,9 @@ class Round:
                         ps += [m.lora_A[name].weight, m.lora_B[name].weight]
             return ps
 
-        self.head = torch.nn.Linear(self.hidden, CLASSES)
+        self.device = torch.device(a.device)
+        self.peft.to(self.device)
+        self.head = torch.nn.Linear(self.hidden, CLASSES).to(self.device)
         self.client_params = [params(f"client_{k}", range(c)) for k, c in enumerate(self.cuts)]
         self.server_params = params("server", range(min_cut, L)) + list(self.head.parameters())
         for ps in self.client_params + [self.server_params]:
@@ -143,7 +147,7 @@ class Round:
             f" (per cut {a.split}), server params {sum(p_.numel() for p_ in self.server_params)}")
 
         self.autocast = (
-            (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
             if a.precision == "bf16" else nullcontext
         )
         # Data for the warm-up step and the timed steps, drawn before any timing.
@@ -151,8 +155,8 @@ class Round:
         self.data = [
             [
                 (
-                    torch.randint(TOKEN_LO, self.vocab, (a.batch, a.seq), generator=g),
-                    torch.randint(0, CLASSES, (a.batch,), generator=g),
+                    torch.randint(TOKEN_LO, self.vocab, (a.batch, a.seq), generator=g).to(self.device),
+                    torch.randint(0, CLASSES, (a.batch,), generator=g).to(self.device),
                 )
                 for _k in range(a.clients)
             ]
@@ -272,12 +276,16 @@ def main(argv=None):
     log(f"[flexp_round] torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"variant {a.variant}, precision {a.precision}, clients {a.clients}, cuts {a.split}, "
         f"batch {a.batch}, seq {a.seq}, steps {a.steps}, rank {a.rank}")
+    # On a GPU the host runs ahead of the kernels: wait for them around the timed steps.
+    sync = torch.cuda.synchronize if r.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     r.step(0)  # untimed warm-up: every client, one local step
+    sync()
     log(f"[flexp_round] warm-up step {time.perf_counter() - t0:.2f}s")
     t0 = time.perf_counter()
     for s in range(a.steps):
         r.step(1 + s)
+    sync()
     seconds = time.perf_counter() - t0
     tokens = a.clients * a.steps * a.batch * a.seq
     out = {
@@ -291,6 +299,7 @@ def main(argv=None):
         "impl": f"torch-{a.variant}",
         "precision": a.precision,
         "threads": a.threads,
+        "device": a.device,
     }
     log(f"[flexp_round] {tokens} tokens in {seconds:.3f}s: {tokens / seconds:.1f} tokens/s")
     _STDOUT.write(json.dumps(out) + "\n")
