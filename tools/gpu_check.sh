@@ -11,8 +11,8 @@
 # to each kernel's roofline bound) and the training round on MiniLM-shaped random weights at 1,
 # 16 and 64 clients against PyTorch + peft on the same GPU (tools/torch_reference/flexp_round.py,
 # sequential and batched), then writes gpu_check.json and gpu_check.md into $OUT (or
-# ./gpu-check-out). Not yet: the round on a ~1B Llama-shaped config (the torch reference is BERT
-# only). Kernels
+# ./gpu-check-out), and the round on a ~1B Llama-shaped decoder (flexp only: the torch reference
+# is BERT only) with its model FLOP utilisation. Kernels
 # come precompiled to PTX for compute_80 and compute_90 (FLEXP_PTX_DIR), so no NVRTC is needed.
 # Budget: about 6 minutes on an H100; each step has its own timeout.
 #
@@ -118,6 +118,35 @@ PY
     cmp_rows+=("| $c | $(echo "$f32" | tps) | $(echo "$bf16" | tps) | $(echo "$tseq" | tps) | $(echo "$tseqb" | tps) | $(echo "$tbat" | tps) |")
     echo "round, $c clients: ${cmp_rows[-1]}"
   done
+  # A ~1B Llama-shaped decoder (20 blocks of hidden 2048, GQA 32/8 heads of 64; random weights,
+  # bf16 file; tried on a small twin with the CPU and the emulator) at 16 clients: flexp alone
+  # (the torch reference is BERT only), with model FLOP utilisation = tokens/s x 4 x block
+  # parameters (forward plus the input gradient; the frozen base has no weight gradient) over
+  # 989 TFLOP/s.
+  local llama=/tmp/flexp-llama-1b params llama_rows=()
+  params=$(python3 - "$llama" 2>>"$out/model.log" <<'PY'
+import sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=20,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=512,
+                  tie_word_embeddings=False)
+m = LlamaForCausalLM(cfg).to(torch.bfloat16)
+m.save_pretrained(sys.argv[1])
+# The blocks' parameters: the products a token runs through (embedding lookups are not FLOPs,
+# and the classifier replaces the LM head).
+print(sum(p.numel() for p in m.model.layers.parameters()))
+PY
+)
+  for prec in f32 bf16; do
+    local line
+    line=$(timeout 240 "$pack/bin/flexp-run" bench --backend cuda --model "$llama" --clients 16 --precision $prec --quiet 2>>"$out/round.log" | tail -1)
+    local t mfu
+    t=$(echo "$line" | tps)
+    mfu=$(python3 -c "print(f'{100 * $t * 4 * ${params:-0} / 989e12:.1f}%')" 2>/dev/null || echo "-")
+    llama_rows+=("| $prec | $t | $mfu |")
+    rounds+=("${line:-null}")
+    echo "llama 1b, 16 clients, $prec: $t tokens/s, MFU $mfu"
+  done
   {
     echo "# GPU check, $(date -u +%Y-%m-%d) on ${device:-unknown}"
     echo
@@ -136,6 +165,12 @@ PY
     echo '| clients | flexp f32 | flexp bf16 (tensor cores) | torch+peft sequential f32 | torch+peft sequential bf16 autocast | torch+peft batched bf16 autocast |'
     echo '|---:|---:|---:|---:|---:|---:|'
     printf '%s\n' "${cmp_rows[@]}"
+    echo
+    echo "## ~1B Llama-shaped decoder (${params:-?} block parameters, random weights), 16 clients"
+    echo
+    echo '| precision | tokens/s | model FLOP utilisation |'
+    echo '|---|---:|---:|'
+    printf '%s\n' "${llama_rows[@]}"
   } >"$out/gpu_check.md"
   {
     echo "{\"device\": \"${device:-unknown}\", \"tests\": [$(IFS=,; echo "${json_tests[*]}")],"
