@@ -207,3 +207,23 @@ fn sweep_resumes_skips_refuses_and_reports_intervals() {
         "{e}"
     );
 }
+
+#[test]
+fn report_before_any_run_counts_zero_seconds_not_minus_zero() {
+    // The run time is a sum over no runs: 0, printed without a sign (a float sum of nothing is
+    // -0.0 in Rust, which printed as "-0 s").
+    let d = tmp("empty");
+    let data = write_data(&d);
+    let file = sweep_file(&d, &data, 2);
+    let o = Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args(["--quiet", "sweep", "--report-only"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(d.join("out/sweep.md")).unwrap();
+    assert!(
+        md.contains("0 of 6 runs finished (6 missing") && md.contains("runs 0 s (0.0 h) in all"),
+        "{md}"
+    );
+}

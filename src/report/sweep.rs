@@ -178,11 +178,12 @@ pub fn write_sweep_report(
             values.push(r.compared.as_deref());
         }
     }
+    // A fold from +0.0: `Sum` for floats starts from -0.0, which prints as "-0" with no runs.
     let wall: f64 = loaded
         .iter()
         .filter_map(|l| l.run.wall_seconds())
         .filter(|w| w.is_finite())
-        .sum();
+        .fold(0.0, |a, w| a + w);
 
     let mut md = format!("# Sweep: {}\n\n", cell(name));
     md.push_str(&format!(
