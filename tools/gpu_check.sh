@@ -24,7 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 pack=.gpu-check
 # The test binaries that take their backend from CudaBackend::for_tests().
-tests=(cuda_tensor_core_isa cuda_dense bf16 cuda_lora cuda_attention cuda_attn_flash cuda_align cuda_round)
+tests=(cuda_tensor_core_isa cuda_dense bf16 cuda_lora cuda_lora_sgmv cuda_attention cuda_attn_flash cuda_align cuda_round)
 
 prepare() {
   set -e

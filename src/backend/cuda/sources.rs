@@ -20,6 +20,10 @@ pub const KERNEL_FILES: &[(&str, &str)] = &[
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
     ("gemm_tc.cu", include_str!("../../../kernels/gemm_tc.cu")),
     ("lora.cu", include_str!("../../../kernels/lora.cu")),
+    (
+        "lora_sgmv.cu",
+        include_str!("../../../kernels/lora_sgmv.cu"),
+    ),
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
