@@ -1235,8 +1235,23 @@ fn algorithms_are_named_as_configured() {
     for (kind, name) in AlgorithmKind::ALL {
         let algo = algorithms::build(kind, &fed, &mut Rng::new(7)).unwrap();
         assert_eq!(algo.name(), name);
+        assert_eq!(kind.name(), name);
         assert_eq!(AlgorithmKind::parse(name).unwrap(), kind);
     }
+}
+
+/// Only the split-learning algorithms cut the model between client and server (the report's
+/// per-client `split` column is theirs alone): FlexP-SFL and SplitFed V1 and V2, as
+/// docs/algorithms.md describes them; FedAvg, FedBip, FedBip-L, local, pFedMe and Ditto run the
+/// whole model on the device.
+#[test]
+fn exactly_the_split_learning_algorithms_are_split() {
+    let split: Vec<&str> = AlgorithmKind::ALL
+        .iter()
+        .filter(|(k, _)| k.is_split())
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(split, ["flexp-sfl", "sfl-v1", "sfl-v2"]);
 }
 
 /// Every algorithm announces each local step once, numbered from 1 (the progress display).
