@@ -189,7 +189,8 @@ pub fn write_sweep_report(
     md.push_str(&format!(
         "{} of {} runs finished{}; run time of the finished runs {:.0} s ({:.1} h) in all. \
          Figures are last-round. Each cell is the mean over seeds with its 95% confidence \
-         interval in brackets (Student's t, n − 1 degrees of freedom); accuracy in percent, \
+         interval in brackets (Student's t, n − 1 degrees of freedom; not clipped to the \
+         metric's range, so with few seeds an accuracy interval can pass 100); accuracy in percent, \
          communication in MB (10^6 bytes) per client, client compute in GFLOP per client, \
          simulated time in seconds.\n",
         loaded.len(),
