@@ -978,6 +978,85 @@ fn client_fraction_samples_that_share_of_distinct_clients_uniformly() {
 
 // ---------------------------------------------------------------- what a round charges
 
+/// What a SplitFed round charges, as docs/algorithms.md states it: every client cuts at the
+/// smallest split s; per step, up = 4·tokens·d bytes of h plus 8 bytes per label and down =
+/// 4·tokens·d for d loss / d h; per round, the client-side adapters (blocks 0..s) down at the
+/// start and up at the end for averaging; client FLOPs from the cost model for blocks 0..s and
+/// the server's for s..L, scaled to the tokens processed. Every training set fits one batch, so
+/// each step processes the client's whole set.
+#[test]
+fn splitfed_round_charges_what_the_docs_state() {
+    let model = tiny::model();
+    let d = model.config.hidden as f64;
+    let splits = vec![2, 3, 2, 3];
+    let s = 2;
+    for kind in [AlgorithmKind::SflV1, AlgorithmKind::SflV2] {
+        let h = hyper();
+        let fed = tiny::federation(&model, h.clone(), data(), splits.clone());
+        let who = [0, 2, 3];
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+        let client_model = 4.0 * values(named(&snapshot(algo.as_mut()), "client")).len() as f64;
+        let log = algo.round(&fed, &who, &mut rng).unwrap();
+        assert!(log.rejected.is_empty(), "{kind:?}: {:?}", log.rejected);
+        let steps = h.local_steps as f64;
+        let nominal = (h.batch_size * 12) as f64;
+        let mut server = 0.0;
+        for &k in &who {
+            let train = &fed.clients[k].train;
+            let tokens: usize = train.iter().map(|e| e.ids.len()).sum();
+            let act = 4.0 * tokens as f64 * d;
+            let up = steps * (act + 8.0 * train.len() as f64) + client_model;
+            let down = steps * act + client_model;
+            let flops = steps * fed.cost.client_flops_u(s, 0) * tokens as f64 / nominal;
+            server += steps * fed.cost.server_flops_u(s, 0) * tokens as f64 / nominal;
+            let c = log.clients.iter().find(|c| c.client == k).unwrap();
+            let what = format!("{kind:?}, client {k}");
+            assert_eq!(c.steps, h.local_steps, "{what}: steps");
+            for (name, got, want) in [
+                ("up", c.bytes_up, up),
+                ("down", c.bytes_down, down),
+                ("flops", c.flops, flops),
+            ] {
+                assert!(
+                    (got - want).abs() <= 1e-9 * want,
+                    "{what}: {name} {got} vs {want}"
+                );
+            }
+        }
+        assert!(
+            (log.server_flops - server).abs() <= 1e-9 * server,
+            "{kind:?}: server flops {} vs {server}",
+            log.server_flops
+        );
+    }
+}
+
+/// SplitFed V1 computes FedAvg's update split across two machines (docs/algorithms.md), and from
+/// one seed both start from the same adapters: the training loss each client reports for the
+/// first round (taken before any update, averaged over its steps) is FedAvg's.
+#[test]
+fn splitfed_v1_reports_fedavgs_losses() {
+    let model = tiny::model();
+    let fed = tiny::federation(&model, hyper(), data(), vec![2, 2, 2, 2]);
+    let who = [0, 1, 3];
+    let losses = |kind| {
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+        let log = algo.round(&fed, &who, &mut rng).unwrap();
+        who.iter()
+            .map(|&k| log.clients.iter().find(|c| c.client == k).unwrap().loss)
+            .collect::<Vec<f64>>()
+    };
+    let (v1, fa) = (losses(AlgorithmKind::SflV1), losses(AlgorithmKind::FedAvg));
+    for (a, b) in v1.iter().zip(&fa) {
+        assert!(
+            a.is_finite() && (a - b).abs() <= 1e-5 * b.abs(),
+            "{v1:?} vs {fa:?}"
+        );
+    }
+}
+
 /// What a FlexP-SFL round charges each participant and the server, as docs/algorithms.md
 /// states it: per step, up = 4·tokens·d bytes of h plus 8 bytes per label and down = 4·tokens·d
 /// for d loss / d h (U-shaped: z down and d loss / d z up as well); per round with alignment,
