@@ -1032,6 +1032,34 @@ fn splitfed_round_charges_what_the_docs_state() {
     }
 }
 
+/// SplitFed's global model is its averaged client-side adapters on blocks 0..s followed by the
+/// server-side ones on s..L (docs/algorithms.md): the same sets its state names, in that order.
+#[test]
+fn splitfed_global_model_is_client_then_server_adapters() {
+    let model = tiny::model();
+    let l = model.config.layers;
+    let fed = tiny::federation(&model, hyper(), data(), vec![2, 3, 2, 3]);
+    for kind in [AlgorithmKind::SflV1, AlgorithmKind::SflV2] {
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+        algo.round(&fed, &[0, 1, 2], &mut rng).unwrap();
+        let state = snapshot(algo.as_mut());
+        let chain = algo.global().expect("SplitFed has a global model");
+        let blocks: Vec<_> = chain.parts.iter().map(|(b, _)| b.clone()).collect();
+        assert_eq!(blocks, [0..2, 2..l], "{kind:?}");
+        assert_eq!(
+            values(chain.parts[0].1),
+            values(named(&state, "client")),
+            "{kind:?}"
+        );
+        assert_eq!(
+            values(chain.parts[1].1),
+            values(named(&state, "server")),
+            "{kind:?}"
+        );
+    }
+}
+
 /// SplitFed V1 computes FedAvg's update split across two machines (docs/algorithms.md), and from
 /// one seed both start from the same adapters: the training loss each client reports for the
 /// first round (taken before any update, averaged over its steps) is FedAvg's.
