@@ -22,10 +22,15 @@ fn main() {
     files.sort();
     let abs = std::fs::canonicalize(kernels).expect("kernels/ is readable");
     let mut unit = String::new();
+    // The shared headers at file scope, before the per-file namespaces: a header's functions
+    // belong to whichever file includes it first (#pragma once), so they must not land in one
+    // kernel file's namespace.
     unit.push_str(&format!(
-        "#include \"{}\"\n#include \"{}\"\n",
+        "#include \"{}\"\n#include \"{}\"\n#include \"{}\"\n#include \"{}\"\n",
         abs.join("emu/emu_runtime.cpp").display(),
-        abs.join("common.cuh").display()
+        abs.join("common.cuh").display(),
+        abs.join("tensor_core.cuh").display(),
+        abs.join("tc_fragments.cuh").display()
     ));
     // Kernels that break the rules on purpose, to prove the emulator reports each violation.
     let faults = abs.join("emu/fault_kernels.cu");

@@ -22,6 +22,7 @@
 // Needs HD in {32, 64, 128}, and heads * HD, kv_heads * HD multiples of 8 (they are).
 #include "common.cuh"
 #include "tensor_core.cuh"
+#include "tc_fragments.cuh"
 
 namespace {
 
@@ -31,10 +32,6 @@ constexpr int FA_BN = 64;  // keys per step
 
 __device__ __forceinline__ float fa_neg_inf() {
     return __uint_as_float(0xff800000u);
-}
-
-__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    return static_cast<unsigned>(f32_to_bf16(lo)) | (static_cast<unsigned>(f32_to_bf16(hi)) << 16);
 }
 
 // Stages `FA_BN` (or FA_BM) rows of HD bf16, rows row0.. of a [*, stride] matrix from column
@@ -51,45 +48,6 @@ __device__ __forceinline__ void fa_stage(S dst, gmem<const bf16_t> src, long lon
     }
 }
 
-
-// Fragment loads from a shared tile with row pitch LD (bf16), lane addressing as ldmatrix wants
-// it (lane l gives row l % 8 of matrix l / 8):
-// - frag_a: the A fragment of the 16 x 16 block at (row0, col0) of a row-major tile;
-// - frag_b_rows: B fragments of two n8 tiles (n0.., n0+8..) over k16 (k0..) of a tile stored
-//   [n][k] (rows are n: K for S = QKᵀ);
-// - frag_b_trans: the same from a tile stored [k][n] (rows are k: V for O = PV).
-// r[0], r[1] are the first n8 tile's b[0], b[1]; r[2], r[3] the second's.
-template <int LD, class S>
-__device__ __forceinline__ void frag_a(unsigned (&a)[4], S t, int row0, int col0) {
-    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
-    ldmatrix_x4(a, t + ((row0 + mrow + 8 * (mat & 1)) * LD + col0 + 8 * (mat >> 1)));
-}
-template <int LD, class S>
-__device__ __forceinline__ void frag_b_rows(unsigned (&r)[4], S t, int n0, int k0) {
-    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
-    ldmatrix_x4(r, t + ((n0 + 8 * (mat >> 1) + mrow) * LD + k0 + 8 * (mat & 1)));
-}
-template <int LD, class S>
-__device__ __forceinline__ void frag_b_trans(unsigned (&r)[4], S t, int k0, int n0) {
-    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
-    ldmatrix_x4_trans(r, t + ((k0 + 8 * (mat & 1) + mrow) * LD + n0 + 8 * (mat >> 1)));
-}
-// acc += A · (the pair of n8 tiles r loaded above), into acc tiles j and j + 1.
-__device__ __forceinline__ void mma_pair(float (&c0)[4], float (&c1)[4], const unsigned (&a)[4],
-                                         const unsigned (&r)[4]) {
-    unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-    mma_m16n8k16_bf16(c0, a, b0, c0);
-    mma_m16n8k16_bf16(c1, a, b1, c1);
-}
-// Two adjacent n8 accumulator tiles (16 rows x 16 columns, f32) as the bf16 A fragment of one
-// k16 step: the accumulator layout of tiles j, j + 1 is exactly A's register layout.
-__device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&t0)[4],
-                                         const float (&t1)[4]) {
-    a[0] = pack_bf16(t0[0], t0[1]);
-    a[1] = pack_bf16(t0[2], t0[3]);
-    a[2] = pack_bf16(t1[0], t1[1]);
-    a[3] = pack_bf16(t1[2], t1[3]);
-}
 
 template <int HD>
 __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, gmem<const bf16_t> q,

@@ -10,9 +10,10 @@
 // operands stay f32 in global memory (x, u, and the adapters, which train in f32): each block
 // rounds what it stages to bf16 in shared memory, so no cast kernel runs and no shape needs to
 // be a multiple of anything. That staging is plain loads (a later cp.async path for aligned
-// shapes is a GPU tuning step). Fragments come by ldmatrix as in attn_flash.cu.
+// shapes is a GPU tuning step). Fragments come by ldmatrix (tc_fragments.cuh).
 #include "common.cuh"
 #include "tensor_core.cuh"
+#include "tc_fragments.cuh"
 
 namespace {
 
@@ -21,29 +22,6 @@ constexpr int SG_THREADS = 128;  // 4 warps x 16 rows
 constexpr int SG_ROWS = 64;      // rows per block
 constexpr int SG_K = 32;         // reduction step of the shrink over d_in
 constexpr int SG_N = 128;        // output columns per block of the expand
-
-__device__ __forceinline__ unsigned sg_pack(float lo, float hi) {
-    return static_cast<unsigned>(f32_to_bf16(lo)) | (static_cast<unsigned>(f32_to_bf16(hi)) << 16);
-}
-
-// ldmatrix addressing (lane l gives row l % 8 of matrix l / 8) for an A fragment at (row0, col0)
-// and for B fragments of two n8 tiles from a tile stored [n][k], pitch LD.
-template <int LD, class S>
-__device__ __forceinline__ void sg_frag_a(unsigned (&a)[4], S t, int row0, int col0) {
-    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
-    ldmatrix_x4(a, t + ((row0 + mrow + 8 * (mat & 1)) * LD + col0 + 8 * (mat >> 1)));
-}
-template <int LD, class S>
-__device__ __forceinline__ void sg_frag_b(unsigned (&r)[4], S t, int n0, int k0) {
-    const int lane = threadIdx.x % 32, mat = lane / 8, mrow = lane % 8;
-    ldmatrix_x4(r, t + ((n0 + 8 * (mat >> 1) + mrow) * LD + k0 + 8 * (mat & 1)));
-}
-__device__ __forceinline__ void sg_mma_pair(float (&c0)[4], float (&c1)[4], const unsigned (&a)[4],
-                                            const unsigned (&r)[4]) {
-    unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-    mma_m16n8k16_bf16(c0, a, b0, c0);
-    mma_m16n8k16_bf16(c1, a, b1, c1);
-}
 
 // Stages rows [0, nrows) x columns [c0, c0 + ncols) of a row-major f32 matrix (row stride `ld`)
 // into a bf16 tile of pitch LD, as bf16 pairs; elements outside rows < valid_rows and columns
@@ -58,7 +36,7 @@ __device__ __forceinline__ void sg_stage(S dst, gmem<const float> src, long long
         const bool rok = r < valid_rows;
         const float lo = rok && c0 + c < valid_cols ? src[r * ld + c0 + c] : 0.f;
         const float hi = rok && c0 + c + 1 < valid_cols ? src[r * ld + c0 + c + 1] : 0.f;
-        d32[(r * LD + c) / 2] = sg_pack(lo, hi);
+        d32[(r * LD + c) / 2] = pack_bf16(lo, hi);
     }
 }
 
@@ -90,12 +68,12 @@ __device__ __forceinline__ void sgmv_shrink(gmem<float> u, gmem<const float> x,
 #pragma unroll
         for (int kk = 0; kk < SG_K; kk += 16) {
             unsigned af[4];
-            sg_frag_a<LD>(af, xs, warp * 16, kk);
+            frag_a<LD>(af, xs, warp * 16, kk);
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
                 unsigned r[4];
-                sg_frag_b<LD>(r, as, 8 * j, kk);
-                sg_mma_pair(acc[j], acc[j + 1], af, r);
+                frag_b_rows<LD>(r, as, 8 * j, kk);
+                mma_pair(acc[j], acc[j + 1], af, r);
             }
         }
     }
@@ -138,12 +116,12 @@ __device__ __forceinline__ void sgmv_expand(gmem<float> y, gmem<const float> u,
 #pragma unroll
     for (int kk = 0; kk < RP; kk += 16) {
         unsigned af[4];
-        sg_frag_a<LD>(af, us, warp * 16, kk);
+        frag_a<LD>(af, us, warp * 16, kk);
 #pragma unroll
         for (int j = 0; j < NT; j += 2) {
             unsigned r[4];
-            sg_frag_b<LD>(r, bs, 8 * j, kk);
-            sg_mma_pair(acc[j], acc[j + 1], af, r);
+            frag_b_rows<LD>(r, bs, 8 * j, kk);
+            mma_pair(acc[j], acc[j + 1], af, r);
         }
     }
     const int g = lane / 4, tq = lane % 4;

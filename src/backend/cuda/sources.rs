@@ -1,5 +1,5 @@
 //! The kernel sources, embedded in the binary so NVRTC can compile them on the user's machine for
-//! the user's GPU. The headers (`common.cuh`, `tensor_core.cuh`) are inlined in place of their
+//! the user's GPU. The headers (`common.cuh`, `tensor_core.cuh`, `tc_fragments.cuh`) are inlined in place of their
 //! `#include`, so NVRTC needs no include path and no CUDA headers.
 
 /// `(file name, source text)` of every kernels/*.cu file that ships to the GPU.
@@ -39,11 +39,15 @@ pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 /// kernels/tensor_core.cuh (mma.sync, ldmatrix, cp.async wrappers).
 pub const TENSOR_CORE: &str = include_str!("../../../kernels/tensor_core.cuh");
 
+/// kernels/tc_fragments.cuh (fragment helpers of the tensor-core kernels).
+pub const TC_FRAGMENTS: &str = include_str!("../../../kernels/tc_fragments.cuh");
+
 /// The source NVRTC compiles for `file`: the file with the headers it includes inlined.
 pub fn gpu_source(file_text: &str) -> String {
     file_text
         .replace("#include \"common.cuh\"", COMMON)
         .replace("#include \"tensor_core.cuh\"", TENSOR_CORE)
+        .replace("#include \"tc_fragments.cuh\"", TC_FRAGMENTS)
 }
 
 /// Names of the `extern "C" __global__` kernels a source defines, in order.
