@@ -223,35 +223,36 @@ impl<'a, B: Backend> Federation<'a, B> {
     /// Client FLOPs of one step over blocks 0..s (s = L: the whole model and head), scaled from
     /// the cost model's nominal batch to the tokens actually processed.
     pub fn step_flops(&self, s: usize, tokens: usize) -> f64 {
-        let nominal = (self.cost_tokens()).max(1) as f64;
         let f = if s >= self.layers() {
             self.cost.client_flops(self.layers().saturating_sub(1))
                 + self.cost.server_flops(self.layers().saturating_sub(1))
         } else {
             self.cost.client_flops(s)
         };
-        f * tokens as f64 / nominal
+        self.scaled(f, tokens)
     }
 
     /// Client FLOPs of one step of the U-shaped form: blocks 0..s and the tail of `u` blocks
     /// with the head ([`crate::federated::CostModel::client_flops_u`]), scaled to the tokens
     /// processed. `u` is the algorithm's own tail, whatever tail the cost model was built with.
     pub fn step_flops_u(&self, s: usize, u: usize, tokens: usize) -> f64 {
-        let nominal = (self.cost_tokens()).max(1) as f64;
-        self.cost.client_flops_u(s, u) * tokens as f64 / nominal
+        self.scaled(self.cost.client_flops_u(s, u), tokens)
     }
 
     /// Server FLOPs of one step over blocks s..L-u (and the head when `u = 0`), scaled to the
     /// tokens processed.
     pub fn server_step_flops_u(&self, s: usize, u: usize, tokens: usize) -> f64 {
-        let nominal = (self.cost_tokens()).max(1) as f64;
-        self.cost.server_flops_u(s, u) * tokens as f64 / nominal
+        self.scaled(self.cost.server_flops_u(s, u), tokens)
     }
 
     /// Server FLOPs of one step over blocks s..L and the head, scaled to the tokens processed.
     pub fn server_step_flops(&self, s: usize, tokens: usize) -> f64 {
-        let nominal = (self.cost_tokens()).max(1) as f64;
-        self.cost.server_flops(s) * tokens as f64 / nominal
+        self.scaled(self.cost.server_flops(s), tokens)
+    }
+
+    /// `flops` of the cost model's nominal batch, scaled to `tokens` processed.
+    fn scaled(&self, flops: f64, tokens: usize) -> f64 {
+        flops * tokens as f64 / self.cost_tokens().max(1) as f64
     }
 
     fn cost_tokens(&self) -> usize {

@@ -454,20 +454,14 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             Ok(())
         }
         Command::Ptx { arch, out } => {
-            let arch: &'static str = match arch.as_str() {
-                "compute_80" => "compute_80",
-                "compute_86" => "compute_86",
-                "compute_87" => "compute_87",
-                "compute_89" => "compute_89",
-                "compute_90" => "compute_90",
-                other => {
-                    return Err(flexp::Error::Input(format!(
-                        "--arch {other}: expected compute_80, compute_86, compute_87, compute_89 \
-                         or compute_90"
-                    )))
-                }
+            use flexp::backend::cuda::nvrtc;
+            let Some(arch) = nvrtc::ARCHES.iter().copied().find(|a| *a == arch) else {
+                return Err(flexp::Error::Input(format!(
+                    "--arch {arch}: expected one of {}",
+                    nvrtc::ARCHES.join(", ")
+                )));
             };
-            for p in flexp::backend::cuda::nvrtc::write_ptx(&out, arch)? {
+            for p in nvrtc::write_ptx(&out, arch)? {
                 println!("{}", p.display());
             }
             Ok(())

@@ -374,7 +374,7 @@ fn chart(rows: &[Row], groups: &[Group], aggregate: bool) -> BarChart {
     c
 }
 
-/// A CSV field, quoted when it holds a separator, a quote or a line break.
+/// The comparison as CSV: a header, then one line per run (empty fields for missing values).
 fn csv(rows: &[Row]) -> String {
     let header = [
         "run",

@@ -136,6 +136,16 @@ pub fn compile(file_name: &str, file_text: &str, arch: &'static str) -> Result<S
     Ok(ptx.to_src())
 }
 
+/// The virtual architectures the CUDA backend compiles for (the driver picks one by compute
+/// capability; `flexp-run ptx --arch` takes any of them).
+pub const ARCHES: [&str; 5] = [
+    "compute_80",
+    "compute_86",
+    "compute_87",
+    "compute_89",
+    "compute_90",
+];
+
 /// The folder of precompiled PTX named by `FLEXP_PTX_DIR`, if set: a GPU machine without NVRTC
 /// (or with another CUDA major version's) loads the kernels from there (see [`kernel_ptx`]).
 pub fn ptx_dir() -> Option<PathBuf> {
@@ -152,7 +162,7 @@ pub fn ptx_file_name(file_name: &str, arch: &str) -> String {
 fn ptx_stamp(file_text: &str) -> String {
     format!(
         "// flexp kernel source {:016x}",
-        fnv1a(&sources::gpu_source(file_text))
+        fnv1a(sources::gpu_source(file_text))
     )
 }
 
@@ -212,7 +222,7 @@ pub fn load_ptx(
 /// A cache that cannot be read or written is ignored, never an error.
 pub fn compile_cached(file_name: &str, file_text: &str, arch: &'static str) -> Result<String> {
     let (major, minor) = nvrtc_version()?;
-    let key = fnv1a(&format!(
+    let key = fnv1a(format!(
         "{}\0{arch}\0{major}.{minor}",
         sources::gpu_source(file_text)
     ));
@@ -244,8 +254,9 @@ fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/flexp/ptx"))
 }
 
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+/// FNV-1a of `bytes`: names cache and scratch files by their content.
+pub(crate) fn fnv1a(bytes: impl AsRef<[u8]>) -> u64 {
+    bytes.as_ref().iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
 }

@@ -6,7 +6,7 @@
 //! nvdisasm comes from NVIDIA's `nvidia-cuda-nvdisasm` wheel, which tools/fetch_cuda_tools.sh
 //! installs under `.cuda-tools/`; `FLEXP_NVDISASM` names another copy.
 
-use super::nvrtc::fetched_tool;
+use super::nvrtc::{fetched_tool, fnv1a};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -80,10 +80,4 @@ pub fn parse_disassembly(text: &str) -> BTreeMap<String, Vec<String>> {
         }
     }
     out
-}
-
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x100000001b3)
-    })
 }

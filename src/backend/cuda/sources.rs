@@ -1,6 +1,6 @@
 //! The kernel sources, embedded in the binary so NVRTC can compile them on the user's machine for
-//! the user's GPU. The headers (`common.cuh`, `tensor_core.cuh`, `tc_fragments.cuh`) are inlined in place of their
-//! `#include`, so NVRTC needs no include path and no CUDA headers.
+//! the user's GPU. The headers (`common.cuh`, `tensor_core.cuh`, `tc_fragments.cuh`) are inlined
+//! in place of their `#include`, so NVRTC needs no include path and no CUDA headers.
 
 /// `(file name, source text)` of every kernels/*.cu file that ships to the GPU.
 pub const KERNEL_FILES: &[(&str, &str)] = &[

@@ -110,11 +110,7 @@ fn check(
 /// triple (sequence start, sequence length, tile offset in the sequence). Tiles are ordered by
 /// decreasing `work(len, offset)` so that the longest blocks start first and the short ones fill
 /// the tail of the grid (causal tiles differ in cost by up to the sequence length).
-pub(super) fn work_table(
-    seqs: &[Span],
-    tile: usize,
-    work: impl Fn(usize, usize) -> usize,
-) -> Vec<i32> {
+fn work_table(seqs: &[Span], tile: usize, work: impl Fn(usize, usize) -> usize) -> Vec<i32> {
     let work = &work;
     let mut tiles: Vec<(usize, [i32; 3])> = seqs
         .iter()
@@ -133,7 +129,28 @@ pub(super) fn work_table(
     tiles.into_iter().flat_map(|t| t.1).collect()
 }
 
-fn tile_cfg(tiles: usize, y: usize, shared_bytes: u32) -> Result<LaunchCfg> {
+/// The work table of query tiles of `tile` rows: a causal tile sees the keys up to its end.
+pub(super) fn query_tiles(seqs: &[Span], tile: usize, causal: bool) -> Vec<i32> {
+    work_table(
+        seqs,
+        tile,
+        |len, t0| {
+            if causal {
+                len.min(t0 + tile)
+            } else {
+                len
+            }
+        },
+    )
+}
+
+/// The work table of key tiles of `tile` rows: a causal tile is seen by the queries from its
+/// first key on.
+pub(super) fn key_tiles(seqs: &[Span], tile: usize, causal: bool) -> Vec<i32> {
+    work_table(seqs, tile, |len, k0| if causal { len - k0 } else { len })
+}
+
+pub(super) fn tile_cfg(tiles: usize, y: usize, shared_bytes: u32) -> Result<LaunchCfg> {
     let x = u32::try_from(tiles)
         .map_err(|_| Error::Backend(format!("attention: {tiles} tiles exceed the CUDA grid")))?;
     Ok(LaunchCfg {
@@ -165,17 +182,7 @@ pub(crate) fn forward(
     let var = variant(hd)?;
     let (bm, bn) = var.fwd_tile;
     let causal = shape.causal;
-    let table = work_table(
-        seqs,
-        bm,
-        |len, t0| {
-            if causal {
-                len.min(t0 + bm)
-            } else {
-                len
-            }
-        },
-    );
+    let table = query_tiles(seqs, bm, causal);
     let tiles = table.len() / 3;
     if tiles == 0 {
         return Ok(());
@@ -240,19 +247,9 @@ pub(crate) fn backward(
     let (hq, hk) = (shape.heads as i32, shape.kv_heads as i32);
 
     let (bm, bn) = var.dq_tile;
-    let dq_table = work_table(
-        seqs,
-        bm,
-        |len, t0| {
-            if causal {
-                len.min(t0 + bm)
-            } else {
-                len
-            }
-        },
-    );
+    let dq_table = query_tiles(seqs, bm, causal);
     let (bk, bq) = var.dkdv_tile;
-    let dkdv_table = work_table(seqs, bk, |len, k0| if causal { len - k0 } else { len });
+    let dkdv_table = key_tiles(seqs, bk, causal);
     let dq_tiles = dq_table.len() / 3;
     let dkdv_tiles = dkdv_table.len() / 3;
     if dq_tiles == 0 {

@@ -4,15 +4,14 @@
 //! leaves D = rowsum(dO ∘ O) in a scratch buffer for `attn_flash_bwd_dkdv_*`), no atomics.
 //! The shared checks ran in `ops::attention` before these are called.
 
-use super::super::{CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
-use super::attention::work_table;
+use super::super::{CudaBackend, CudaBuf, KArg};
+use super::attention::{key_tiles, query_tiles, tile_cfg};
 use crate::backend::{AttnShape, Span};
 use crate::error::{Error, Result};
 
-/// Rows of a query (or key) tile: kernels/attn_flash.cu `FA_BM` = `FA_BN`.
+/// Rows of a query (or key) tile: kernels/attn_flash.cu `FA_BM` = `FA_BN`. Blocks have 128
+/// threads (`FA_THREADS`), as the SIMT attention kernels, so their launch shape serves.
 const TILE: usize = 64;
-/// Threads per block (`FA_THREADS`).
-const THREADS: u32 = 128;
 
 /// The kernel suffix for a head dimension, or why there is none.
 fn head_dim_suffix(hd: usize) -> Result<&'static str> {
@@ -32,21 +31,6 @@ fn smem(tiles: usize, hd: usize, floats: usize) -> u32 {
     (tiles * TILE * (hd + 8) * 2 + floats * 4) as u32
 }
 
-fn cfg(table: &[i32], y: usize, shared_bytes: u32) -> Result<LaunchCfg> {
-    let x = u32::try_from(table.len() / 3)
-        .map_err(|_| Error::Backend("attention: too many tiles for the CUDA grid".into()))?;
-    Ok(LaunchCfg {
-        grid: (x, y as u32, 1),
-        block: (THREADS, 1, 1),
-        shared_bytes,
-    })
-}
-
-/// The first `rows · width` values of `x` rounded to bf16.
-fn bf16_rows(be: &CudaBackend, x: &CudaBuf, rows: usize, width: usize) -> Result<DeviceMem> {
-    be.cast_prefix_to_bf16(x, rows * width)
-}
-
 /// Forward for `rows` packed rows (checked by the caller).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
@@ -63,25 +47,15 @@ pub(crate) fn forward(
     let hd = shape.head_dim;
     let suffix = head_dim_suffix(hd)?;
     let causal = shape.causal;
-    let table = work_table(
-        seqs,
-        TILE,
-        |len, t0| {
-            if causal {
-                len.min(t0 + TILE)
-            } else {
-                len
-            }
-        },
-    );
+    let table = query_tiles(seqs, TILE, causal);
     if table.is_empty() {
         return Ok(());
     }
     let (qh, kvh) = (shape.heads * hd, shape.kv_heads * hd);
     let (qb, kb, vb) = (
-        bf16_rows(be, q, rows, qh)?,
-        bf16_rows(be, k, rows, kvh)?,
-        bf16_rows(be, v, rows, kvh)?,
+        be.cast_prefix_to_bf16(q, rows * qh)?,
+        be.cast_prefix_to_bf16(k, rows * kvh)?,
+        be.cast_prefix_to_bf16(v, rows * kvh)?,
     );
     let meta = be.upload_pod(&table)?;
     // SAFETY: the caller's `check` verified q and o for rows·heads·hd elements, k and v for
@@ -91,7 +65,7 @@ pub(crate) fn forward(
     unsafe {
         be.launch(
             &format!("attn_flash_fwd_{suffix}"),
-            cfg(&table, shape.heads, smem(3, hd, 0))?,
+            tile_cfg(table.len() / 3, shape.heads, smem(3, hd, 0))?,
             &[
                 o.arg(),
                 lse.arg(),
@@ -130,27 +104,17 @@ pub(crate) fn backward(
     let hd = shape.head_dim;
     let suffix = head_dim_suffix(hd)?;
     let causal = shape.causal;
-    let dq_table = work_table(
-        seqs,
-        TILE,
-        |len, t0| {
-            if causal {
-                len.min(t0 + TILE)
-            } else {
-                len
-            }
-        },
-    );
-    let dkdv_table = work_table(seqs, TILE, |len, k0| if causal { len - k0 } else { len });
+    let dq_table = query_tiles(seqs, TILE, causal);
+    let dkdv_table = key_tiles(seqs, TILE, causal);
     if dq_table.is_empty() {
         return Ok(());
     }
     let (qh, kvh) = (shape.heads * hd, shape.kv_heads * hd);
     let (qb, kb, vb, dob) = (
-        bf16_rows(be, q, rows, qh)?,
-        bf16_rows(be, k, rows, kvh)?,
-        bf16_rows(be, v, rows, kvh)?,
-        bf16_rows(be, do_, rows, qh)?,
+        be.cast_prefix_to_bf16(q, rows * qh)?,
+        be.cast_prefix_to_bf16(k, rows * kvh)?,
+        be.cast_prefix_to_bf16(v, rows * kvh)?,
+        be.cast_prefix_to_bf16(do_, rows * qh)?,
     );
     let delta = be.alloc_bytes(rows * shape.heads * 4)?;
     let (dq_meta, dkdv_meta) = (be.upload_pod(&dq_table)?, be.upload_pod(&dkdv_table)?);
@@ -177,7 +141,7 @@ pub(crate) fn backward(
     unsafe {
         be.launch(
             &format!("attn_flash_bwd_dq_{suffix}"),
-            cfg(&dq_table, shape.heads, smem(4, hd, 0))?,
+            tile_cfg(dq_table.len() / 3, shape.heads, smem(4, hd, 0))?,
             &args,
         )
     }?;
@@ -199,7 +163,7 @@ pub(crate) fn backward(
     unsafe {
         be.launch(
             &format!("attn_flash_bwd_dkdv_{suffix}"),
-            cfg(&dkdv_table, shape.kv_heads, smem(4, hd, 2 * TILE))?,
+            tile_cfg(dkdv_table.len() / 3, shape.kv_heads, smem(4, hd, 2 * TILE))?,
             &args,
         )
     }?;
