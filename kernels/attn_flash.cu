@@ -83,11 +83,7 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
     // Rows g and g + 8 of the warp's 16: running max, sum and output accumulators.
     float m[2] = {ninf, ninf}, l[2] = {0.f, 0.f};
     float acc[DT][4];
-#pragma unroll
-    for (int j = 0; j < DT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            acc[j][e] = 0.f;
+    zero_tiles(acc);
     const int qi[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
     const int kend = causal ? min(len, q0 + FA_BM) : len;
@@ -102,11 +98,7 @@ __device__ __forceinline__ void attn_flash_fwd(gmem<float> o, gmem<float> lse, g
 
         // S = Q Kᵀ for 16 rows x 64 keys.
         float s[ST][4];
-#pragma unroll
-        for (int j = 0; j < ST; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                s[j][e] = 0.f;
+        zero_tiles(s);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
@@ -256,11 +248,7 @@ __device__ __forceinline__ void attn_flash_bwd_dq(gmem<float> dq, gmem<float> de
         lr[row] = qi[row] < len ? lse[((long long)start + qi[row]) * heads + h] : 0.f;
 
     float acc[DT][4];
-#pragma unroll
-    for (int j = 0; j < DT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            acc[j][e] = 0.f;
+    zero_tiles(acc);
 
     const int kend = causal ? min(len, q0 + FA_BM) : len;
     for (int k0 = 0; k0 < kend; k0 += FA_BN) {
@@ -272,13 +260,8 @@ __device__ __forceinline__ void attn_flash_bwd_dq(gmem<float> dq, gmem<float> de
         cp_async_wait<0>();
         __syncthreads();
         float sc[ST][4], dp[ST][4];
-#pragma unroll
-        for (int j = 0; j < ST; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                sc[j][e] = 0.f;
-                dp[j][e] = 0.f;
-            }
+        zero_tiles(sc);
+        zero_tiles(dp);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
             unsigned qa[4], da[4];
@@ -361,13 +344,8 @@ __device__ __forceinline__ void attn_flash_bwd_dkdv(gmem<float> dk, gmem<float> 
     const int kj[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
 
     float dka[DT][4], dva[DT][4];
-#pragma unroll
-    for (int j = 0; j < DT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            dka[j][e] = 0.f;
-            dva[j][e] = 0.f;
-        }
+    zero_tiles(dka);
+    zero_tiles(dva);
 
     // Under causal masking no query before the tile's first key sees it.
     const int qfirst = causal ? k0 - k0 % FA_BM : 0;
@@ -389,13 +367,8 @@ __device__ __forceinline__ void attn_flash_bwd_dkdv(gmem<float> dk, gmem<float> 
             __syncthreads();
             // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: the warp's 16 keys x 64 queries.
             float st[QT][4], dpt[QT][4];
-#pragma unroll
-            for (int j = 0; j < QT; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    st[j][e] = 0.f;
-                    dpt[j][e] = 0.f;
-                }
+            zero_tiles(st);
+            zero_tiles(dpt);
 #pragma unroll
             for (int kk = 0; kk < KS; ++kk) {
                 unsigned ka[4], va[4];

@@ -15,6 +15,7 @@
 // one ldmatrix matrix fall in 8 distinct 4-bank groups.
 #include "common.cuh"
 #include "tensor_core.cuh"
+#include "tc_fragments.cuh"
 
 namespace {
 
@@ -77,11 +78,7 @@ __device__ __forceinline__ void gemm_tc(gmem<float> C, gmem<const bf16_t> A, gme
     float acc[MT][NT][4];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                acc[i][j][e] = 0.f;
+        zero_tiles(acc[i]);
 
     auto load_stage = [&](int stage, int k0) {
         load_k_tile(As + stage * A_STAGE, A, M, K, m0, k0, BM, t);
@@ -92,8 +89,6 @@ __device__ __forceinline__ void gemm_tc(gmem<float> C, gmem<const bf16_t> A, gme
         cp_async_commit();
     };
 
-    // ldmatrix addressing: lane l gives row l % 8 of matrix l / 8.
-    const int mat = lane / 8, mrow = lane % 8;
     const int steps = (K + BK - 1) / BK;
     load_stage(0, 0);
     for (int s = 0; s < steps; ++s) {
@@ -112,22 +107,16 @@ __device__ __forceinline__ void gemm_tc(gmem<float> C, gmem<const bf16_t> A, gme
         for (int kk = 0; kk < BK; kk += 16) {
             unsigned a[MT][4], b[NT][2];
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                // Matrices: rows 0-7 / 8-15 (mat & 1) of columns kk + 0-7 / 8-15 (mat >> 1).
-                const int row = wm + 16 * i + mrow + 8 * (mat & 1);
-                ldmatrix_x4(a[i], as + (row * LDK + kk + 8 * (mat >> 1)));
-            }
+            for (int i = 0; i < MT; ++i)
+                frag_a<LDK>(a[i], as, wm + 16 * i, kk);
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {
-                // Matrices: k 0-7 / 8-15 (mat & 1) of n tiles j / j + 1 (mat >> 1).
+                // n tiles j and j + 1: B stored [n][k] (_nt) or [k][n] (_nn).
                 unsigned r[4];
-                if (TB) {
-                    const int n = wn + 8 * (j + (mat >> 1)) + mrow;
-                    ldmatrix_x4(r, bs + (n * LDK + kk + 8 * (mat & 1)));
-                } else {
-                    const int k = kk + 8 * (mat & 1) + mrow;
-                    ldmatrix_x4_trans(r, bs + (k * LDN + wn + 8 * (j + (mat >> 1))));
-                }
+                if (TB)
+                    frag_b_rows<LDK>(r, bs, wn + 8 * j, kk);
+                else
+                    frag_b_trans<LDN>(r, bs, kk, wn + 8 * j);
                 b[j][0] = r[0];
                 b[j][1] = r[1];
                 b[j + 1][0] = r[2];

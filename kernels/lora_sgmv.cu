@@ -54,11 +54,7 @@ __device__ __forceinline__ void sgmv_shrink(gmem<float> u, gmem<const float> x,
     const int nrows = min(SG_ROWS, count - r0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float acc[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            acc[j][e] = 0.f;
+    zero_tiles(acc);
     gmem<const float> xrows = x + (long long)(start + r0) * d_in;
     for (int k0 = 0; k0 < d_in; k0 += SG_K) {
         __syncthreads();  // the previous step's fragments are read
@@ -108,11 +104,7 @@ __device__ __forceinline__ void sgmv_expand(gmem<float> y, gmem<const float> u,
     sg_stage<LD>(bs, b + (long long)n0 * rank, rank, SG_N, RP, d_out - n0, 0, rank);
     __syncthreads();
     float acc[NT][4];
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            acc[j][e] = 0.f;
+    zero_tiles(acc);
 #pragma unroll
     for (int kk = 0; kk < RP; kk += 16) {
         unsigned af[4];

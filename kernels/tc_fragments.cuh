@@ -38,6 +38,15 @@ __device__ __forceinline__ void mma_pair(float (&c0)[4], float (&c1)[4], const u
     mma_m16n8k16_bf16(c0, a, b0, c0);
     mma_m16n8k16_bf16(c1, a, b1, c1);
 }
+// Zeroes N n8 accumulator tiles.
+template <int N>
+__device__ __forceinline__ void zero_tiles(float (&t)[N][4]) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            t[j][e] = 0.f;
+}
 // Two adjacent n8 accumulator tiles (16 rows x 16 columns, f32) as the bf16 A fragment of one
 // k16 step: the accumulator layout of tiles j, j + 1 is exactly A's register layout.
 __device__ __forceinline__ void acc_to_a(unsigned (&a)[4], const float (&t0)[4],
