@@ -31,10 +31,8 @@ prepare() {
   bash tools/fetch_cuda_tools.sh >/dev/null
   rm -rf "$pack"
   mkdir -p "$pack/bin" "$pack/ptx"
-  # Test binaries (the test profile: optimised, as CI runs them), found from cargo's own report.
-  local args=()
-  for t in "${tests[@]}"; do args+=(--test "$t"); done
-  cargo test --no-run --message-format=json "${args[@]}" 2>/dev/null |
+  # Test and bench executables as cargo reports them (its JSON messages), stripped into the pack.
+  collect() {
     python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -42,21 +40,23 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["bench"]):
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
-    strip --strip-debug -o "$pack/bin/$name" "$exe"
-  done
-  cargo build --release --bench cuda_kernels --bin flexp-run 2>/dev/null
-  local bench
-  bench=$(ls -t target/release/deps/cuda_kernels-* | grep -v '\.d$' | head -1)
-  strip --strip-debug -o "$pack/bin/cuda_kernels" "$bench"
+      strip --strip-debug -o "$pack/bin/$name" "$exe"
+    done
+  }
+  local args=()
+  for t in "${tests[@]}"; do args+=(--test "$t"); done
+  # The tests in the test profile (optimised, as CI runs them); the kernel bench in release.
+  cargo test --no-run --message-format=json "${args[@]}" 2>/dev/null | collect
+  cargo build --release --bench cuda_kernels --bin flexp-run --message-format=json 2>/dev/null | collect
   strip --strip-debug -o "$pack/bin/flexp-run" target/release/flexp-run
   for arch in compute_80 compute_90; do
     "$pack/bin/flexp-run" ptx --arch "$arch" --out "$pack/ptx" >/dev/null
   done
-  for t in "${tests[@]}"; do
-    [ -x "$pack/bin/$t" ] || { echo "error: test binary $t was not built" >&2; exit 1; }
+  for t in "${tests[@]}" cuda_kernels flexp-run; do
+    [ -x "$pack/bin/$t" ] || { echo "error: $t was not built" >&2; exit 1; }
   done
   local bytes
   bytes=$(du -sb "$pack" | cut -f1)
