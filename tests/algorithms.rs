@@ -275,11 +275,94 @@ fn nan_client_is_rejected_and_others_unaffected() {
     assert!(compared >= 12, "compared only {compared} tensors sets");
 }
 
+/// Token that no generated example uses; the poisoned model maps it to NaN.
+const POISON: u32 = 7;
+
+#[test]
+fn splitfed_client_with_nan_activations_is_rejected_and_others_unaffected() {
+    // Client 1's examples all carry a token whose embedding is NaN, so its cut-layer activations
+    // are NaN while everyone else's are finite. SplitFed (V1 and V2) must reject it when the
+    // activations arrive, say so, and leave the global client and server adapters (and the shared
+    // server optimizer) exactly as in a round without client 1.
+    let mut model = tiny_model();
+    let d = model.config.hidden;
+    let mut emb = Cpu.download(&model.word_emb).unwrap();
+    emb[POISON as usize * d..(POISON as usize + 1) * d].fill(f32::NAN);
+    model.word_emb = Cpu.upload(&emb).unwrap();
+    let mut fed = federation(
+        &model,
+        Hyper {
+            local_steps: 1,
+            ..hyper()
+        },
+    );
+    for e in &mut fed.clients[1].train {
+        e.ids[0] = POISON;
+    }
+    for kind in [AlgorithmKind::SflV1, AlgorithmKind::SflV2] {
+        let run = |participants: &[usize]| {
+            let mut rng = Rng::new(7);
+            let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+            let log = algo.round(&fed, participants, &mut rng).unwrap();
+            let state: Vec<(String, Vec<f32>)> = algo
+                .state()
+                .into_iter()
+                .map(|(n, s)| {
+                    let v = s
+                        .tensors()
+                        .iter()
+                        .flat_map(|t| Cpu.download(t).unwrap())
+                        .collect();
+                    (n, v)
+                })
+                .collect();
+            (log, state)
+        };
+        let (clean_log, clean) = run(&[0, 2, 3]);
+        let (log, poisoned) = run(&[0, 2, 3, 1]);
+        assert!(clean_log.rejected.is_empty(), "{:?}", clean_log.rejected);
+        assert_eq!(log.rejected.len(), 1, "{kind:?}: {:?}", log.rejected);
+        assert_eq!(log.rejected[0].0, 1);
+        assert!(
+            log.rejected[0].1.contains("activations") && log.rejected[0].1.contains("non-finite"),
+            "{kind:?}: {:?}",
+            log.rejected
+        );
+        let c1 = log.clients.iter().find(|c| c.client == 1);
+        assert!(c1.map_or(true, |c| c.steps == 0), "{kind:?}: {c1:?}");
+        assert_eq!(poisoned.len(), clean.len());
+        for ((n, a), (_, b)) in poisoned.iter().zip(&clean) {
+            assert!(
+                a.iter().all(|x| x.is_finite()),
+                "{kind:?}: {n} is not finite"
+            );
+            assert_eq!(a, b, "{kind:?}: {n} changed because of client 1");
+        }
+    }
+}
+
 #[test]
 fn unknown_algorithm_lists_valid_names() {
     let e = AlgorithmKind::parse("fedprox").unwrap_err().to_string();
     assert!(
         e.contains("fedprox") && e.contains("flexp-sfl") && e.contains("sfl-v2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn parse_choice_picks_the_named_option_and_lists_all_on_error() {
+    let choices = [("mean", 1), ("sum", 2), ("proj", 3)];
+    assert_eq!(algorithms::parse_choice("agg", "sum", &choices).unwrap(), 2);
+    assert_eq!(
+        algorithms::parse_choice("agg", "proj", &choices).unwrap(),
+        3
+    );
+    let e = algorithms::parse_choice("agg", "median", &choices)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("agg") && e.contains("`median`") && e.contains("mean, sum, proj"),
         "{e}"
     );
 }

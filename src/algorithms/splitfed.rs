@@ -132,11 +132,19 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
                     j
                 })
                 .collect();
+            // A client whose activations are not finite is rejected before the server sees
+            // them: in V2 they would otherwise reach the shared server copy.
             let mut bad = vec![false; live.len()];
             for j in &sjobs {
                 if let SeqInput::Hidden(h) = &j.input {
                     bad[j.adapter] |= !finite(h);
                 }
+            }
+            for (li, _) in bad.iter().enumerate().filter(|(_, &b)| b) {
+                log.rejected.push((
+                    participants[live[li]],
+                    "client activations: non-finite values".into(),
+                ));
             }
             // Server steps: V1 all copies in one packed sweep, V2 one client after another on the
             // shared copy.
@@ -185,8 +193,9 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
                     dh[j] = dx[m].clone();
                 }
                 for (slot, g) in grads.iter().enumerate() {
+                    // V1: slot is the live index; V2: the group is one client.
                     let li = if self.v2 { group[0] } else { slot };
-                    if !group.contains(&li) || bad[li] {
+                    if bad[li] {
                         continue;
                     }
                     if let Some(w) = check_finite(be, losses[li], g)? {
