@@ -49,6 +49,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A GGUF file is malformed or holds something this runtime cannot use.
+    #[error("GGUF file {path}: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the byte offset where it was found.
+        reason: String,
+    },
     /// The tokenizer cannot be used with this model.
     #[error("tokenizer {path}: {reason}")]
     Tokenizer {

@@ -329,7 +329,7 @@ fn splitfed_client_with_nan_activations_is_rejected_and_others_unaffected() {
             log.rejected
         );
         let c1 = log.clients.iter().find(|c| c.client == 1);
-        assert!(c1.map_or(true, |c| c.steps == 0), "{kind:?}: {c1:?}");
+        assert!(c1.is_none_or(|c| c.steps == 0), "{kind:?}: {c1:?}");
         assert_eq!(poisoned.len(), clean.len());
         for ((n, a), (_, b)) in poisoned.iter().zip(&clean) {
             assert!(

@@ -15,6 +15,7 @@
 pub(crate) mod checks;
 pub mod cpu;
 pub mod cuda;
+pub mod quant;
 
 use crate::error::Result;
 

@@ -3,6 +3,7 @@
 pub mod adapter;
 pub mod checkpoint;
 pub mod config;
+pub mod gguf;
 pub mod tokenizer;
 pub mod weights;
 

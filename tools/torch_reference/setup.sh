@@ -41,9 +41,10 @@ fi
   "peft==0.21.2" \
   "accelerate==1.15.0" \
   "safetensors==0.8.0" \
-  "numpy==2.4.6"
+  "numpy==2.4.6" \
+  "gguf==0.19.0"
 
-"$venv/bin/python" -c 'import torch, transformers, peft, safetensors, numpy; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'
+"$venv/bin/python" -c 'import torch, transformers, peft, safetensors, numpy, gguf; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'
 echo "torch reference env ready: $venv"
 echo "  $venv/bin/python $here/flexp_round.py --model models/all-MiniLM-L6-v2 --clients 16 --batch 8 --seq 64 --steps 2 --rank 8 --split 2,3,4 --threads 2"
 echo "  tools/compare_torch.sh    # ours vs this, side by side"
