@@ -265,6 +265,22 @@ pub trait Backend: Send + Sync {
         cols: usize,
         precision: WeightPrecision,
     ) -> Result<Self::Weight>;
+    /// A frozen weight kept in GGML blocks as a GGUF file stores them: `blocks` holds `rows` rows
+    /// of `cols` values of type `ty` (`[out, in]`, each row whole blocks). Products decode it
+    /// tile by tile; no f32 copy of the whole matrix is kept. A backend without a decoder for
+    /// `ty` answers with an error that says so.
+    fn weight_quantized(
+        &self,
+        ty: quant::GgmlType,
+        blocks: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::Weight> {
+        let _ = (blocks, rows, cols);
+        Err(crate::error::Error::Backend(format!(
+            "this backend cannot keep weights quantized ({ty}); use the CPU backend for GGUF models"
+        )))
+    }
     /// `(rows, cols)` = `(out, in)` of a weight.
     fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
     /// The precision a weight is stored in.

@@ -16,6 +16,7 @@ mod norm;
 mod optim;
 mod packed;
 mod pool;
+mod quant_gemm;
 mod rope;
 mod small_gemm;
 mod weight;
@@ -172,6 +173,15 @@ impl Backend for Cpu {
     ) -> Result<CpuWeight> {
         CpuWeight::new(data, rows, cols, precision)
     }
+    fn weight_quantized(
+        &self,
+        ty: super::quant::GgmlType,
+        blocks: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<CpuWeight> {
+        CpuWeight::quantized(ty, blocks, rows, cols)
+    }
     fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
         w.shape()
     }
@@ -182,7 +192,7 @@ impl Backend for Cpu {
         w.bytes()
     }
     fn weight_to_host(&self, w: &CpuWeight) -> Result<Vec<f32>> {
-        Ok(w.to_f32())
+        w.to_f32()
     }
     fn linear(
         &self,

@@ -5,7 +5,9 @@
 use super::bf16_gemm::{self, Isa, PackedB};
 use super::f32_gemm::{self, PackedF32};
 use super::packed::Start;
+use super::quant_gemm::QuantWeight;
 use super::{add_bias, sgemm};
+use crate::backend::quant::GgmlType;
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
@@ -48,6 +50,8 @@ enum Repr {
         /// `W` as `[k = rows, n = cols]`: the input-gradient product.
         bwd: PackedB,
     },
+    /// GGML blocks as a GGUF file holds them, decoded tile by tile inside each product.
+    Quant(QuantWeight),
 }
 
 impl std::fmt::Debug for CpuWeight {
@@ -90,15 +94,38 @@ impl CpuWeight {
         Ok(CpuWeight { rows, cols, repr })
     }
 
+    /// Keeps `blocks`, a `[rows, cols]` matrix in GGML type `ty` (rows of whole blocks), as it is.
+    pub(crate) fn quantized(
+        ty: GgmlType,
+        blocks: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<CpuWeight> {
+        Ok(CpuWeight {
+            rows,
+            cols,
+            repr: Repr::Quant(QuantWeight::new(ty, blocks, rows, cols)?),
+        })
+    }
+
+    /// The GGML type of a weight kept in blocks, `None` for f32 and bf16 storage.
+    pub fn ggml_type(&self) -> Option<GgmlType> {
+        match &self.repr {
+            Repr::Quant(q) => Some(q.ty()),
+            _ => None,
+        }
+    }
+
     /// `(rows, cols)` = `(out, in)`.
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
 
-    /// The storage precision.
+    /// The precision of the products: f32 for weights kept in GGML blocks too (they are decoded
+    /// to f32 for the product).
     pub fn precision(&self) -> WeightPrecision {
         match self.repr {
-            Repr::F32(_) | Repr::F32Packed { .. } => WeightPrecision::F32,
+            Repr::F32(_) | Repr::F32Packed { .. } | Repr::Quant(_) => WeightPrecision::F32,
             Repr::Bf16 { .. } => WeightPrecision::Bf16,
         }
     }
@@ -109,17 +136,19 @@ impl CpuWeight {
             Repr::F32(v) => v.len() * 4,
             Repr::F32Packed { fwd, bwd } => fwd.bytes() + bwd.bytes(),
             Repr::Bf16 { fwd, bwd } => fwd.bytes() + bwd.bytes(),
+            Repr::Quant(q) => q.bytes(),
         }
     }
 
     /// The stored values as a row-major f32 matrix.
-    pub fn to_f32(&self) -> Vec<f32> {
-        match &self.repr {
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        Ok(match &self.repr {
             Repr::F32(v) => v.clone(),
             // `bwd` is `W` itself, `[rows, cols]`.
             Repr::F32Packed { bwd, .. } => bwd.to_f32(),
             Repr::Bf16 { bwd, .. } => bwd.to_f32(),
-        }
+            Repr::Quant(q) => q.to_f32()?,
+        })
     }
 
     /// `y[m,rows] (+)= x[m,cols] · Wᵀ`, with the bf16 products computed by `isa`.
@@ -137,6 +166,7 @@ impl CpuWeight {
             ),
             Repr::F32Packed { fwd, .. } => f32_gemm::gemm(y, x, fwd, m, start(accumulate)),
             Repr::Bf16 { fwd, .. } => bf16_gemm::gemm(y, x, fwd, m, start(accumulate), isa),
+            Repr::Quant(q) => q.linear(y, x, m, accumulate),
         }
     }
 
@@ -151,7 +181,7 @@ impl CpuWeight {
         isa: Isa,
     ) -> Result<()> {
         match &self.repr {
-            Repr::F32(_) => {
+            Repr::F32(_) | Repr::Quant(_) => {
                 self.linear(y, x, m, false, isa)?;
                 add_bias(y, bias, m, self.rows)
             }
@@ -175,6 +205,7 @@ impl CpuWeight {
             ),
             Repr::F32Packed { bwd, .. } => f32_gemm::gemm(dx, dy, bwd, m, start(accumulate)),
             Repr::Bf16 { bwd, .. } => bf16_gemm::gemm(dx, dy, bwd, m, start(accumulate), isa),
+            Repr::Quant(q) => q.linear_backward_input(dx, dy, m, accumulate),
         }
     }
 }
@@ -212,7 +243,7 @@ mod tests {
         for &(m, out, inp) in &[(1, 1, 1), (9, 50, 33), (70, 130, 200)] {
             let w = rng.vec_range(out * inp, -1.0, 1.0);
             for (name, cw) in f32_layouts(&w, out, inp) {
-                assert_eq!(cw.to_f32(), w, "{name}");
+                assert_eq!(cw.to_f32().unwrap(), w, "{name}");
                 let x = rng.vec_range(m * inp, -1.0, 1.0);
                 let y0 = rng.vec_range(m * out, -1.0, 1.0);
                 let wt = |kk: usize, j: usize| w[j * inp + kk];
