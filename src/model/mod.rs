@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// Loads `config.json` and the safetensors weights from a checkpoint folder (block weights in
-/// f32).
+/// f32), or a `.gguf` file (block weights kept in the file's GGML types).
 pub fn load_model<B: Backend>(backend: &B, dir: &Path) -> Result<Model<B>> {
     load_model_with(backend, dir, WeightPrecision::F32)
 }
@@ -29,12 +29,26 @@ pub fn load_model_with<B: Backend>(
     dir: &Path,
     precision: WeightPrecision,
 ) -> Result<Model<B>> {
+    if dir.is_file()
+        && dir
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        if precision != WeightPrecision::F32 {
+            return Err(Error::Config {
+                path: dir.into(),
+                reason: format!(
+                    "precision {precision} applies to safetensors checkpoints; a GGUF file's weights keep the types it stores them in"
+                ),
+            });
+        }
+        return gguf::Gguf::open(dir)?.load_model(backend);
+    }
     if !dir.is_dir() {
         return Err(Error::Checkpoint {
             path: dir.into(),
-            reason:
-                "not a folder (expected a checkpoint folder with config.json and *.safetensors)"
-                    .into(),
+            reason: "not a folder (expected a checkpoint folder with config.json and *.safetensors, or a .gguf file)"
+                .into(),
         });
     }
     let config = ModelConfig::from_file(&dir.join("config.json"))?;

@@ -1,6 +1,7 @@
 //! The model's tokenizer (`tokenizer.json` through the `tokenizers` crate), checked against the
 //! model's vocabulary, with an explicit policy for texts longer than the model accepts.
 
+use super::gguf::Gguf;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
@@ -41,10 +42,27 @@ impl Tokenizer {
                 reason: "file not found".into(),
             });
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
             path: path.into(),
             reason: format!("cannot parse: {e}"),
         })?;
+        Self::bind(inner, path, model_vocab)
+    }
+
+    /// The tokenizer a GGUF file's metadata describes (see [`Gguf::tokenizer_json`]), checked
+    /// against the model's vocabulary of `model_vocab` rows.
+    pub fn from_gguf(g: &Gguf, model_vocab: usize) -> Result<Self> {
+        let json = g.tokenizer_json()?;
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer {
+                path: g.path.clone(),
+                reason: format!("the tokenizer in the GGUF metadata cannot be built: {e}"),
+            })?;
+        Self::bind(inner, &g.path, model_vocab)
+    }
+
+    fn bind(mut inner: tokenizers::Tokenizer, path: &Path, model_vocab: usize) -> Result<Self> {
         let n = inner.get_vocab_size(true);
         if n > model_vocab {
             return Err(Error::Tokenizer {

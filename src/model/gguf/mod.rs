@@ -7,8 +7,11 @@
 //! the start of the data. Dimensions are in GGML order: `dims[0]` is the length of a row (the
 //! contiguous, quantized axis), so a PyTorch weight `[out, in]` is stored with `dims = [in, out]`.
 
+mod config;
+mod load;
 mod metadata;
 mod reader;
+mod tokenizer;
 
 pub use metadata::Value;
 
@@ -199,7 +202,7 @@ impl Gguf {
         })
     }
 
-    fn err(&self, reason: String) -> Error {
+    pub(crate) fn err(&self, reason: String) -> Error {
         Error::Gguf {
             path: self.path.clone(),
             reason,

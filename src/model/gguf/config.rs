@@ -1,0 +1,70 @@
+//! A [`ModelConfig`] from a GGUF file's metadata (llama.cpp's `<arch>.*` keys).
+
+use super::Gguf;
+use crate::error::Result;
+use crate::model::config::ModelConfig;
+use serde_json::json;
+
+/// Architectures whose blocks the runtime has.
+const SUPPORTED: &[&str] = &["llama"];
+
+impl Gguf {
+    /// The model configuration the metadata describes, as the equivalent Hugging Face
+    /// `config.json` would give it.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let arch = self
+            .str("general.architecture")?
+            .ok_or_else(|| self.err("no `general.architecture` in the metadata".into()))?;
+        if !SUPPORTED.contains(&arch) {
+            return Err(self.err(format!(
+                "architecture `{arch}` is not supported; supported: {}",
+                SUPPORTED.join(", ")
+            )));
+        }
+        let need = |key: &str| -> Result<u64> {
+            self.u64(&format!("{arch}.{key}"))?
+                .ok_or_else(|| self.err(format!("missing metadata `{arch}.{key}`")))
+        };
+        if let Some(kind) = self.str(&format!("{arch}.rope.scaling.type"))? {
+            if kind != "none" {
+                return Err(self.err(format!(
+                    "`{arch}.rope.scaling.type = {kind}` is not supported (only plain RoPE)"
+                )));
+            }
+        }
+        let heads = need("attention.head_count")?;
+        let hidden = need("embedding_length")?;
+        let vocab = match self.u64(&format!("{arch}.vocab_size"))? {
+            Some(v) => v,
+            None => self
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| match v {
+                    super::Value::Array(a) => Some(a.len() as u64),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    self.err(format!(
+                        "missing `{arch}.vocab_size` and no `tokenizer.ggml.tokens` to count"
+                    ))
+                })?,
+        };
+        let mut cfg = json!({
+            "model_type": arch,
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "num_hidden_layers": need("block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": self.u64(&format!("{arch}.attention.head_count_kv"))?.unwrap_or(heads),
+            "intermediate_size": need("feed_forward_length")?,
+            "max_position_embeddings": need("context_length")?,
+            "rope_theta": self.f64(&format!("{arch}.rope.freq_base"))?.unwrap_or(10000.0),
+            "rms_norm_eps": self.f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            // llama.cpp writes an `output.weight` only when the head is not tied.
+            "tie_word_embeddings": self.tensor("output.weight").is_none(),
+        });
+        if let Some(d) = self.u64(&format!("{arch}.attention.key_length"))? {
+            cfg["head_dim"] = json!(d);
+        }
+        ModelConfig::from_json(&cfg).map_err(|e| self.err(format!("model configuration: {e}")))
+    }
+}

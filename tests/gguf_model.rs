@@ -1,0 +1,156 @@
+//! The real SmolLM2-135M-Instruct Q4_1 GGUF file, loaded directly with its weights kept in GGML
+//! blocks, scores text as transformers does in float32 on the same file (weights dequantized by
+//! the `gguf` package): the same token ids from the tokenizer in the metadata, the mean
+//! log-likelihood within 2e-3 and the 10 largest last-position logits within 2e-2.
+//! Reference: tests/fixtures/gguf/smollm2_reference.jsonl (tools/torch_reference/gguf_reference.py).
+
+mod common;
+
+use common::{fixture, root};
+use flexp::backend::cpu::Cpu;
+use flexp::executor::{Executor, Output, SeqInput, SeqJob};
+use flexp::model::gguf::Gguf;
+use flexp::model::tokenizer::LongText;
+use flexp::model::{load_model, AdapterSet, Family, LoraConfig, Tokenizer};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn smollm2() -> PathBuf {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "the SmolLM2 GGUF file is missing: run `bash tools/fetch_smollm2.sh` first"
+    );
+    p
+}
+
+struct RefLine {
+    text: String,
+    tokens: Vec<u32>,
+    mean_ll: f64,
+    top_k: Vec<(usize, f64)>,
+}
+
+fn reference() -> Vec<RefLine> {
+    let text = std::fs::read_to_string(fixture("gguf/smollm2_reference.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            RefLine {
+                text: v["text"].as_str().unwrap().to_string(),
+                tokens: v["tokens"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_u64().unwrap() as u32)
+                    .collect(),
+                mean_ll: v["mean_log_likelihood"].as_f64().unwrap(),
+                top_k: v["top_k"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap()))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn smollm2_config_comes_from_the_metadata() {
+    let g = Gguf::open(&smollm2()).unwrap();
+    let c = g.model_config().unwrap();
+    assert_eq!(c.family, Family::Llama);
+    assert_eq!(
+        (
+            c.layers,
+            c.hidden,
+            c.heads,
+            c.kv_heads,
+            c.head_dim,
+            c.intermediate
+        ),
+        (30, 576, 9, 3, 64, 1536)
+    );
+    assert_eq!(c.vocab_size, 49152);
+    assert!(c.tie_embeddings);
+    assert!((c.norm_eps - 1e-5).abs() < 1e-12);
+}
+
+#[test]
+fn smollm2_tokenizer_from_the_metadata_gives_transformers_ids() {
+    let g = Gguf::open(&smollm2()).unwrap();
+    let tok = Tokenizer::from_gguf(&g, 49152).unwrap();
+    for r in reference() {
+        let enc = tok.encode(&r.text, 8192, LongText::Error).unwrap();
+        assert_eq!(enc.ids, r.tokens, "{:?}", r.text);
+    }
+}
+
+#[test]
+fn smollm2_q4_1_scores_like_transformers_f32() {
+    let be = Cpu;
+    let m = load_model(&be, &smollm2()).unwrap();
+    // The block weights stayed in their blocks: 7 projections of 30 blocks, Q4_1, 20 bytes per
+    // 32 weights.
+    let (d, ff, kv) = (576usize, 1536usize, 192usize);
+    let per_block = (2 * d * d + 2 * d * kv + 3 * d * ff) / 32 * 20;
+    assert_eq!(m.block_weight_bytes(&be), 30 * per_block);
+    let exec = Executor::new(&be, &m);
+    let none = AdapterSet::<Cpu>::empty(LoraConfig::default_for(&m.config), m.config.layers);
+    let refs = reference();
+    let jobs: Vec<SeqJob> = refs
+        .iter()
+        .map(|r| {
+            SeqJob::new(
+                SeqInput::tokens(r.tokens.clone()),
+                0..m.config.layers,
+                0,
+                Output::Lm { labels: None },
+            )
+        })
+        .collect();
+    let (out, _) = exec.forward(&[&none], &jobs, false).unwrap();
+    let v = m.config.vocab_size;
+    for (r, o) in refs.iter().zip(&out) {
+        let logits = o.logits.as_ref().unwrap();
+        let n = r.tokens.len();
+        assert_eq!(logits.len(), n * v);
+        let row = |t: usize| &logits[t * v..(t + 1) * v];
+        let mut ll = 0.0f64;
+        for t in 0..n - 1 {
+            let x = row(t);
+            let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let lse = max + x.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln();
+            ll += x[r.tokens[t + 1] as usize] as f64 - lse;
+        }
+        let ll = ll / (n - 1) as f64;
+        assert!(
+            (ll - r.mean_ll).abs() < 2e-3,
+            "{:?}: mean log-likelihood {ll:.5} vs transformers {:.5}",
+            r.text,
+            r.mean_ll
+        );
+        let last = row(n - 1);
+        for &(id, want) in &r.top_k {
+            let got = last[id] as f64;
+            assert!(
+                (got - want).abs() < 2e-2,
+                "{:?}: last logit of token {id}: {got:.4} vs transformers {want:.4}",
+                r.text
+            );
+        }
+        // And they are the top 10 here too (ties aside, the order holds to the tolerance).
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+        let top: Vec<usize> = r.top_k.iter().map(|p| p.0).collect();
+        let tenth = r.top_k[9].1;
+        for id in &order[..10] {
+            assert!(
+                top.contains(id) || (last[*id] as f64 - tenth).abs() < 2e-2,
+                "{:?}: token {id} is in flexp's top 10 but not transformers'",
+                r.text
+            );
+        }
+    }
+}
