@@ -26,5 +26,6 @@ pub mod model;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod score;
 
 pub use error::{Error, Result};

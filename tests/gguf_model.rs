@@ -154,3 +154,66 @@ fn smollm2_q4_1_scores_like_transformers_f32() {
         }
     }
 }
+
+/// `flexp-run score` on the reference texts prints what transformers computed.
+#[test]
+fn score_command_prints_transformers_scores() {
+    let dir = std::env::temp_dir().join(format!("flexp-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.jsonl");
+    let refs = reference();
+    let lines: Vec<String> = refs
+        .iter()
+        .map(|r| serde_json::json!({ "text": r.text }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args(["score", "--backend", "cpu", "--top-k", "10", "--model"])
+        .arg(smollm2())
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let got: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), refs.len());
+    for (g, r) in got.iter().zip(&refs) {
+        let tokens: Vec<u32> = g["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tokens, r.tokens);
+        let ll = g["mean_log_likelihood"].as_f64().unwrap();
+        assert!((ll - r.mean_ll).abs() < 2e-3, "{ll} vs {}", r.mean_ll);
+        let top = g["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 10);
+        for (p, &(id, want)) in top.iter().zip(&r.top_k) {
+            assert_eq!(p[0].as_u64().unwrap() as usize, id, "{:?}", r.text);
+            assert!((p[1].as_f64().unwrap() - want).abs() < 2e-2);
+        }
+    }
+    // A line without a text is named, with its line number, and nothing is printed for it.
+    std::fs::write(&input, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args(["score", "--backend", "cpu", "--model"])
+        .arg(smollm2())
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("`text`"), "{err}");
+    assert!(out.stdout.is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -186,6 +186,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "truncate")]
         long_text: LongTextArg,
     },
+    /// Score texts with a causal language model: for each input line {"text": ...}, one JSON
+    /// line {"tokens": [...], "mean_log_likelihood": ..., "top_k": [[id, logit], ...]} on
+    /// stdout. The mean is over tokens 1..n-1 of the natural-log softmax of the previous
+    /// position's logits (null for a one-token text); top_k is at the last position.
+    Score {
+        /// A .gguf file (weights kept quantized), or a checkpoint folder (config.json,
+        /// *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// JSON lines, each an object with a string `text`.
+        #[arg(long)]
+        input: PathBuf,
+        /// How many of the largest last-position logits to print.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Texts longer than the model's limit.
+        #[arg(long, value_enum, default_value = "error")]
+        long_text: LongTextArg,
+    },
 }
 
 /// `--threads`: a positive count (rayon would read 0 as "all cores", which is not what was asked).
@@ -510,6 +529,26 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             eprintln!("wrote {}", output.display());
             Ok(())
         }
+        Command::Score {
+            model,
+            input,
+            top_k,
+            long_text,
+        } => {
+            let t0 = std::time::Instant::now();
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            let long_text = match long_text {
+                LongTextArg::Truncate => LongText::Truncate,
+                LongTextArg::Error => LongText::Error,
+            };
+            let n = match be {
+                Selected::Cpu(b) => score(b, &model, &input, top_k, long_text)?,
+                Selected::Cuda(b) => score(b, &model, &input, top_k, long_text)?,
+            };
+            eprintln!("scored {n} texts in {:.2}s", t0.elapsed().as_secs_f64());
+            Ok(())
+        }
         Command::Embed {
             model,
             input,
@@ -612,6 +651,21 @@ fn embed<B: Backend>(
     }
     eprintln!("embedded {} texts", emb.vectors.len());
     Ok(())
+}
+
+fn score<B: Backend>(
+    be: B,
+    model: &Path,
+    input: &Path,
+    top_k: usize,
+    long_text: LongText,
+) -> flexp::Result<usize> {
+    let scorer = flexp::score::Scorer::load(be, model)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let n = flexp::score::score_file(&scorer, input, &mut out, top_k, long_text)?;
+    std::io::Write::flush(&mut out).map_err(|e| flexp::Error::io("<stdout>", e))?;
+    Ok(n)
 }
 
 fn toml_string(s: &str) -> String {

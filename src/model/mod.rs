@@ -55,3 +55,24 @@ pub fn load_model_with<B: Backend>(
     let ckpt = Checkpoint::open(dir)?;
     Model::load_with(backend, config, &ckpt, precision)
 }
+
+/// Loads a model and its tokenizer from a checkpoint folder (`tokenizer.json`) or a `.gguf` file
+/// (the tokenizer in its metadata), reading the file once.
+pub fn load_model_and_tokenizer<B: Backend>(
+    backend: &B,
+    path: &Path,
+) -> Result<(Model<B>, Tokenizer)> {
+    if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let g = gguf::Gguf::open(path)?;
+        let model = g.load_model(backend)?;
+        let tokenizer = Tokenizer::from_gguf(&g, model.config.vocab_size)?;
+        return Ok((model, tokenizer));
+    }
+    let model = load_model(backend, path)?;
+    let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"), model.config.vocab_size)?;
+    Ok((model, tokenizer))
+}
