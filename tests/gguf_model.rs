@@ -217,3 +217,106 @@ fn score_command_prints_transformers_scores() {
     assert!(out.stdout.is_empty());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A tiny Llama whose projections use 13 GGML types (tools/torch_reference/gguf_tiny_llama.py):
+/// flexp's logits from the blocks as stored equal transformers' float32 logits from the weights
+/// the `gguf` package dequantizes, and the tokenizer in its metadata gives transformers' ids.
+#[test]
+fn tiny_llama_in_every_type_matches_transformers() {
+    let be = Cpu;
+    let path = fixture("gguf/tiny_llama.gguf");
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(fixture("gguf/tiny_llama_reference.json")).unwrap())
+            .unwrap();
+    let g = Gguf::open(&path).unwrap();
+    let m = g.load_model(&be).unwrap();
+    // Every projection kept its type (an F32 one is stored as an ordinary f32 weight).
+    let types: Vec<String> = m
+        .blocks
+        .iter()
+        .flat_map(|b| {
+            [
+                &b.q,
+                &b.k,
+                &b.v,
+                &b.o,
+                b.gate.as_ref().unwrap(),
+                &b.up,
+                &b.down,
+            ]
+        })
+        .map(|l| l.w.ggml_type().map_or("F32".to_string(), |t| t.to_string()))
+        .collect();
+    let want_types: Vec<String> = r["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            b.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(types, want_types);
+    let exec = Executor::new(&be, &m);
+    let none = AdapterSet::<Cpu>::empty(LoraConfig::default_for(&m.config), m.config.layers);
+    let seqs: Vec<Vec<u32>> = r["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    let jobs: Vec<SeqJob> = seqs
+        .iter()
+        .map(|s| {
+            SeqJob::new(
+                SeqInput::tokens(s.clone()),
+                0..2,
+                0,
+                Output::Lm { labels: None },
+            )
+        })
+        .collect();
+    let (out, _) = exec.forward(&[&none], &jobs, false).unwrap();
+    for (o, want) in out.iter().zip(r["logits"].as_array().unwrap()) {
+        let got = o.logits.as_ref().unwrap();
+        let want: Vec<f32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            err < 1e-4 * scale,
+            "max |logit error| {err} (scale {scale})"
+        );
+    }
+    let tok = Tokenizer::from_gguf(&g, m.config.vocab_size).unwrap();
+    for t in r["texts"].as_array().unwrap() {
+        let ids: Vec<u32> = t["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let text = t["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, 128, LongText::Error).unwrap().ids,
+            ids,
+            "{text:?}"
+        );
+    }
+}

@@ -569,3 +569,63 @@ fn plan_prints_the_split_table() {
         "{s}"
     );
 }
+
+/// A GGUF decoder (tests/fixtures/gguf/tiny_llama.gguf: weights in 13 GGML types, a byte-level
+/// BPE tokenizer in its metadata) trains with only `model` pointing at the file: the tokenizer
+/// comes from the metadata, classification pools the last token, and the training loss falls on
+/// a task its last token decides.
+#[test]
+fn a_gguf_decoder_trains_from_the_file_alone() {
+    let d = tmp("gguf");
+    let mut csv = String::from("text,label\n");
+    let subjects = [
+        "the film",
+        "the plot",
+        "the acting",
+        "the story",
+        "the script",
+    ];
+    for i in 0..240 {
+        let (word, label) = if i % 2 == 0 {
+            ("great", "good")
+        } else {
+            ("bad", "poor")
+        };
+        csv.push_str(&format!("{} is {word},{label}\n", subjects[i % 5]));
+    }
+    let data = d.join("reviews.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = d.join("run");
+    let gguf = root().join("tests/fixtures/gguf/tiny_llama.gguf");
+    let mut args = vec!["--quiet".to_string(), "train".to_string()];
+    for s in [
+        format!("model={}", toml_str(&gguf)),
+        format!("data.path={}", toml_str(&data)),
+        "data.text_column=\"text\"".into(),
+        "data.label_column=\"label\"".into(),
+        "clients=2".into(),
+        "rounds=6".into(),
+        "local_steps=2".into(),
+        "batch_size=8".into(),
+        "seq_len=16".into(),
+        "lora.rank=2".into(),
+        "eval_every=1".into(),
+        "split=[1]".into(),
+        format!("out={}", toml_str(&out)),
+    ] {
+        args.extend(["--set".into(), s]);
+    }
+    let o = flexp(&args);
+    ok(&o);
+    let m = metrics(&out);
+    let loss = |r: &Value| r["train_loss"].as_f64().unwrap();
+    let (first, last) = (loss(&m[0]), loss(&m[m.len() - 1]));
+    assert!(
+        last.is_finite() && last < 0.8 * first,
+        "loss {first} -> {last}"
+    );
+    let acc = m[m.len() - 1]["personalized_acc_mean"].as_f64().unwrap();
+    assert!(acc > 0.9, "personalized accuracy {acc}");
+    let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(text.contains("tiny_llama.gguf"), "{text}");
+}

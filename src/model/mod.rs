@@ -56,6 +56,22 @@ pub fn load_model_with<B: Backend>(
     Model::load_with(backend, config, &ckpt, precision)
 }
 
+fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The tokenizer of a checkpoint folder (`tokenizer.json`) or of a `.gguf` file (its metadata),
+/// checked against a vocabulary of `model_vocab` rows.
+pub fn load_tokenizer(path: &Path, model_vocab: usize) -> Result<Tokenizer> {
+    if is_gguf(path) {
+        return Tokenizer::from_gguf(&gguf::Gguf::open(path)?, model_vocab);
+    }
+    Tokenizer::from_file(&path.join("tokenizer.json"), model_vocab)
+}
+
 /// Loads a model and its tokenizer from a checkpoint folder (`tokenizer.json`) or a `.gguf` file
 /// (the tokenizer in its metadata), reading the file once.
 pub fn load_model_and_tokenizer<B: Backend>(

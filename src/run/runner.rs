@@ -11,7 +11,7 @@ use crate::federated::{
     mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
 };
 use crate::fsutil::{lock_dir, write_atomic};
-use crate::model::{load_model_with, LoraConfig, Model, ModelConfig, Pooling, Tokenizer};
+use crate::model::{load_model_with, load_tokenizer, LoraConfig, Model, ModelConfig, Pooling};
 use crate::rng::Rng;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -162,7 +162,7 @@ pub fn prepare<B: Backend>(
     progress: &mut dyn Progress,
 ) -> Result<Prepared> {
     require_data_path(cfg)?;
-    let tok = Tokenizer::from_file(&cfg.model.join("tokenizer.json"), model.config.vocab_size)?;
+    let tok = load_tokenizer(&cfg.model, model.config.vocab_size)?;
     let (mut ds, skipped) = Dataset::load_skipping_empty(&data_spec(cfg))?;
     if !skipped.is_empty() {
         progress.message(&format!(
@@ -372,10 +372,18 @@ pub fn run<B: Backend + 'static>(
             dir.display()
         )));
     }
+    let storage = if cfg
+        .model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        "kept in the file's GGML types".to_string()
+    } else {
+        format!("in {}", cfg.precision)
+    };
     progress.message(&format!(
-        "model: loading {} (block weights in {})",
-        cfg.model.display(),
-        cfg.precision
+        "model: loading {} (block weights {storage})",
+        cfg.model.display()
     ));
     require_data_path(cfg)?;
     let model = load_model_with(be, &cfg.model, cfg.precision)?;
@@ -411,7 +419,7 @@ pub fn run<B: Backend + 'static>(
         model: &model,
         lora: lora_config(cfg),
         classes: prep.classes.len(),
-        pooling: Pooling::Mean,
+        pooling: pooling_of(&model.config),
         clients: prep.clients.clone(),
         splits: prep.plan.splits.clone(),
         hyper: cfg.hyper.clone(),
@@ -705,4 +713,35 @@ fn build_report(
         },
         "clients": clients,
     })
+}
+
+/// How sequences are pooled for classification: a decoder's last token has seen the whole text
+/// (its earlier tokens have not), so decoders classify from it; encoders mean-pool.
+pub fn pooling_of(c: &ModelConfig) -> Pooling {
+    if c.causal {
+        Pooling::Last
+    } else {
+        Pooling::Mean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders_pool_the_last_token_and_encoders_the_mean() {
+        let llama = ModelConfig::from_json(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 8
+        }))
+        .unwrap();
+        assert_eq!(pooling_of(&llama), Pooling::Last);
+        let bert = ModelConfig::from_json(&serde_json::json!({
+            "model_type": "bert", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 8
+        }))
+        .unwrap();
+        assert_eq!(pooling_of(&bert), Pooling::Mean);
+    }
 }
