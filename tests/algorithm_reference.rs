@@ -573,6 +573,26 @@ fn kl_alignment_gradient_is_the_derivative_of_the_kl() {
 }
 
 #[test]
+fn kl_alignment_stays_finite_at_extreme_activations() {
+    // Hidden states of a real model can be in the hundreds. Row 0: the global model puts all
+    // its mass on entry 0 (entry 1's probability underflows to exactly 0), the client's is
+    // uniform: KL = ln 2. Row 1: large logits [800, 799] on both sides (the softmax must
+    // subtract the maximum, or exp overflows): KL = 0.
+    let h = [0.0f32, 0.0, 800.0, 799.0];
+    let global = [0.0f32, -1000.0, 800.0, 799.0];
+    let (kl, grad) = flexp::algorithms::flexp_sfl::kl_alignment_grad(&h, &global, 2);
+    assert!(
+        (kl - std::f64::consts::LN_2 / 2.0).abs() < 1e-12,
+        "mean KL over the two rows: {kl}"
+    );
+    // Gradient (p - q) / rows: row 0 (0.5 - 1, 0.5 - 0) / 2; row 1 zero.
+    let want = [-0.25f32, 0.25, 0.0, 0.0];
+    for (g, w) in grad.iter().zip(want) {
+        assert!((g - w).abs() < 1e-7, "{grad:?}");
+    }
+}
+
+#[test]
 fn project_conflict_removes_only_the_opposing_component() {
     let mut g = vec![1.0f32, -1.0];
     flat::project_conflict(&mut g, &[0.0, 2.0]);
