@@ -174,15 +174,8 @@ mod tests {
             };
         }
         let mut b: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
-        let scale_at: &[usize] = match ty {
-            GgmlType::Q2K => &[80, 82],
-            GgmlType::Q3K => &[108],
-            GgmlType::Q6K => &[208],
-            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
-            _ => &[0],
-        };
         for blk in b.chunks_exact_mut(ty.block_bytes()) {
-            for &at in scale_at {
+            for &at in ty.f16_fields() {
                 let s = half::f16::from_f32(0.02 * rng.normal());
                 blk[at..at + 2].copy_from_slice(&s.to_le_bytes());
             }

@@ -182,6 +182,20 @@ impl GgmlType {
         (n / b).checked_mul(self.block_bytes())
     }
 
+    /// Byte offsets, within a block, of the f16 fields (the scale `d`, then the minimum or
+    /// `dmin` where the type has one); empty for the float types. Everything else in a block is
+    /// integer codes or integer sub-scales, valid at any value.
+    pub fn f16_fields(self) -> &'static [usize] {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => &[],
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+            GgmlType::Q2K => &[80, 82],
+            GgmlType::Q3K => &[108],
+            GgmlType::Q6K => &[208],
+        }
+    }
+
     /// Whether the type stores integer codes with per-block scales (as opposed to plain floats).
     pub fn is_quantized(self) -> bool {
         self.block_len() > 1
@@ -207,6 +221,28 @@ mod tests {
         assert!(e.contains("IQ2_XXS") && e.contains("Q4_K"), "{e}");
         let e = GgmlType::from_id(999).unwrap_err();
         assert!(e.contains("unknown GGML type id 999"), "{e}");
+    }
+
+    #[test]
+    fn f16_fields_are_the_only_scales() {
+        // Every decoded value is a product with one of the f16 fields: zero them in blocks of
+        // otherwise random bytes and every value is zero; leave one nonzero and some are not.
+        let mut rng = crate::rng::Rng::new(3);
+        for ty in SUPPORTED.iter().filter(|t| t.is_quantized()) {
+            let mut b: Vec<u8> = (0..ty.block_bytes())
+                .map(|_| rng.below(256) as u8)
+                .collect();
+            for &at in ty.f16_fields() {
+                b[at..at + 2].copy_from_slice(&[0, 0]);
+            }
+            let mut y = vec![1.0f32; ty.block_len()];
+            dequantize(*ty, &b, &mut y).unwrap();
+            assert!(y.iter().all(|v| *v == 0.0), "{ty}: {y:?}");
+            let at = ty.f16_fields()[0];
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+            dequantize(*ty, &b, &mut y).unwrap();
+            assert!(y.iter().any(|v| *v != 0.0), "{ty}");
+        }
     }
 
     #[test]
