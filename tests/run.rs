@@ -160,6 +160,27 @@ fn train_writes_the_documented_run_folder() {
             .collect::<Vec<_>>(),
         vec![2, 4, 6]
     );
+    // Each client's personalized adapters in PEFT's format: every block of MiniLM adapted on
+    // the default targets (flexp-sfl's client part and server part together), plus its head.
+    for k in 0..3 {
+        let a = out.join(format!("adapters/client-{k}"));
+        let c = json(&a.join("adapter_config.json"));
+        assert_eq!(c["peft_type"], "LORA");
+        assert_eq!(c["r"], 2);
+        assert_eq!(
+            c["layers_to_transform"],
+            serde_json::json!([0, 1, 2, 3, 4, 5])
+        );
+        let bytes = std::fs::read(a.join("adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.names().len(), 6 * 6 * 2, "6 blocks x 6 targets x (A, B)");
+        let q = st
+            .tensor("base_model.model.encoder.layer.5.attention.self.query.lora_B.weight")
+            .unwrap();
+        assert_eq!(q.shape(), [384, 2]);
+        assert!(a.join("classifier.safetensors").exists());
+    }
+    assert!(out.join("adapters/global/adapter_config.json").exists());
     // The resolved config reads back to the same configuration.
     let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
     let cfg = RawConfig::from_toml(&text).unwrap().resolve().unwrap();

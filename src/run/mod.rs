@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod export;
 pub mod runner;
 pub mod sweep;
 

@@ -583,8 +583,17 @@ pub fn run<B: Backend + 'static>(
             .map_err(|e| Error::Backend(e.to_string()))?
             .as_bytes(),
     )?;
-    // Adapters of every client's personalized model are in the checkpoint; the report renders
-    // from the JSON files alone.
+    // Every client's personalized adapters (and the global ones) in PEFT's format, for use
+    // outside flexp; they are also in the checkpoint. The report renders from the JSON files.
+    if let Some(why) = super::export::export_adapters(
+        &dir,
+        be,
+        algo.as_ref(),
+        &fed,
+        &cfg.model.display().to_string(),
+    )? {
+        progress.message(&format!("adapters: not exported in PEFT's format: {why}"));
+    }
     crate::report::write_run_report(&dir)?;
     // Held until the report is written: the report is part of the run.
     drop(lock);

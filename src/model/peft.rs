@@ -1,0 +1,181 @@
+//! LoRA adapters in Hugging Face PEFT's format (`adapter_config.json` +
+//! `adapter_model.safetensors`), loadable by `peft.PeftModel.from_pretrained` on top of the base
+//! model, so adapters trained here can be used and merged with the usual tools.
+//!
+//! PEFT names a pair `base_model.model.<module path>.lora_A.weight` (`[r, in]`) and
+//! `...lora_B.weight` (`[out, r]`) and scales the update by `lora_alpha / r`: the same layout and
+//! scale as flexp's [`LoraPair`](super::LoraPair), so the values are written as they are.
+
+use super::adapter::{AdapterSet, LoraConfig, Target};
+use super::config::{Family, ModelConfig};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use serde_json::json;
+use std::path::Path;
+
+/// The module path of target `t` of block `l` inside the Hugging Face model class (for Llama the
+/// decoder stack under `model.`; for BERT the encoder of `BertModel`).
+pub fn module_path(family: Family, l: usize, t: Target) -> Result<String> {
+    Ok(match family {
+        Family::Llama => {
+            let m = match t {
+                Target::Q => "self_attn.q_proj",
+                Target::K => "self_attn.k_proj",
+                Target::V => "self_attn.v_proj",
+                Target::O => "self_attn.o_proj",
+                Target::Gate => "mlp.gate_proj",
+                Target::Up => "mlp.up_proj",
+                Target::Down => "mlp.down_proj",
+            };
+            format!("model.layers.{l}.{m}")
+        }
+        Family::Bert => {
+            let m = match t {
+                Target::Q => "attention.self.query",
+                Target::K => "attention.self.key",
+                Target::V => "attention.self.value",
+                Target::O => "attention.output.dense",
+                Target::Up => "intermediate.dense",
+                Target::Down => "output.dense",
+                Target::Gate => {
+                    return Err(Error::Input("BERT has no gate projection".into()));
+                }
+            };
+            format!("encoder.layer.{l}.{m}")
+        }
+        // GPT-2 fuses q, k and v into one Conv1D (`c_attn`); flexp adapts them separately, which
+        // PEFT's one-pair-per-module layout cannot hold.
+        Family::Gpt2 => {
+            return Err(Error::Input(
+                "PEFT export is not available for GPT-2 (its q, k, v share one module, c_attn)"
+                    .into(),
+            ))
+        }
+    })
+}
+
+/// The PEFT name of a module's `lora_A` / `lora_B` weight.
+fn tensor_name(module: &str, which: char) -> String {
+    format!("base_model.model.{module}.lora_{which}.weight")
+}
+
+/// The module's short name as PEFT's `target_modules` lists it (`q_proj`, `query`, ...).
+fn short_name(module: &str) -> &str {
+    module.rsplit('.').next().unwrap_or(module)
+}
+
+/// One adapted module: block, target, `a: [r, in]`, `b: [out, r]` (host values).
+pub type PeftPair = (usize, Target, Vec<f32>, Vec<f32>);
+
+/// The pairs of `parts` (block ranges and the adapter set that holds each), downloaded.
+pub fn collect_pairs<B: Backend>(
+    backend: &B,
+    parts: &[(std::ops::Range<usize>, &AdapterSet<B>)],
+) -> Result<Vec<PeftPair>> {
+    let mut out = Vec::new();
+    for (range, set) in parts {
+        for l in range.clone() {
+            for t in Target::ALL {
+                if let Some(p) = set.pair(l, t) {
+                    out.push((l, t, backend.download(&p.a)?, backend.download(&p.b)?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `pairs` as a PEFT LoRA adapter into `dir` (created if needed; files written
+/// atomically). `base` is recorded as `base_model_name_or_path`.
+pub fn write_peft(
+    dir: &Path,
+    cfg: &ModelConfig,
+    lora: &LoraConfig,
+    pairs: &[PeftPair],
+    base: &str,
+) -> Result<()> {
+    if pairs.is_empty() {
+        return Err(Error::Input("no adapters to export".into()));
+    }
+    let mut layers: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+    layers.sort_unstable();
+    layers.dedup();
+    let mut targets: Vec<Target> = pairs.iter().map(|p| p.1).collect();
+    targets.sort_by_key(|t| t.index());
+    targets.dedup();
+    // PEFT adapts every target module in every listed layer: a model whose layers are adapted
+    // on different targets cannot be described by one config.
+    if layers.len() * targets.len() != pairs.len() {
+        return Err(Error::Input(format!(
+            "PEFT export needs the same targets in every adapted block; got {} pairs over {} blocks and {} targets",
+            pairs.len(),
+            layers.len(),
+            targets.len()
+        )));
+    }
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(2 * pairs.len());
+    let r = lora.rank;
+    for (l, t, a, b) in pairs {
+        let (d_in, d_out) = t.dims(cfg);
+        if a.len() != r * d_in || b.len() != d_out * r {
+            return Err(Error::Input(format!(
+                "block {l} target {}: adapter sizes {} / {} do not match rank {r} and [{d_out}x{d_in}]",
+                t.name(),
+                a.len(),
+                b.len()
+            )));
+        }
+        let m = module_path(cfg.family, *l, *t)?;
+        tensors.push((
+            tensor_name(&m, 'A'),
+            vec![r, d_in],
+            bytemuck::cast_slice(a).to_vec(),
+        ));
+        tensors.push((
+            tensor_name(&m, 'B'),
+            vec![d_out, r],
+            bytemuck::cast_slice(b).to_vec(),
+        ));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Backend(format!("{n}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let st = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Backend(format!("PEFT export: {e}")))?;
+    let target_modules: Vec<String> = targets
+        .iter()
+        .map(|&t| module_path(cfg.family, layers[0], t).map(|m| short_name(&m).to_string()))
+        .collect::<Result<_>>()?;
+    let (pattern, task) = match cfg.family {
+        Family::Llama => ("layers", "CAUSAL_LM"),
+        _ => ("layer", "FEATURE_EXTRACTION"),
+    };
+    let config = json!({
+        "peft_type": "LORA",
+        "base_model_name_or_path": base,
+        "r": r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": target_modules,
+        "layers_to_transform": layers,
+        "layers_pattern": pattern,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+        "use_dora": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "task_type": task,
+    });
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_atomic(&dir.join("adapter_model.safetensors"), &st)?;
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Backend(e.to_string()))?;
+    write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+}
