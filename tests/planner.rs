@@ -652,3 +652,76 @@ fn mixed_profiles_cycle_through_the_mix() {
         assert!(MIX.contains(&n), "{n}");
     }
 }
+
+/// A GGUF model's blocks stay in their GGML types, and the client's memory counts them at that
+/// size: the tiny Llama fixture's projections, type by type from the GGML block sizes, replace
+/// their f32 size in every block the client holds.
+#[test]
+fn client_memory_counts_a_gguf_models_blocks_as_stored() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf/tiny_llama.gguf");
+    let (cfg, stored) = flexp::model::describe(&path).unwrap();
+    // (rows, cols) of q, k, v, o, gate, up, down at hidden 256, kv 128, MLP 512, and the
+    // types tools/torch_reference/gguf_tiny_llama.py gives them: (values / block) · bytes.
+    let shapes = [
+        (256, 256),
+        (128, 256),
+        (128, 256),
+        (256, 256),
+        (512, 256),
+        (512, 256),
+        (256, 512),
+    ];
+    let bytes_per = |ty: &str| -> (usize, usize) {
+        match ty {
+            "Q4_0" => (32, 18),
+            "Q4_1" => (32, 20),
+            "Q5_0" => (32, 22),
+            "Q5_1" => (32, 24),
+            "Q8_0" => (32, 34),
+            "Q2_K" => (256, 84),
+            "Q3_K" => (256, 110),
+            "Q4_K" => (256, 144),
+            "Q5_K" => (256, 176),
+            "Q6_K" => (256, 210),
+            "F16" | "BF16" => (1, 2),
+            _ => (1, 4),
+        }
+    };
+    let types = [
+        ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K"],
+        ["Q8_0", "Q5_K", "F32", "F16", "BF16", "Q6_K", "Q4_K"],
+    ];
+    let per_block: Vec<f64> = types
+        .iter()
+        .map(|b| {
+            b.iter()
+                .zip(shapes)
+                .map(|(t, (r, c))| {
+                    let (n, by) = bytes_per(t);
+                    (r * c / n * by) as f64
+                })
+                .sum()
+        })
+        .collect();
+    let want = (per_block[0] + per_block[1]) / 2.0;
+    assert_eq!(stored, Some(want));
+    let lora = LoraConfig::default_for(&cfg);
+    let f32_model = CostModel::new(&cfg, &lora, 16, 4).unwrap();
+    let q = CostModel::new(&cfg, &lora, 16, 4)
+        .unwrap()
+        .with_projection_bytes(want)
+        .unwrap();
+    let f32_proj: f64 = shapes.iter().map(|(r, c)| (r * c * 4) as f64).sum();
+    for s in 0..=2 {
+        let saved = f32_model.client_memory(s) - q.client_memory(s);
+        assert!(
+            (saved - s as f64 * (f32_proj - want)).abs() < 1e-6,
+            "split {s}: saved {saved}"
+        );
+    }
+    assert!(CostModel::new(&cfg, &lora, 16, 4)
+        .unwrap()
+        .with_projection_bytes(0.0)
+        .is_err());
+}

@@ -5,7 +5,6 @@ use flexp::backend::cuda::{select, BackendChoice, Selected};
 use flexp::backend::Backend;
 use flexp::embed::{embed_file, EmbedOptions, Embedder};
 use flexp::model::tokenizer::LongText;
-use flexp::model::ModelConfig;
 use flexp::run::{LogProgress, Progress, RawConfig};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -435,9 +434,9 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
         }
         Command::Plan { config, set } => {
             let cfg = load_raw(config.as_deref(), &set)?.resolve()?;
-            let mc = ModelConfig::from_file(&cfg.model.join("config.json"))?;
+            let (mc, projection_bytes) = flexp::model::describe(&cfg.model)?;
             let classes = flexp::run::runner::class_count(&cfg)?;
-            let (_, plan, _) = flexp::run::runner::plan(&cfg, &mc, classes)?;
+            let (_, plan, _) = flexp::run::runner::plan(&cfg, &mc, projection_bytes, classes)?;
             println!("{}", plan.table());
             Ok(())
         }

@@ -45,6 +45,9 @@ pub struct CostModel {
     batch: usize,
     head: TaskHead,
     tail: usize,
+    /// Bytes one block's projection weights take as stored, when not 4 a weight (a GGUF model
+    /// keeps them in GGML blocks).
+    projection_bytes: Option<f64>,
 }
 
 impl CostModel {
@@ -83,7 +86,21 @@ impl CostModel {
             batch,
             head: TaskHead::Classes(2),
             tail: 0,
+            projection_bytes: None,
         })
+    }
+
+    /// The same model with each block's projection weights taking `bytes` as stored (e.g. a
+    /// GGUF file's quantized blocks) instead of 4 bytes a weight. Norms, biases and the embedding
+    /// table stay f32, as the runtime holds them.
+    pub fn with_projection_bytes(mut self, bytes: f64) -> Result<Self> {
+        if !(bytes.is_finite() && bytes > 0.0) {
+            return Err(Error::Input(format!(
+                "cost model: projection bytes per block must be positive, got {bytes}"
+            )));
+        }
+        self.projection_bytes = Some(bytes);
+        Ok(self)
     }
 
     /// Sets the task head.
@@ -371,9 +388,14 @@ impl CostModel {
     }
 
     /// Bytes of the frozen weights a vanilla client holds at split `s`: the embeddings and `s`
-    /// blocks, `(embedding_params + s·block_params)·4`.
+    /// blocks, `(embedding_params + s·block_params)·4`, with the projections at their stored
+    /// size where [`CostModel::with_projection_bytes`] set one.
     pub fn frozen_bytes(&self, s: usize) -> f64 {
-        (self.embedding_params() + s as f64 * self.block_params()) * F32
+        let block = match self.projection_bytes {
+            None => self.block_params() * F32,
+            Some(p) => (self.block_params() - self.projection_params()) * F32 + p,
+        };
+        self.embedding_params() * F32 + s as f64 * block
     }
 
     /// Bytes of the frozen weights of a U-shaped client with split `s` and tail `u`:

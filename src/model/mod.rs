@@ -64,6 +64,16 @@ fn is_gguf(path: &Path) -> bool {
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
+/// The configuration of a checkpoint folder (`config.json`) or a `.gguf` file (its metadata),
+/// with, for a GGUF file, the bytes one block's projection weights take as stored.
+pub fn describe(path: &Path) -> Result<(ModelConfig, Option<f64>)> {
+    if is_gguf(path) {
+        let g = gguf::Gguf::open(path)?;
+        return Ok((g.model_config()?, Some(g.projection_bytes_per_block()?)));
+    }
+    Ok((ModelConfig::from_file(&path.join("config.json"))?, None))
+}
+
 /// The tokenizer of a checkpoint folder (`tokenizer.json`) or of a `.gguf` file (its metadata),
 /// checked against a vocabulary of `model_vocab` rows.
 pub fn load_tokenizer(path: &Path, model_vocab: usize) -> Result<Tokenizer> {

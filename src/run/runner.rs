@@ -90,15 +90,22 @@ pub fn profiles(cfg: &RunConfig) -> Result<Vec<ResourceProfile>> {
 }
 
 /// The cost model and split plan of a configuration for a model.
+///
+/// `projection_bytes`: the bytes one block's projection weights take as stored, where that is
+/// not 4 a weight (GGUF models; see [`CostModel::with_projection_bytes`]).
 pub fn plan(
     cfg: &RunConfig,
     model: &ModelConfig,
+    projection_bytes: Option<f64>,
     classes: usize,
 ) -> Result<(CostModel, Plan, Vec<ResourceProfile>)> {
     let lora = lora_config(cfg);
-    let cost = CostModel::new(model, &lora, cfg.seq_len, cfg.hyper.batch_size)?
+    let mut cost = CostModel::new(model, &lora, cfg.seq_len, cfg.hyper.batch_size)?
         .with_head(TaskHead::Classes(classes))?
         .with_u_shaped_tail(cfg.hyper.u_tail)?;
+    if let Some(b) = projection_bytes {
+        cost = cost.with_projection_bytes(b)?;
+    }
     let profiles = profiles(cfg)?;
     let plan = match &cfg.split {
         SplitSpec::Auto => plan_auto(&cost, &profiles, cfg.server_flops)?,
@@ -158,6 +165,7 @@ pub fn class_count(cfg: &RunConfig) -> Result<usize> {
 /// Loads, filters, caps, partitions, splits and tokenises the data.
 pub fn prepare<B: Backend>(
     cfg: &RunConfig,
+    be: &B,
     model: &Model<B>,
     progress: &mut dyn Progress,
 ) -> Result<Prepared> {
@@ -230,7 +238,9 @@ pub fn prepare<B: Backend>(
     }
     let global_test = data::global_test(&splits).into_iter().map(ex).collect();
     let classes = ds.label_names.clone();
-    let (cost, plan, profiles) = plan(cfg, &model.config, classes.len())?;
+    // A GGUF model's blocks stay in the file's GGML types: the client holds those bytes.
+    let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, model));
+    let (cost, plan, profiles) = plan(cfg, &model.config, projection_bytes, classes.len())?;
     Ok(Prepared {
         clients,
         global_test,
@@ -387,7 +397,7 @@ pub fn run<B: Backend + 'static>(
     ));
     require_data_path(cfg)?;
     let model = load_model_with(be, &cfg.model, cfg.precision)?;
-    let prep = prepare(cfg, &model, progress)?;
+    let prep = prepare(cfg, be, &model, progress)?;
     // The folder is made only once the model and data are known to be usable, so a refused run
     // leaves nothing behind.
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -722,6 +732,16 @@ fn build_report(
         },
         "clients": clients,
     })
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Bytes one block's projection weights hold on the backend (the mean over blocks).
+fn be_bytes_per_block<B: Backend>(be: &B, model: &Model<B>) -> f64 {
+    model.block_weight_bytes(be) as f64 / model.layers().max(1) as f64
 }
 
 /// How sequences are pooled for classification: a decoder's last token has seen the whole text

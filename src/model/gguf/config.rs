@@ -67,4 +67,28 @@ impl Gguf {
         }
         ModelConfig::from_json(&cfg).map_err(|e| self.err(format!("model configuration: {e}")))
     }
+
+    /// Bytes one block's projection weights take as stored (the mean over blocks), for the
+    /// planner's memory model.
+    pub fn projection_bytes_per_block(&self) -> Result<f64> {
+        let c = self.model_config()?;
+        let names = [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ];
+        let mut total = 0usize;
+        for l in 0..c.layers {
+            for n in names {
+                if let Some(t) = self.tensor(&format!("blk.{l}.{n}.weight")) {
+                    total += t.bytes;
+                }
+            }
+        }
+        Ok(total as f64 / c.layers.max(1) as f64)
+    }
 }
