@@ -22,6 +22,7 @@ pub mod error;
 pub mod executor;
 pub mod federated;
 pub mod fsutil;
+pub mod generate;
 pub mod model;
 pub mod report;
 pub mod rng;

@@ -1,4 +1,4 @@
-//! Dependencies run one way: binary -> run/report -> algorithms/embed/score -> executor/data/federated
+//! Dependencies run one way: binary -> run/report -> algorithms/embed/score/generate -> executor/data/federated
 //! -> model -> backend, with the utilities (error, rng, fsutil) below them all. A module that
 //! names a higher layer in code (comments and docs aside) fails this test.
 
@@ -13,7 +13,7 @@ fn rank(module: &str) -> Option<u8> {
         "backend" => 1,
         "model" => 2,
         "executor" | "data" | "federated" => 3,
-        "algorithms" | "embed" | "score" => 4,
+        "algorithms" | "embed" | "score" | "generate" => 4,
         "run" | "report" => 5,
         _ => return None,
     })

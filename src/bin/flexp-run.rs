@@ -185,6 +185,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "truncate")]
         long_text: LongTextArg,
     },
+    /// Generate a continuation of a prompt with a Llama-family decoder (KV cache; greedy unless
+    /// --temperature is above 0). Prints one JSON line {"prompt_tokens": [...], "tokens": [...],
+    /// "text": ...}.
+    Generate {
+        /// A .gguf file, or a checkpoint folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// A run folder whose PEFT adapters to apply (with --client).
+        #[arg(long, requires = "client")]
+        adapters: Option<PathBuf>,
+        /// Which client's personalized adapters (the run's adapters/client-K).
+        #[arg(long, requires = "adapters")]
+        client: Option<usize>,
+        /// The prompt text (special tokens written out are recognised).
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// 0: greedy; above 0: sample from softmax(logits / T).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Score texts with a causal language model: for each input line {"text": ...}, one JSON
     /// line {"tokens": [...], "mean_log_likelihood": ..., "top_k": [[id, logit], ...]} on
     /// stdout. The mean is over tokens 1..n-1 of the natural-log softmax of the previous
@@ -528,6 +554,37 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             eprintln!("wrote {}", output.display());
             Ok(())
         }
+        Command::Generate {
+            model,
+            adapters,
+            client,
+            prompt,
+            max_new_tokens,
+            temperature,
+            seed,
+        } => {
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            if !(temperature.is_finite() && temperature >= 0.0) {
+                return Err(flexp::Error::Input(format!(
+                    "--temperature must be 0 or more, got {temperature}"
+                )));
+            }
+            let opts = flexp::generate::GenerateOptions {
+                max_new_tokens,
+                temperature,
+                seed,
+            };
+            let adapters = adapters
+                .zip(client)
+                .map(|(run, k)| run.join("adapters").join(format!("client-{k}")));
+            let out = match be {
+                Selected::Cpu(b) => generate(b, &model, adapters.as_deref(), &prompt, opts)?,
+                Selected::Cuda(b) => generate(b, &model, adapters.as_deref(), &prompt, opts)?,
+            };
+            println!("{out}");
+            Ok(())
+        }
         Command::Score {
             model,
             input,
@@ -650,6 +707,31 @@ fn embed<B: Backend>(
     }
     eprintln!("embedded {} texts", emb.vectors.len());
     Ok(())
+}
+
+fn generate<B: Backend>(
+    be: B,
+    model: &Path,
+    adapters: Option<&Path>,
+    prompt: &str,
+    opts: flexp::generate::GenerateOptions,
+) -> flexp::Result<serde_json::Value> {
+    let mut g = flexp::generate::Generator::load(be, model)?;
+    if let Some(dir) = adapters {
+        g = g.with_peft_adapters(dir)?;
+    }
+    let t0 = std::time::Instant::now();
+    let out = g.generate(prompt, opts)?;
+    eprintln!(
+        "generated {} tokens in {:.2}s",
+        out.tokens.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(serde_json::json!({
+        "prompt_tokens": out.prompt_tokens,
+        "tokens": out.tokens,
+        "text": out.text,
+    }))
 }
 
 fn score<B: Backend>(

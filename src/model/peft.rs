@@ -179,3 +179,101 @@ pub fn write_peft(
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Backend(e.to_string()))?;
     write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
 }
+
+/// A PEFT LoRA adapter read back: its pairs, rank and scale (`lora_alpha / r`).
+pub struct PeftAdapter {
+    /// The adapted modules.
+    pub pairs: Vec<PeftPair>,
+    /// `r`.
+    pub rank: usize,
+    /// `lora_alpha / r`.
+    pub scale: f32,
+}
+
+/// Reads a PEFT LoRA adapter folder written for a model of `cfg` (by [`write_peft`] or by
+/// peft): every target module of every layer the config lists, by PEFT's names.
+pub fn read_peft(dir: &Path, cfg: &ModelConfig) -> Result<PeftAdapter> {
+    let bad = |reason: String| Error::Checkpoint {
+        path: dir.into(),
+        reason,
+    };
+    let cp = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cp).map_err(|e| Error::io(&cp, e))?;
+    let c: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("adapter_config.json: {e}")))?;
+    if c["peft_type"] != "LORA" {
+        return Err(bad(format!("peft_type is {}, not LORA", c["peft_type"])));
+    }
+    if c["use_rslora"] == true || c["use_dora"] == true {
+        return Err(bad("rsLoRA and DoRA adapters are not supported".into()));
+    }
+    let rank = c["r"]
+        .as_u64()
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad("`r` must be a positive integer".into()))? as usize;
+    let alpha = c["lora_alpha"]
+        .as_f64()
+        .ok_or_else(|| bad("`lora_alpha` must be a number".into()))?;
+    let layers: Vec<usize> = match c["layers_to_transform"].as_array() {
+        Some(a) => a
+            .iter()
+            .map(|x| x.as_u64().map(|v| v as usize))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("`layers_to_transform` must list block indices".into()))?,
+        None => (0..cfg.layers).collect(),
+    };
+    let modules: Vec<&str> = c["target_modules"]
+        .as_array()
+        .ok_or_else(|| bad("`target_modules` must be a list".into()))?
+        .iter()
+        .filter_map(|x| x.as_str())
+        .collect();
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors"))
+        .map_err(|e| Error::io(dir.join("adapter_model.safetensors"), e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("adapter_model.safetensors: {e}")))?;
+    let mut pairs = Vec::new();
+    for &l in &layers {
+        if l >= cfg.layers {
+            return Err(bad(format!(
+                "layer {l} is past the model's {} blocks",
+                cfg.layers
+            )));
+        }
+        for t in Target::ALL.into_iter().filter(|t| t.exists_in(cfg)) {
+            let m = module_path(cfg.family, l, t)?;
+            if !modules.contains(&short_name(&m)) {
+                continue;
+            }
+            let (d_in, d_out) = t.dims(cfg);
+            let get = |w: char, shape: [usize; 2]| -> Result<Vec<f32>> {
+                let name = tensor_name(&m, w);
+                let v = st
+                    .tensor(&name)
+                    .map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+                if v.dtype() != safetensors::Dtype::F32 || v.shape() != shape {
+                    return Err(bad(format!(
+                        "`{name}` is {:?} {:?}; expected F32 {shape:?}",
+                        v.dtype(),
+                        v.shape()
+                    )));
+                }
+                Ok(v.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect())
+            };
+            pairs.push((l, t, get('A', [rank, d_in])?, get('B', [d_out, rank])?));
+        }
+    }
+    if pairs.is_empty() {
+        return Err(bad(
+            "no LoRA pair of this model's modules in the adapter".into()
+        ));
+    }
+    Ok(PeftAdapter {
+        pairs,
+        rank,
+        scale: (alpha / rank as f64) as f32,
+    })
+}

@@ -130,6 +130,16 @@ impl Tokenizer {
     }
 }
 
+impl Tokenizer {
+    /// The text of `ids` (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// The first characters of a text, for error messages.
 pub fn preview(text: &str) -> String {
     let mut s: String = text.chars().take(60).collect();

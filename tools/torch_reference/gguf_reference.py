@@ -4,6 +4,10 @@
 the file's metadata, the mean natural-log likelihood of each text (positions 1..n-1 predicted
 from the previous position), and the 10 largest logits at the last position.
 
+It also writes, beside OUT, `smollm2_generate.jsonl`: transformers' greedy continuation (up to
+24 new tokens, stopping at the file's end-of-sequence token) of a few prompts, the reference of
+`flexp-run generate`.
+
 Usage (from the repository root, in the venv of tools/torch_reference/setup.sh):
   tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_reference.py \
       models/SmolLM2-135M-Instruct.Q4_1.gguf tests/fixtures/gguf/smollm2_reference.jsonl
@@ -47,6 +51,23 @@ def main():
                 "top_k": [[int(i), float(v)] for v, i in zip(top.values, top.indices)],
                 "decoded": tok.decode(ids),
             }, ensure_ascii=False) + "\n")
+    prompts = [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+        "The three primary colors are",
+        "def fibonacci(n):",
+    ]
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    with open(os.path.join(os.path.dirname(out), "smollm2_generate.jsonl"), "w") as f:
+        for p in prompts:
+            ids = tok(p, add_special_tokens=True)["input_ids"]
+            with torch.no_grad():
+                g = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                   eos_token_id=eos, pad_token_id=eos)
+            new = g[0][len(ids):].tolist()
+            f.write(json.dumps({"prompt": p, "prompt_tokens": ids, "tokens": new, "eos": eos,
+                                "text": tok.decode(new)}, ensure_ascii=False) + "\n")
     if len(sys.argv) > 3:
         # The tokenizer transformers built from the metadata, for inspection only.
         with open(sys.argv[3], "w") as f:

@@ -1,0 +1,132 @@
+//! Generation with the KV cache against transformers and peft:
+//! - SmolLM2-135M-Instruct Q4_1: greedy continuations of four prompts give transformers'
+//!   float32 token ids and text (tests/fixtures/gguf/smollm2_generate.jsonl,
+//!   tools/torch_reference/gguf_reference.py);
+//! - the tiny Llama fixture with a peft LoRA adapter: feeding a sequence one token at a time
+//!   through the cache gives peft's logits at every position (tests/fixtures/peft/llama).
+
+mod common;
+
+use common::{fixture, root};
+use flexp::backend::cpu::Cpu;
+use flexp::generate::{GenerateOptions, Generator};
+use flexp::model::load_model;
+use serde_json::Value;
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn smollm2_greedy_generation_is_transformers() {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "the SmolLM2 GGUF file is missing: run `bash tools/fetch_smollm2.sh` first"
+    );
+    let g = Generator::load(Cpu, &p).unwrap();
+    let text = std::fs::read_to_string(fixture("gguf/smollm2_generate.jsonl")).unwrap();
+    for line in text.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let out = g
+            .generate(
+                r["prompt"].as_str().unwrap(),
+                GenerateOptions {
+                    max_new_tokens: 24,
+                    temperature: 0.0,
+                    seed: 0,
+                },
+            )
+            .unwrap();
+        assert_eq!(out.prompt_tokens, ids(&r["prompt_tokens"]));
+        assert_eq!(out.tokens, ids(&r["tokens"]), "{:?}", r["prompt"]);
+        assert_eq!(out.text, r["text"].as_str().unwrap());
+    }
+}
+
+fn logits_rows(v: &Value, vocab: usize) -> Vec<Vec<f32>> {
+    let flat: Vec<f32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
+fn max_err(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let scale = b.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    (err, scale)
+}
+
+#[test]
+fn the_cache_gives_peft_logits_at_every_position_with_adapters() {
+    let m = load_model(&Cpu, &fixture("llama")).unwrap();
+    let vocab = m.config.vocab_size;
+    let g = Generator::new(Cpu, m, None, None)
+        .unwrap()
+        .with_peft_adapters(&fixture("peft/llama"))
+        .unwrap();
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(fixture("peft/llama/logits.json")).unwrap()).unwrap();
+    for (s, want) in r["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["logits"].as_array().unwrap())
+    {
+        let seq = ids(s);
+        let want = logits_rows(want, vocab);
+        // One token at a time: every position reads the cache of the ones before.
+        let mut session = g.session();
+        for (t, &tok) in seq.iter().enumerate() {
+            let got = session.feed(&[tok]).unwrap();
+            let (err, scale) = max_err(&got, &want[t]);
+            assert!(err < 1e-4 * scale.max(1.0), "position {t}: error {err}");
+        }
+        assert_eq!(session.len(), seq.len());
+        // The whole prefix at once, then the last token: the same last row.
+        let mut session = g.session();
+        session.feed(&seq[..seq.len() - 1]).unwrap();
+        let got = session.feed(&seq[seq.len() - 1..]).unwrap();
+        let (err, scale) = max_err(&got, &want[seq.len() - 1]);
+        assert!(
+            err < 1e-4 * scale.max(1.0),
+            "prefill then step: error {err}"
+        );
+    }
+}
+
+#[test]
+fn bad_feeds_are_refused_by_name() {
+    let m = load_model(&Cpu, &fixture("llama")).unwrap();
+    let (vocab, ctx) = (m.config.vocab_size, m.config.max_positions);
+    let g = Generator::new(Cpu, m, None, None).unwrap();
+    let mut s = g.session();
+    let e = s.feed(&[vocab as u32]).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    assert!(s.feed(&[]).is_err());
+    let e = s.feed(&vec![1; ctx + 1]).unwrap_err().to_string();
+    assert!(e.contains("context"), "{e}");
+    assert!(s.is_empty(), "a refused feed leaves the cache as it was");
+    let e = g
+        .generate(
+            "hi",
+            GenerateOptions {
+                max_new_tokens: 1,
+                temperature: 0.0,
+                seed: 0,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no tokenizer"), "{e}");
+}
