@@ -223,11 +223,25 @@ fn score_command_prints_transformers_scores() {
 /// the `gguf` package dequantizes, and the tokenizer in its metadata gives transformers' ids.
 #[test]
 fn tiny_llama_in_every_type_matches_transformers() {
+    tiny_matches_transformers("llama");
+}
+
+/// The same for Qwen2: q/k/v biases, no llama.cpp row reordering, the qwen2 pre-tokenizer split.
+#[test]
+fn tiny_qwen2_in_every_type_matches_transformers() {
+    tiny_matches_transformers("qwen2");
+    let g = Gguf::open(&fixture("gguf/tiny_qwen2.gguf")).unwrap();
+    let c = g.model_config().unwrap();
+    assert!(c.attn_bias && !c.o_bias);
+}
+
+fn tiny_matches_transformers(arch: &str) {
     let be = Cpu;
-    let path = fixture("gguf/tiny_llama.gguf");
-    let r: Value =
-        serde_json::from_slice(&std::fs::read(fixture("gguf/tiny_llama_reference.json")).unwrap())
-            .unwrap();
+    let path = fixture(&format!("gguf/tiny_{arch}.gguf"));
+    let r: Value = serde_json::from_slice(
+        &std::fs::read(fixture(&format!("gguf/tiny_{arch}_reference.json"))).unwrap(),
+    )
+    .unwrap();
     let g = Gguf::open(&path).unwrap();
     let m = g.load_model(&be).unwrap();
     // Every projection kept its type (an F32 one is stored as an ordinary f32 weight).

@@ -369,14 +369,17 @@ impl CostModel {
         p
     }
 
-    /// Frozen parameters of one block: the projections `P`, their biases (attention: `q + 2·kv
-    /// + d`; MLP: `f` for up, `f` for the gate when SwiGLU, `d` for down), and two norms.
+    /// Frozen parameters of one block: the projections `P`, their biases (attention: `q + 2·kv`,
+    /// and `d` for the output projection where it has one; MLP: `f` for up, `f` for the gate when SwiGLU, `d` for down), and two norms.
     pub fn block_params(&self) -> f64 {
         let c = &self.cfg;
         let (d, f) = (c.hidden as f64, c.intermediate as f64);
         let mut p = self.projection_params() + 2.0 * self.norm_params();
         if c.attn_bias {
-            p += (c.q_dim() + 2 * c.kv_dim()) as f64 + d;
+            p += (c.q_dim() + 2 * c.kv_dim()) as f64;
+        }
+        if c.o_bias {
+            p += d;
         }
         if c.mlp_bias {
             p += f + d;

@@ -91,8 +91,11 @@ pub struct ModelConfig {
     pub mlp: MlpKind,
     /// Causal (decoder) attention.
     pub causal: bool,
-    /// Whether the q/k/v/o projections have biases.
+    /// Whether the q/k/v projections have biases.
     pub attn_bias: bool,
+    /// Whether the attention output projection has a bias (Qwen2 has q/k/v biases but none
+    /// here).
+    pub o_bias: bool,
     /// Whether the MLP projections have biases.
     pub mlp_bias: bool,
     /// A LayerNorm right after the embeddings (BERT).
@@ -126,12 +129,10 @@ impl ModelConfig {
         let cfg = match model_type {
             "bert" => bert(v)?,
             "gpt2" => gpt2(v)?,
-            "llama" => llama(v)?,
-            other => {
-                return Err(format!(
-                    "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama"
-                ))
-            }
+            "llama" | "qwen2" => llama(v)?,
+            other => return Err(format!(
+                "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama, qwen2"
+            )),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -249,6 +250,7 @@ fn bert(v: &Value) -> std::result::Result<ModelConfig, String> {
         mlp: MlpKind::Plain(activation(act)?),
         causal: false,
         attn_bias: true,
+        o_bias: true,
         mlp_bias: true,
         embedding_norm: true,
         final_norm: false,
@@ -282,6 +284,7 @@ fn gpt2(v: &Value) -> std::result::Result<ModelConfig, String> {
         mlp: MlpKind::Plain(activation(act)?),
         causal: true,
         attn_bias: true,
+        o_bias: true,
         mlp_bias: true,
         embedding_norm: false,
         final_norm: true,
@@ -289,7 +292,13 @@ fn gpt2(v: &Value) -> std::result::Result<ModelConfig, String> {
     })
 }
 
+/// Llama and the families that are Llama with small changes: Qwen2 (`model_type: qwen2`) adds
+/// biases to the q, k and v projections (not to the output projection).
 fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
+    let qwen2 = v.get("model_type").and_then(Value::as_str) == Some("qwen2");
+    if qwen2 && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        return Err("Qwen2 with `use_sliding_window: true` is not supported".into());
+    }
     let hidden = get_usize(v, "hidden_size")?;
     let heads = get_usize(v, "num_attention_heads")?;
     let kv_heads = opt_usize(v, "num_key_value_heads").unwrap_or(heads);
@@ -326,10 +335,10 @@ fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
         Some(d) => d,
         None => head_dim(hidden, heads)?,
     };
-    let bias = v
-        .get("attention_bias")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let bias = qwen2
+        || v.get("attention_bias")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
     Ok(ModelConfig {
         family: Family::Llama,
         vocab_size: get_usize(v, "vocab_size")?,
@@ -348,6 +357,7 @@ fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
         mlp: MlpKind::SwiGlu,
         causal: true,
         attn_bias: bias,
+        o_bias: bias && !qwen2,
         mlp_bias: v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
         embedding_norm: false,
         final_norm: true,

@@ -315,7 +315,7 @@ impl<B: Backend> Loader<'_, B> {
                 q: self.linear(&format!("{p}.self_attn.q_proj"), d, qd, ab)?,
                 k: self.linear(&format!("{p}.self_attn.k_proj"), d, kvd, ab)?,
                 v: self.linear(&format!("{p}.self_attn.v_proj"), d, kvd, ab)?,
-                o: self.linear(&format!("{p}.self_attn.o_proj"), qd, d, ab)?,
+                o: self.linear(&format!("{p}.self_attn.o_proj"), qd, d, c.o_bias)?,
                 norm2: self.norm(&format!("{p}.post_attention_layernorm"), d, c.norm)?,
                 gate: Some(self.linear(&format!("{p}.mlp.gate_proj"), d, ff, mb)?),
                 up: self.linear(&format!("{p}.mlp.up_proj"), d, ff, mb)?,
@@ -400,7 +400,7 @@ impl<B: Backend> Model<B> {
                 q: lin(&mut draw, d, qd, c.attn_bias)?,
                 k: lin(&mut draw, d, kvd, c.attn_bias)?,
                 v: lin(&mut draw, d, kvd, c.attn_bias)?,
-                o: lin(&mut draw, qd, d, c.attn_bias)?,
+                o: lin(&mut draw, qd, d, c.o_bias)?,
                 norm2: norm(backend)?,
                 gate: if matches!(c.mlp, MlpKind::SwiGlu) {
                     Some(lin(&mut draw, d, ff, c.mlp_bias)?)

@@ -13,9 +13,14 @@ The tokenizer is a byte-level BPE over GPT-2's byte alphabet: the 256 byte token
 learned from a few sentences of movie-review text, and `<|endoftext|>` / `<|pad|>` as control
 tokens.
 
-Writes tests/fixtures/gguf/tiny_llama.gguf and tests/fixtures/gguf/tiny_llama_reference.json.
-Usage: tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_tiny_llama.py
+With `--arch qwen2` it writes a Qwen2 file instead: the same blocks without llama.cpp's q/k row
+reordering (its Qwen2 converter keeps Hugging Face's order), plus f32 biases on the q, k and v
+projections, and the `qwen2` pre-tokenizer split.
+
+Writes tests/fixtures/gguf/tiny_<arch>.gguf and tests/fixtures/gguf/tiny_<arch>_reference.json.
+Usage: tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_tiny_llama.py [--arch llama|qwen2]
 """
+import argparse
 import json
 import os
 import tempfile
@@ -117,14 +122,23 @@ def llama_cpp_order(rows_array, heads):
 
 
 def main():
-    rng = np.random.default_rng(7)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2"])
+    arch = ap.parse_args().arch
+    rng = np.random.default_rng(7 if arch == "llama" else 8)
     alpha = byte_alphabet()
     merges = learn_bpe(alpha)
+    if arch == "qwen2":
+        # Merges across a punctuation-letter boundary: Qwen2's split keeps ",the" together (a
+        # letter run may start with one non-letter), GPT-2's splits "," from "the", so only the
+        # right split produces the token ",the".
+        merges += [(",", "th"), (",th", "e")]
     tokens = [alpha[b] for b in range(256)] + [a + b for a, b in merges] + ["<|endoftext|>", "<|pad|>"]
     assert len(set(tokens)) == len(tokens)
     vocab = len(tokens)
-    path = os.path.join(OUT, "tiny_llama.gguf")
-    w = gguf.GGUFWriter(path, arch="llama")
+    stem = f"tiny_{arch}"
+    path = os.path.join(OUT, stem + ".gguf")
+    w = gguf.GGUFWriter(path, arch=arch)
     w.add_block_count(LAYERS)
     w.add_context_length(CTX)
     w.add_embedding_length(HIDDEN)
@@ -136,7 +150,7 @@ def main():
     w.add_rope_dimension_count(HEAD_DIM)
     w.add_vocab_size(vocab)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre("default" if arch == "llama" else "qwen2")
     w.add_token_list(tokens)
     w.add_token_types([1] * (vocab - 2) + [3, 3])
     w.add_token_merges([f"{a} {b}" for a, b in merges])
@@ -156,8 +170,11 @@ def main():
                      (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
         for name, (rows, cols), ty in zip(names, shapes, TYPES[i]):
             data = random_blocks(rng, ty, rows, cols)
-            if name in ("attn_q", "attn_k"):
+            if arch == "llama" and name in ("attn_q", "attn_k"):
                 data = llama_cpp_order(data, HEADS if name == "attn_q" else KV)
+            if arch == "qwen2" and name in ("attn_q", "attn_k", "attn_v"):
+                w.add_tensor(f"blk.{i}.{name}.bias",
+                             (0.5 * rng.standard_normal(rows)).astype(np.float32))
             kwargs = {} if ty in (T.F32, T.F16) else {"raw_dtype": ty}
             w.add_tensor(f"blk.{i}.{name}.weight", data, **kwargs)
     w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
@@ -166,17 +183,18 @@ def main():
     w.write_tensors_to_file()
     w.close()
 
-    model = AutoModelForCausalLM.from_pretrained(OUT, gguf_file="tiny_llama.gguf", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(OUT, gguf_file=stem + ".gguf", dtype=torch.float32)
     model.eval()
     seqs = [[int(x) for x in rng.integers(0, vocab, size=n)] for n in (9, 4, 13)]
     out = {"sequences": seqs, "logits": [], "types": [[t.name for t in b] for b in TYPES]}
     with torch.no_grad():
         for s in seqs:
             out["logits"].append(model(torch.tensor([s])).logits[0].reshape(-1).tolist())
-    tok = AutoTokenizer.from_pretrained(OUT, gguf_file="tiny_llama.gguf")
-    texts = ["the acting is great", "A dull film, with a bad script!<|endoftext|>", "  the   plot  "]
+    tok = AutoTokenizer.from_pretrained(OUT, gguf_file=stem + ".gguf")
+    texts = ["the acting is great", "A dull film, with a bad script!<|endoftext|>", "  the   plot  ",
+             "a film,the plot"]
     out["texts"] = [{"text": t, "ids": tok(t)["input_ids"]} for t in texts]
-    with open(os.path.join(OUT, "tiny_llama_reference.json"), "w") as f:
+    with open(os.path.join(OUT, stem + "_reference.json"), "w") as f:
         json.dump(out, f)
     print("wrote", path, os.path.getsize(path), "bytes; vocab", vocab)
 

@@ -43,17 +43,19 @@ impl Gguf {
         be.upload(&self.dequantize(self.checked(name, shape)?)?)
     }
 
-    /// A `[out, in]` projection. `rope_heads` undoes llama.cpp's reordering of query and key
-    /// rows (see [`unpermute_rows`]) for a projection with that many heads.
+    /// The `[out, in]` projection `{base}.weight`, with `{base}.bias` when `bias`.
+    /// `rope_heads` undoes llama.cpp's reordering of query and key rows (see
+    /// [`unpermute_rows`]) for a projection with that many heads.
     fn linear<B: Backend>(
         &self,
         be: &B,
-        name: &str,
-        d_in: usize,
-        d_out: usize,
+        base: &str,
+        (d_in, d_out): (usize, usize),
+        bias: bool,
         rope_heads: Option<usize>,
     ) -> Result<Linear<B>> {
-        let t = self.checked(name, &[d_out, d_in])?;
+        let name = format!("{base}.weight");
+        let t = self.checked(&name, &[d_out, d_in])?;
         let mut blocks = self.data(t).to_vec();
         if let Some(h) = rope_heads {
             blocks = unpermute_rows(&blocks, d_out, h);
@@ -65,12 +67,18 @@ impl Gguf {
         } else {
             be.weight_quantized(t.ty, blocks, d_out, d_in)?
         };
-        Ok(Linear {
-            w,
-            b: None,
-            d_in,
-            d_out,
-        })
+        let b = if bias {
+            let mut v = self.dequantize(self.checked(&format!("{base}.bias"), &[d_out])?)?;
+            if let Some(h) = rope_heads {
+                // The bias follows its rows.
+                let bytes = unpermute_rows(bytemuck::cast_slice(&v), d_out, h);
+                v = bytemuck::cast_slice(&bytes).to_vec();
+            }
+            Some(be.upload(&v)?)
+        } else {
+            None
+        };
+        Ok(Linear { w, b, d_in, d_out })
     }
 
     fn rms_norm<B: Backend>(&self, be: &B, name: &str, dim: usize) -> Result<Norm<B>> {
@@ -82,19 +90,24 @@ impl Gguf {
 
     fn llama<B: Backend>(&self, be: &B, c: ModelConfig) -> Result<Model<B>> {
         let (d, ff, qd, kvd) = (c.hidden, c.intermediate, c.q_dim(), c.kv_dim());
+        // Only llama.cpp's `llama` converter reorders query/key rows (its RoPE pairs adjacent
+        // values); `qwen2` files keep Hugging Face's order (llama.cpp runs NeoX RoPE on them).
+        let reordered = self.str("general.architecture")? == Some("llama");
+        let rope = |h: usize| reordered.then_some(h);
+        let (ab, ob, mb) = (c.attn_bias, c.o_bias, c.mlp_bias);
         let mut blocks = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let p = format!("blk.{i}");
             blocks.push(Block {
                 norm1: self.rms_norm(be, &format!("{p}.attn_norm.weight"), d)?,
-                q: self.linear(be, &format!("{p}.attn_q.weight"), d, qd, Some(c.heads))?,
-                k: self.linear(be, &format!("{p}.attn_k.weight"), d, kvd, Some(c.kv_heads))?,
-                v: self.linear(be, &format!("{p}.attn_v.weight"), d, kvd, None)?,
-                o: self.linear(be, &format!("{p}.attn_output.weight"), qd, d, None)?,
+                q: self.linear(be, &format!("{p}.attn_q"), (d, qd), ab, rope(c.heads))?,
+                k: self.linear(be, &format!("{p}.attn_k"), (d, kvd), ab, rope(c.kv_heads))?,
+                v: self.linear(be, &format!("{p}.attn_v"), (d, kvd), ab, None)?,
+                o: self.linear(be, &format!("{p}.attn_output"), (qd, d), ob, None)?,
                 norm2: self.rms_norm(be, &format!("{p}.ffn_norm.weight"), d)?,
-                gate: Some(self.linear(be, &format!("{p}.ffn_gate.weight"), d, ff, None)?),
-                up: self.linear(be, &format!("{p}.ffn_up.weight"), d, ff, None)?,
-                down: self.linear(be, &format!("{p}.ffn_down.weight"), ff, d, None)?,
+                gate: Some(self.linear(be, &format!("{p}.ffn_gate"), (d, ff), mb, None)?),
+                up: self.linear(be, &format!("{p}.ffn_up"), (d, ff), mb, None)?,
+                down: self.linear(be, &format!("{p}.ffn_down"), (ff, d), mb, None)?,
             });
         }
         let lm_head = if c.tie_embeddings {
