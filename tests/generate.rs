@@ -58,15 +58,6 @@ fn logits_rows(v: &Value, vocab: usize) -> Vec<Vec<f32>> {
     flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
-fn max_err(a: &[f32], b: &[f32]) -> (f32, f32) {
-    let scale = b.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    (err, scale)
-}
-
 #[test]
 fn the_cache_gives_peft_logits_at_every_position_with_adapters() {
     let m = load_model(&Cpu, &fixture("llama")).unwrap();
@@ -89,7 +80,7 @@ fn the_cache_gives_peft_logits_at_every_position_with_adapters() {
         let mut session = g.session();
         for (t, &tok) in seq.iter().enumerate() {
             let got = session.feed(&[tok]).unwrap();
-            let (err, scale) = max_err(&got, &want[t]);
+            let (err, scale) = common::max_err_and_scale(&got, &want[t]);
             assert!(err < 1e-4 * scale.max(1.0), "position {t}: error {err}");
         }
         assert_eq!(session.len(), seq.len());
@@ -97,7 +88,7 @@ fn the_cache_gives_peft_logits_at_every_position_with_adapters() {
         let mut session = g.session();
         session.feed(&seq[..seq.len() - 1]).unwrap();
         let got = session.feed(&seq[seq.len() - 1..]).unwrap();
-        let (err, scale) = max_err(&got, &want[seq.len() - 1]);
+        let (err, scale) = common::max_err_and_scale(&got, &want[seq.len() - 1]);
         assert!(
             err < 1e-4 * scale.max(1.0),
             "prefill then step: error {err}"

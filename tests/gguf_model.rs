@@ -308,11 +308,7 @@ fn tiny_matches_transformers(arch: &str) {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        let (err, scale) = common::max_err_and_scale(got, &want);
         assert!(
             err < 1e-4 * scale,
             "max |logit error| {err} (scale {scale})"

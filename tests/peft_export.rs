@@ -133,11 +133,7 @@ fn export_writes_what_peft_writes_and_computes_what_peft_computes() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let scale = want.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        let (err, scale) = common::max_err_and_scale(got, &want);
         assert!(
             err < 1e-4 * scale.max(1.0),
             "logit error {err} at scale {scale}"
@@ -159,10 +155,7 @@ fn export_writes_what_peft_writes_and_computes_what_peft_computes() {
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    let diff = base
-        .iter()
-        .zip(&first)
-        .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+    let (diff, _) = common::max_err_and_scale(base, &first);
     assert!(
         diff > 1e-2,
         "the adapter barely changes the logits ({diff})"

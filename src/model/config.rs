@@ -130,9 +130,11 @@ impl ModelConfig {
             "bert" => bert(v)?,
             "gpt2" => gpt2(v)?,
             "llama" | "qwen2" => llama(v)?,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama, qwen2"
-            )),
+            ))
+            }
         };
         cfg.validate()?;
         Ok(cfg)

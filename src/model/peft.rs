@@ -15,44 +15,18 @@ use serde_json::json;
 use std::path::Path;
 
 /// The module path of target `t` of block `l` inside the Hugging Face model class (for Llama the
-/// decoder stack under `model.`; for BERT the encoder of `BertModel`).
+/// decoder stack under `model.`; for BERT the encoder of `BertModel`), as PEFT names it: the
+/// adapter files' own names ([`super::adapter::module_path`]) where PEFT can hold them.
 pub fn module_path(family: Family, l: usize, t: Target) -> Result<String> {
-    Ok(match family {
-        Family::Llama => {
-            let m = match t {
-                Target::Q => "self_attn.q_proj",
-                Target::K => "self_attn.k_proj",
-                Target::V => "self_attn.v_proj",
-                Target::O => "self_attn.o_proj",
-                Target::Gate => "mlp.gate_proj",
-                Target::Up => "mlp.up_proj",
-                Target::Down => "mlp.down_proj",
-            };
-            format!("model.layers.{l}.{m}")
-        }
-        Family::Bert => {
-            let m = match t {
-                Target::Q => "attention.self.query",
-                Target::K => "attention.self.key",
-                Target::V => "attention.self.value",
-                Target::O => "attention.output.dense",
-                Target::Up => "intermediate.dense",
-                Target::Down => "output.dense",
-                Target::Gate => {
-                    return Err(Error::Input("BERT has no gate projection".into()));
-                }
-            };
-            format!("encoder.layer.{l}.{m}")
-        }
+    match (family, t) {
         // GPT-2 fuses q, k and v into one Conv1D (`c_attn`); flexp adapts them separately, which
         // PEFT's one-pair-per-module layout cannot hold.
-        Family::Gpt2 => {
-            return Err(Error::Input(
-                "PEFT export is not available for GPT-2 (its q, k, v share one module, c_attn)"
-                    .into(),
-            ))
-        }
-    })
+        (Family::Gpt2, _) => Err(Error::Input(
+            "PEFT export is not available for GPT-2 (its q, k, v share one module, c_attn)".into(),
+        )),
+        (Family::Bert, Target::Gate) => Err(Error::Input("BERT has no gate projection".into())),
+        _ => Ok(super::adapter::module_path(family, l, t)),
+    }
 }
 
 /// The PEFT name of a module's `lora_A` / `lora_B` weight.

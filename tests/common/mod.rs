@@ -113,3 +113,14 @@ pub fn write_reviews(dir: &Path) -> PathBuf {
     std::fs::write(&p, s).unwrap();
     p
 }
+
+/// The largest `|got - want|` and the largest `|want|` (the scale errors are judged against).
+pub fn max_err_and_scale(got: &[f32], want: &[f32]) -> (f32, f32) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let scale = want.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    (err, scale)
+}

@@ -263,11 +263,16 @@ impl Gguf {
         }
     }
 
-    /// Key `key` as an array of strings, `None` when absent.
-    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+    /// Key `key` as an array of `want`, each item converted by `conv`, `None` when absent.
+    fn array_of<'a, T>(
+        &'a self,
+        key: &str,
+        want: &str,
+        conv: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         let wrong = |v: &Value| {
             self.err(format!(
-                "metadata `{key}` should be an ARRAY of STRING, but it is {} {}",
+                "metadata `{key}` should be an ARRAY of {want}, but it is {} {}",
                 v.type_name(),
                 short(v)
             ))
@@ -276,38 +281,26 @@ impl Gguf {
             None => Ok(None),
             Some(v @ Value::Array(items)) => items
                 .iter()
-                .map(|x| match x {
-                    Value::Str(s) => Ok(s.as_str()),
-                    _ => Err(wrong(v)),
-                })
+                .map(|x| conv(x).ok_or_else(|| wrong(v)))
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(v) => Err(wrong(v)),
         }
     }
 
+    /// Key `key` as an array of strings, `None` when absent.
+    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.array_of(key, "STRING", |x| match x {
+            Value::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
     /// Key `key` as an array of numbers (integers or floats, as f64), `None` when absent.
     pub fn num_array(&self, key: &str) -> Result<Option<Vec<f64>>> {
-        let wrong = |v: &Value| {
-            self.err(format!(
-                "metadata `{key}` should be an ARRAY of numbers, but it is {} {}",
-                v.type_name(),
-                short(v)
-            ))
-        };
-        match self.get(key) {
-            None => Ok(None),
-            Some(v @ Value::Array(items)) => items
-                .iter()
-                .map(|x| {
-                    x.as_f64()
-                        .or_else(|| x.as_i64().map(|i| i as f64))
-                        .ok_or_else(|| wrong(v))
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(v) => Err(wrong(v)),
-        }
+        self.array_of(key, "numbers", |x| {
+            x.as_f64().or_else(|| x.as_i64().map(|i| i as f64))
+        })
     }
 
     /// The tensor named `name`.
