@@ -22,6 +22,8 @@ pub mod error;
 pub mod executor;
 pub mod federated;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod model;
 pub mod report;

@@ -154,9 +154,31 @@ pub(crate) fn explain_safetensors(e: &safetensors::SafeTensorError, file_bytes: 
     }
 }
 
+/// Validates `bytes` as one safetensors file and reads every tensor as f32, as opening and
+/// loading a checkpoint would (the fuzz target of the header path uses it); `path` names it in
+/// errors.
+pub fn read_all_tensors(bytes: Vec<u8>, path: &Path) -> Result<Vec<(String, Vec<f32>)>> {
+    let shard = Shard::from_bytes(bytes, path)?;
+    let mut names: Vec<(String, Vec<usize>)> = shard
+        .meta
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape.clone()))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|(n, shape)| shard.read(&n, &shape).map(|v| (n, v)))
+        .collect()
+}
+
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(bytes, path)
+    }
+
+    fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self> {
         let corrupt = |reason: String| Error::Checkpoint {
             path: path.into(),
             reason,

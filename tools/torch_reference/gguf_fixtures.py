@@ -7,6 +7,9 @@ reader and writer), an implementation independent of flexp's.
   tests/fixtures/gguf/all_types.gguf     a small file with every metadata value type and one
                                          tensor of each GGML type (the blocks above), alignment 64
   tests/fixtures/gguf/all_types.json     what gguf.GGUFReader reads from it
+  fuzz/corpus/gguf_tokenizer/bpe.gguf   a seed of the tokenizer fuzz target (also in fuzz/corpus/gguf):
+                                         a byte-level BPE (GPT-2 alphabet, 3 merges, 2 control
+                                         tokens, add-BOS) and one small tensor
   tests/fixtures/gguf/smollm2_table.json with --smollm2 FILE: the tensor table and scalar metadata
                                          of SmolLM2-135M-Instruct Q4_1 as GGUFReader reads them,
                                          plus dequantized rows of three tensors (one per type)
@@ -156,6 +159,36 @@ def write_smollm2(path):
         json.dump(table, f)
 
 
+def write_fuzz_seed():
+    alpha = {}
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    extra = 0
+    for b in range(256):
+        if b in printable:
+            alpha[b] = chr(b)
+        else:
+            alpha[b] = chr(256 + extra)
+            extra += 1
+    tokens = [alpha[b] for b in range(256)] + ["th", "the", "\u0120the", "<|endoftext|>", "<|pad|>"]
+    for folder in ("gguf_tokenizer", "gguf"):
+        path = os.path.join("fuzz", "corpus", folder, "bpe.gguf")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        w = gguf.GGUFWriter(path, arch="llama")
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types([1] * 259 + [3, 3])
+        w.add_token_merges(["t h", "th e", "\u0120 the"])
+        w.add_bos_token_id(259)
+        w.add_eos_token_id(259)
+        w.add_add_bos_token(True)
+        w.add_tensor("w", np.arange(8, dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -163,6 +196,7 @@ def main():
     print("gguf", getattr(gguf, "__version__", "?"), "numpy", np.__version__)
     made = write_blocks(np.random.default_rng(20261205))
     write_all_types(made)
+    write_fuzz_seed()
     if args.smollm2:
         write_smollm2(args.smollm2)
 
