@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the experiment matrix behind docs/results.md on the real MiniLM checkpoint and Rotten
+# Runs the experiment matrix behind docs/results/short.md on the real MiniLM checkpoint and Rotten
 # Tomatoes: every algorithm x {dirichlet:0.5, column:movie_name} x 3 seeds, plus the FlexP-SFL
 # ablation (align none / kl / proj, server_agg mean / proj, vanilla / U-shaped) on dirichlet:0.5.
 # Runs that already have a report.json are skipped, so the script can be re-run after a stop.
-# Then renders docs/results.md with tools/make_results.sh.
+# Then renders docs/results/short.md with tools/make_results.sh.
 #
 # usage: tools/run_results.sh [RUNS_DIR] [JOBS]   (defaults: runs/results, 2 parallel jobs)
 set -euo pipefail
