@@ -366,3 +366,53 @@ fn parse_choice_picks_the_named_option_and_lists_all_on_error() {
         "{e}"
     );
 }
+
+#[test]
+fn u_shaped_flexp_sfl_trains_each_clients_tail_and_head() {
+    // With u_tail = 1 the last block and the head are personal and run on the client: their
+    // gradients come back from the server sweep and must reach P_k's AdamW step. LoRA B starts
+    // at zero, so after one round a trained tail has a nonzero B, and the head has moved.
+    let model = tiny_model();
+    let clients = tiny::clients_sized(&[48; 4], 24, &mut Rng::new(3));
+    // Cuts that leave at least one server block before the 1-block tail (4 blocks).
+    let fed = tiny::federation(
+        &model,
+        Hyper {
+            u_tail: 1,
+            local_steps: 2,
+            ..hyper()
+        },
+        clients,
+        vec![1, 2, 1, 2],
+    );
+    let mut rng = Rng::new(7);
+    let mut algo = algorithms::build(AlgorithmKind::FlexpSfl, &fed, &mut rng).unwrap();
+    let head_before: Vec<Vec<f32>> = (0..fed.num_clients())
+        .map(|k| {
+            let chain = algo.personal(k);
+            let set = chain.parts.last().unwrap().1;
+            Cpu.download(&set.head.as_ref().unwrap().weight).unwrap()
+        })
+        .collect();
+    let all: Vec<usize> = (0..fed.num_clients()).collect();
+    let log = algo.round(&fed, &all, &mut rng).unwrap();
+    assert!(log.rejected.is_empty(), "{:?}", log.rejected);
+    let last = model.config.layers - 1;
+    for (k, before) in head_before.iter().enumerate() {
+        let chain = algo.personal(k);
+        let (range, set) = chain.parts.last().unwrap();
+        assert!(
+            range.contains(&last),
+            "client {k}: the tail is not personal"
+        );
+        let b = Cpu
+            .download(&set.blocks[last][0].as_ref().unwrap().b)
+            .unwrap();
+        assert!(
+            b.iter().any(|v| *v != 0.0),
+            "client {k}: the tail block's LoRA B never moved"
+        );
+        let after = Cpu.download(&set.head.as_ref().unwrap().weight).unwrap();
+        assert_ne!(&after, before, "client {k}: the head never moved");
+    }
+}
