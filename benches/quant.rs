@@ -46,6 +46,11 @@ fn bench(c: &mut Criterion) {
             let mut y = be.zeros(m * out).unwrap();
             let mut dx = be.zeros(m * inp).unwrap();
             for &ty in TYPES {
+                // K-quant rows are 256-value super-blocks: SmolLM2's 576-wide rows cannot be
+                // (that is why its file is Q4_1), so Q4_K runs only where `in` is 1,536.
+                if ty.row_bytes(inp).is_none() {
+                    continue;
+                }
                 let raw = blocks(ty, out, inp, &mut rng);
                 let w = be.weight_quantized(ty, raw.clone(), out, inp).unwrap();
                 let id = |what: &str| {

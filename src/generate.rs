@@ -86,10 +86,20 @@ struct KvCache {
 }
 
 impl<B: Backend> Generator<B> {
-    /// Loads a Llama-family decoder from a `.gguf` file or a checkpoint folder; `eos` is the
-    /// end-of-sequence token id (the GGUF metadata's or config.json's when `None`).
+    /// Loads a Llama-family decoder from a `.gguf` file or a checkpoint folder, with its
+    /// end-of-sequence token (the GGUF metadata's or config.json's).
     pub fn load(backend: B, path: &Path) -> Result<Self> {
-        let (model, tokenizer) = load_model_and_tokenizer(&backend, path)?;
+        // A GGUF file is read once for the model, the tokenizer and the end-of-sequence token.
+        let (model, tokenizer, eos) = if crate::model::is_gguf(path) {
+            let g = crate::model::gguf::Gguf::open(path)?;
+            let model = g.load_model(&backend)?;
+            let tokenizer = Tokenizer::from_gguf(&g, model.config.vocab_size)?;
+            let eos = g.u64("tokenizer.ggml.eos_token_id")?.map(|v| v as u32);
+            (model, tokenizer, eos)
+        } else {
+            let (model, tokenizer) = load_model_and_tokenizer(&backend, path)?;
+            (model, tokenizer, eos_of_config(path)?)
+        };
         let c = &model.config;
         let supported = c.family == Family::Llama
             && c.norm == NormKind::RmsNorm
@@ -105,7 +115,6 @@ impl<B: Backend> Generator<B> {
                 ),
             });
         }
-        let eos = eos_of(path)?;
         Self::new(backend, model, Some(tokenizer), eos)
     }
 
@@ -408,16 +417,9 @@ fn pick(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
     argmax as u32
 }
 
-/// The end-of-sequence token of a model: `tokenizer.ggml.eos_token_id` of a GGUF file, or
-/// `eos_token_id` of a checkpoint folder's config.json (the first when it lists several).
-fn eos_of(path: &Path) -> Result<Option<u32>> {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        let g = crate::model::gguf::Gguf::open(path)?;
-        return Ok(g.u64("tokenizer.ggml.eos_token_id")?.map(|v| v as u32));
-    }
+/// The end-of-sequence token of a checkpoint folder: `eos_token_id` of its config.json (the
+/// first when it lists several).
+fn eos_of_config(path: &Path) -> Result<Option<u32>> {
     let p = path.join("config.json");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {

@@ -30,11 +30,7 @@ pub fn load_model_with<B: Backend>(
     dir: &Path,
     precision: WeightPrecision,
 ) -> Result<Model<B>> {
-    if dir.is_file()
-        && dir
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    if is_gguf(dir) {
         if precision != WeightPrecision::F32 {
             return Err(Error::Config {
                 path: dir.into(),
@@ -57,7 +53,9 @@ pub fn load_model_with<B: Backend>(
     Model::load_with(backend, config, &ckpt, precision)
 }
 
-fn is_gguf(path: &Path) -> bool {
+/// Whether `path` is a GGUF file (an existing file named `*.gguf`) rather than a checkpoint
+/// folder.
+pub fn is_gguf(path: &Path) -> bool {
     path.is_file()
         && path
             .extension()
@@ -89,11 +87,7 @@ pub fn load_model_and_tokenizer<B: Backend>(
     backend: &B,
     path: &Path,
 ) -> Result<(Model<B>, Tokenizer)> {
-    if path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    if is_gguf(path) {
         let g = gguf::Gguf::open(path)?;
         let model = g.load_model(backend)?;
         let tokenizer = Tokenizer::from_gguf(&g, model.config.vocab_size)?;

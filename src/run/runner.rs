@@ -11,7 +11,9 @@ use crate::federated::{
     mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
 };
 use crate::fsutil::{lock_dir, write_atomic};
-use crate::model::{load_model_with, load_tokenizer, LoraConfig, Model, ModelConfig, Pooling};
+use crate::model::{
+    is_gguf, load_model_with, load_tokenizer, LoraConfig, Model, ModelConfig, Pooling,
+};
 use crate::rng::Rng;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -382,11 +384,7 @@ pub fn run<B: Backend + 'static>(
             dir.display()
         )));
     }
-    let storage = if cfg
-        .model
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+    let storage = if is_gguf(&cfg.model) {
         "kept in the file's GGML types".to_string()
     } else {
         format!("in {}", cfg.precision)
@@ -732,11 +730,6 @@ fn build_report(
         },
         "clients": clients,
     })
-}
-
-fn is_gguf(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Bytes one block's projection weights hold on the backend (the mean over blocks).
