@@ -354,3 +354,20 @@ fn random_corruption_never_panics() {
         "only {errors} of 3000 corruptions were refused"
     );
 }
+
+#[test]
+fn a_configuration_the_runtime_cannot_compute_is_refused_by_name() {
+    // Written by gguf_fixtures.py: llama metadata with a head size of 64 (256 / 4 heads).
+    let g = Gguf::open(&fixture("gguf/partial_rope.gguf")).unwrap();
+    let e = g.model_config().unwrap_err().to_string();
+    assert!(
+        e.contains("llama.rope.dimension_count = 32") && e.contains("head size 64"),
+        "{e}"
+    );
+    let g = Gguf::open(&fixture("gguf/narrow_values.gguf")).unwrap();
+    let e = g.model_config().unwrap_err().to_string();
+    assert!(e.contains("llama.attention.value_length = 32"), "{e}");
+    // The SmolLM2-like shape is accepted: rope.dimension_count equal to the head size.
+    let g = Gguf::open(&fixture("gguf/tiny_llama.gguf")).unwrap();
+    assert_eq!(g.model_config().unwrap().head_dim, 64);
+}

@@ -7,6 +7,7 @@ reader and writer), an implementation independent of flexp's.
   tests/fixtures/gguf/all_types.gguf     a small file with every metadata value type and one
                                          tensor of each GGML type (the blocks above), alignment 64
   tests/fixtures/gguf/all_types.json     what gguf.GGUFReader reads from it
+  tests/fixtures/gguf/{partial_rope,narrow_values}.gguf  metadata the runtime must refuse
   fuzz/corpus/gguf_tokenizer/bpe.gguf   a seed of the tokenizer fuzz target (also in fuzz/corpus/gguf):
                                          a byte-level BPE (GPT-2 alphabet, 3 merges, 2 control
                                          tokens, add-BOS) and one small tensor
@@ -189,6 +190,26 @@ def write_fuzz_seed():
         w.close()
 
 
+def write_unsupported_configs():
+    """Llama metadata (no tensors) that the runtime must refuse by name: a rotary embedding of
+    half of each head, and value heads narrower than key heads."""
+    for name, key, value in [("partial_rope", "rope.dimension_count", 32),
+                             ("narrow_values", "attention.value_length", 32)]:
+        w = gguf.GGUFWriter(os.path.join(OUT, name + ".gguf"), arch="llama")
+        w.add_block_count(2)
+        w.add_context_length(128)
+        w.add_embedding_length(256)
+        w.add_feed_forward_length(512)
+        w.add_head_count(4)
+        w.add_head_count_kv(2)
+        w.add_vocab_size(300)
+        w.add_uint32("llama." + key, value)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -197,6 +218,7 @@ def main():
     made = write_blocks(np.random.default_rng(20261205))
     write_all_types(made)
     write_fuzz_seed()
+    write_unsupported_configs()
     if args.smollm2:
         write_smollm2(args.smollm2)
 

@@ -62,8 +62,32 @@ impl Gguf {
             // llama.cpp writes an `output.weight` only when the head is not tied.
             "tie_word_embeddings": self.tensor("output.weight").is_none(),
         });
-        if let Some(d) = self.u64(&format!("{arch}.attention.key_length"))? {
-            cfg["head_dim"] = json!(d);
+        let head_dim = match self.u64(&format!("{arch}.attention.key_length"))? {
+            Some(d) => {
+                cfg["head_dim"] = json!(d);
+                d
+            }
+            None => hidden / heads.max(1),
+        };
+        // The runtime's attention and RoPE assume values as wide as keys and rotation of the
+        // whole head: refuse files that say otherwise rather than compute something else.
+        for (key, what) in [
+            (
+                "attention.value_length",
+                "value heads narrower or wider than key heads",
+            ),
+            (
+                "rope.dimension_count",
+                "rotary embedding of part of each head",
+            ),
+        ] {
+            if let Some(v) = self.u64(&format!("{arch}.{key}"))? {
+                if v != head_dim {
+                    return Err(self.err(format!(
+                        "`{arch}.{key} = {v}` differs from the head size {head_dim}: {what} is not supported"
+                    )));
+                }
+            }
         }
         ModelConfig::from_json(&cfg).map_err(|e| self.err(format!("model configuration: {e}")))
     }
