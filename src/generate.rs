@@ -38,12 +38,12 @@ pub struct Generated {
     pub text: String,
 }
 
-/// One adapted projection: `y += scale · (x Aᵀ) Bᵀ` with `a: [r, in]`, `b: [out, r]`.
+/// One adapted projection: `y += (x Aᵀ) (scale · B)ᵀ` with `a: [r, in]`, `b: [out, r]` stored
+/// already scaled, so a token costs two products and no host round trip.
 struct Lora<B: Backend> {
     a: B::Buf,
     b: B::Buf,
     rank: usize,
-    scale: f32,
 }
 
 /// A decoder, its tokenizer and optional adapters, ready to generate.
@@ -153,11 +153,11 @@ impl<B: Backend> Generator<B> {
     pub fn with_peft_adapters(mut self, dir: &Path) -> Result<Self> {
         let pairs = crate::model::peft::read_peft(dir, &self.model.config)?;
         for p in pairs.pairs {
+            let scaled_b: Vec<f32> = p.3.iter().map(|v| v * pairs.scale).collect();
             self.lora[p.0][p.1.index()] = Some(Lora {
                 a: self.backend.upload(&p.2)?,
-                b: self.backend.upload(&p.3)?,
+                b: self.backend.upload(&scaled_b)?,
                 rank: pairs.rank,
-                scale: pairs.scale,
             });
         }
         Ok(self)
@@ -283,8 +283,6 @@ impl<B: Backend> Generator<B> {
         if let Some(p) = &self.lora[l][t.index()] {
             let mut u = be.zeros(n * p.rank)?;
             be.matmul(&mut u, x, &p.a, n, p.rank, w.d_in, false, true, false)?;
-            let scaled: Vec<f32> = be.download(&u)?.iter().map(|v| v * p.scale).collect();
-            let u = be.upload(&scaled)?;
             be.matmul(&mut y, &u, &p.b, n, w.d_out, p.rank, false, true, true)?;
         }
         Ok(y)

@@ -31,14 +31,7 @@ pub fn load_model_with<B: Backend>(
     precision: WeightPrecision,
 ) -> Result<Model<B>> {
     if is_gguf(dir) {
-        if precision != WeightPrecision::F32 {
-            return Err(Error::Config {
-                path: dir.into(),
-                reason: format!(
-                    "precision {precision} applies to safetensors checkpoints; a GGUF file's weights keep the types it stores them in"
-                ),
-            });
-        }
+        gguf_precision(dir, precision)?;
         return gguf::Gguf::open(dir)?.load_model(backend);
     }
     if !dir.is_dir() {
@@ -72,13 +65,17 @@ pub fn describe(path: &Path) -> Result<(ModelConfig, Option<f64>)> {
     Ok((ModelConfig::from_file(&path.join("config.json"))?, None))
 }
 
-/// The tokenizer of a checkpoint folder (`tokenizer.json`) or of a `.gguf` file (its metadata),
-/// checked against a vocabulary of `model_vocab` rows.
-pub fn load_tokenizer(path: &Path, model_vocab: usize) -> Result<Tokenizer> {
-    if is_gguf(path) {
-        return Tokenizer::from_gguf(&gguf::Gguf::open(path)?, model_vocab);
+/// A GGUF file's weights keep the types it stores them in: only the default precision applies.
+fn gguf_precision(path: &Path, precision: WeightPrecision) -> Result<()> {
+    if precision == WeightPrecision::F32 {
+        return Ok(());
     }
-    Tokenizer::from_file(&path.join("tokenizer.json"), model_vocab)
+    Err(Error::Config {
+        path: path.into(),
+        reason: format!(
+            "precision {precision} applies to safetensors checkpoints; a GGUF file's weights keep the types it stores them in"
+        ),
+    })
 }
 
 /// Loads a model and its tokenizer from a checkpoint folder (`tokenizer.json`) or a `.gguf` file
@@ -87,13 +84,23 @@ pub fn load_model_and_tokenizer<B: Backend>(
     backend: &B,
     path: &Path,
 ) -> Result<(Model<B>, Tokenizer)> {
+    load_model_and_tokenizer_with(backend, path, WeightPrecision::F32)
+}
+
+/// [`load_model_and_tokenizer`] with a checkpoint folder's block weights stored in `precision`.
+pub fn load_model_and_tokenizer_with<B: Backend>(
+    backend: &B,
+    path: &Path,
+    precision: WeightPrecision,
+) -> Result<(Model<B>, Tokenizer)> {
     if is_gguf(path) {
+        gguf_precision(path, precision)?;
         let g = gguf::Gguf::open(path)?;
         let model = g.load_model(backend)?;
         let tokenizer = Tokenizer::from_gguf(&g, model.config.vocab_size)?;
         return Ok((model, tokenizer));
     }
-    let model = load_model(backend, path)?;
+    let model = load_model_with(backend, path, precision)?;
     let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"), model.config.vocab_size)?;
     Ok((model, tokenizer))
 }

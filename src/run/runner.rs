@@ -12,7 +12,7 @@ use crate::federated::{
 };
 use crate::fsutil::{lock_dir, write_atomic};
 use crate::model::{
-    is_gguf, load_model_with, load_tokenizer, LoraConfig, Model, ModelConfig, Pooling,
+    is_gguf, load_model_and_tokenizer_with, LoraConfig, Model, ModelConfig, Pooling, Tokenizer,
 };
 use crate::rng::Rng;
 use serde_json::{json, Value};
@@ -169,10 +169,10 @@ pub fn prepare<B: Backend>(
     cfg: &RunConfig,
     be: &B,
     model: &Model<B>,
+    tok: &Tokenizer,
     progress: &mut dyn Progress,
 ) -> Result<Prepared> {
     require_data_path(cfg)?;
-    let tok = load_tokenizer(&cfg.model, model.config.vocab_size)?;
     let (mut ds, skipped) = Dataset::load_skipping_empty(&data_spec(cfg))?;
     if !skipped.is_empty() {
         progress.message(&format!(
@@ -204,7 +204,7 @@ pub fn prepare<B: Backend>(
     let parts = data::partition(&ds, &cfg.partition, cfg.clients, &mut rng)?;
     let splits = data::split_clients(&ds, &parts, cfg.test_fraction, &mut rng);
     let (ids, truncated) =
-        data::encode_dataset(&ds, &tok, cfg.seq_len.min(model.config.max_positions))?;
+        data::encode_dataset(&ds, tok, cfg.seq_len.min(model.config.max_positions))?;
     if truncated > 0 {
         progress.message(&format!(
             "data: {truncated} texts truncated to {} tokens",
@@ -394,8 +394,9 @@ pub fn run<B: Backend + 'static>(
         cfg.model.display()
     ));
     require_data_path(cfg)?;
-    let model = load_model_with(be, &cfg.model, cfg.precision)?;
-    let prep = prepare(cfg, be, &model, progress)?;
+    // Model and tokenizer together: a GGUF file holds both and is read once.
+    let (model, tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
+    let prep = prepare(cfg, be, &model, &tok, progress)?;
     // The folder is made only once the model and data are known to be usable, so a refused run
     // leaves nothing behind.
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
