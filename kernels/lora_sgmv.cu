@@ -61,17 +61,7 @@ __device__ __forceinline__ void sgmv_shrink(gmem<float> u, gmem<const float> x,
         sg_stage<LD>(xs, xrows, d_in, SG_ROWS, SG_K, nrows, k0, d_in);
         sg_stage<LD>(as, a, d_in, RP, SG_K, rank, k0, d_in);
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < SG_K; kk += 16) {
-            unsigned af[4];
-            frag_a<LD>(af, xs, warp * 16, kk);
-#pragma unroll
-            for (int j = 0; j < NT; j += 2) {
-                unsigned r[4];
-                frag_b_rows<LD>(r, as, 8 * j, kk);
-                mma_pair(acc[j], acc[j + 1], af, r);
-            }
-        }
+        mma_strip<LD, SG_K>(acc, xs, warp * 16, as);
     }
     const int g = lane / 4, tq = lane % 4;
 #pragma unroll
@@ -105,17 +95,7 @@ __device__ __forceinline__ void sgmv_expand(gmem<float> y, gmem<const float> u,
     __syncthreads();
     float acc[NT][4];
     zero_tiles(acc);
-#pragma unroll
-    for (int kk = 0; kk < RP; kk += 16) {
-        unsigned af[4];
-        frag_a<LD>(af, us, warp * 16, kk);
-#pragma unroll
-        for (int j = 0; j < NT; j += 2) {
-            unsigned r[4];
-            frag_b_rows<LD>(r, bs, 8 * j, kk);
-            mma_pair(acc[j], acc[j + 1], af, r);
-        }
-    }
+    mma_strip<LD, RP>(acc, us, warp * 16, bs);
     const int g = lane / 4, tq = lane % 4;
 #pragma unroll
     for (int j = 0; j < NT; ++j)

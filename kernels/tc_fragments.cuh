@@ -38,6 +38,22 @@ __device__ __forceinline__ void mma_pair(float (&c0)[4], float (&c1)[4], const u
     mma_m16n8k16_bf16(c0, a, b0, c0);
     mma_m16n8k16_bf16(c1, a, b1, c1);
 }
+// One warp's 16-row strip of A · Bᵀ over K columns, both tiles stored with k contiguous (pitch
+// LD): acc[j] += A[row0 .. row0 + 16, 0 .. K) · B[8j .. 8j + 8, 0 .. K)ᵀ for the NT n8 tiles.
+template <int LD, int K, int NT, class S>
+__device__ __forceinline__ void mma_strip(float (&acc)[NT][4], S a, int row0, S b) {
+#pragma unroll
+    for (int kk = 0; kk < K; kk += 16) {
+        unsigned af[4];
+        frag_a<LD>(af, a, row0, kk);
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+            unsigned r[4];
+            frag_b_rows<LD>(r, b, 8 * j, kk);
+            mma_pair(acc[j], acc[j + 1], af, r);
+        }
+    }
+}
 // Zeroes N n8 accumulator tiles.
 template <int N>
 __device__ __forceinline__ void zero_tiles(float (&t)[N][4]) {
