@@ -89,17 +89,8 @@ impl<B: Backend> Generator<B> {
     /// Loads a Llama-family decoder from a `.gguf` file or a checkpoint folder, with its
     /// end-of-sequence token (the GGUF metadata's or config.json's).
     pub fn load(backend: B, path: &Path) -> Result<Self> {
-        // A GGUF file is read once for the model, the tokenizer and the end-of-sequence token.
-        let (model, tokenizer, eos) = if crate::model::is_gguf(path) {
-            let g = crate::model::gguf::Gguf::open(path)?;
-            let model = g.load_model(&backend)?;
-            let tokenizer = Tokenizer::from_gguf(&g, model.config.vocab_size)?;
-            let eos = g.u64("tokenizer.ggml.eos_token_id")?.map(|v| v as u32);
-            (model, tokenizer, eos)
-        } else {
-            let (model, tokenizer) = load_model_and_tokenizer(&backend, path)?;
-            (model, tokenizer, eos_of_config(path)?)
-        };
+        let (model, tokenizer) = load_model_and_tokenizer(&backend, path)?;
+        let eos = tokenizer.eos();
         let c = &model.config;
         let supported = c.family == Family::Llama
             && c.norm == NormKind::RmsNorm
@@ -413,22 +404,6 @@ fn pick(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
         }
     }
     argmax as u32
-}
-
-/// The end-of-sequence token of a checkpoint folder: `eos_token_id` of its config.json (the
-/// first when it lists several).
-fn eos_of_config(path: &Path) -> Result<Option<u32>> {
-    let p = path.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: p.clone(),
-        reason: format!("not valid JSON: {e}"),
-    })?;
-    Ok(match &v["eos_token_id"] {
-        serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
-        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
-        _ => None,
-    })
 }
 
 #[cfg(test)]

@@ -117,9 +117,7 @@ fn jobs_for(batch: &[Example], blocks: std::ops::Range<usize>, class: bool) -> V
         .iter()
         .map(|e| {
             let out = if class {
-                Output::Class {
-                    label: Some(e.label),
-                }
+                e.output(true)
             } else {
                 Output::Hidden
             };
@@ -676,9 +674,7 @@ fn server_step(
                 SeqInput::Hidden(h.clone()),
                 s..model.layers(),
                 0,
-                Output::Class {
-                    label: Some(e.label),
-                },
+                e.output(true),
             );
             j.loss_weight = 1.0 / batch.len() as f32;
             j

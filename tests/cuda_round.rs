@@ -9,7 +9,7 @@ use flexp::algorithms::{
 use flexp::backend::cpu::Cpu;
 use flexp::backend::cuda::CudaBackend;
 use flexp::backend::{Backend, WeightPrecision};
-use flexp::federated::CostModel;
+use flexp::federated::{CostModel, TaskHead};
 use flexp::model::{LoraConfig, Model, ModelConfig, Pooling};
 use flexp::rng::Rng;
 
@@ -20,7 +20,7 @@ fn example(rng: &mut Rng) -> Example {
     if label == 1 {
         ids[rng.below(len)] = 5;
     }
-    Example { ids, label }
+    Example::class(ids, label)
 }
 
 struct Outcome {
@@ -55,7 +55,7 @@ fn run<B: Backend + 'static>(
         backend: be,
         model: &model,
         lora,
-        classes: 2,
+        head: TaskHead::Classes(2),
         pooling: Pooling::Mean,
         clients,
         splits: vec![1, 2, 1, 3],
@@ -79,7 +79,7 @@ fn run<B: Backend + 'static>(
     let correct = evaluate(&fed, &chains, &tests)
         .unwrap()
         .into_iter()
-        .map(|(c, _)| c)
+        .map(|a| a.correct)
         .collect();
     drop(chains);
     let mut state = Vec::new();

@@ -20,6 +20,7 @@ fn spec(file: &str, text: &str, label: &str, group: Option<&str>) -> DataSpec {
         text_column: text.into(),
         label_column: label.into(),
         group_column: group.map(str::to_owned),
+        response_column: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn synthetic(sizes: &[usize]) -> Dataset {
         labels,
         label_names: (0..sizes.len()).map(|c| format!("class{c}")).collect(),
         groups: None,
+        responses: None,
     }
 }
 
@@ -117,6 +119,7 @@ fn label_ids_do_not_depend_on_row_order() {
             text_column: "text".into(),
             label_column: "label".into(),
             group_column: None,
+            response_column: None,
         })
         .unwrap()
     };
@@ -665,6 +668,7 @@ fn rotten_tomatoes(group: bool) -> DataSpec {
         text_column: "text".into(),
         label_column: "category".into(),
         group_column: group.then(|| "movie_name".into()),
+        response_column: None,
     }
 }
 
@@ -734,4 +738,63 @@ fn rotten_tomatoes_by_movie_over_ten_clients() {
         .all(|s| !s.train.is_empty() && !s.test.is_empty()));
     let test = global_test(&splits);
     assert!((test.len() as f64 / ds.len() as f64 - 0.2).abs() < 0.01);
+}
+
+/// A causal-LM data set: a response column beside the text (CSV and JSON lines read alike), the
+/// label column optional (then one unnamed class, which a label-skew partition refuses), and an
+/// empty response refused by line or skipped like an empty text.
+#[test]
+fn response_column_loads_with_or_without_labels() {
+    let dir = std::env::temp_dir().join(format!("flexp-data-lm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("qa.csv");
+    std::fs::write(
+        &csv,
+        "question,answer,topic\n\"What is 2+2?\",\" four\",math\nCapital of France?,Paris,geo\n",
+    )
+    .unwrap();
+    let jsonl = dir.join("qa.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"question\": \"What is 2+2?\", \"answer\": \" four\", \"topic\": \"math\"}\n\
+         {\"question\": \"Capital of France?\", \"answer\": \"Paris\", \"topic\": \"geo\"}\n",
+    )
+    .unwrap();
+    let spec = |path: &PathBuf, label: &str| DataSpec {
+        path: path.clone(),
+        text_column: "question".into(),
+        label_column: label.into(),
+        group_column: None,
+        response_column: Some("answer".into()),
+    };
+    for path in [&csv, &jsonl] {
+        let ds = Dataset::load(&spec(path, "topic")).unwrap();
+        assert_eq!(ds.texts, ["What is 2+2?", "Capital of France?"]);
+        // Responses keep their leading space: it is part of what the model learns to produce.
+        assert_eq!(ds.responses.as_deref().unwrap(), [" four", "Paris"]);
+        assert_eq!(ds.label_names, ["geo", "math"]);
+        assert_eq!(ds.labels, [1, 0]);
+
+        let unlabelled = Dataset::load(&spec(path, "")).unwrap();
+        assert_eq!(unlabelled.num_classes(), 1);
+        assert_eq!(unlabelled.responses, ds.responses);
+        let e = partition(&unlabelled, &Partition::Dirichlet(0.5), 2, &mut Rng::new(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no labels") && e.contains("iid"), "{e}");
+        let parts = partition(&unlabelled, &Partition::Iid, 2, &mut Rng::new(1)).unwrap();
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 2);
+    }
+    // Classification still needs its label column.
+    let mut no_labels = spec(&csv, "");
+    no_labels.response_column = None;
+    let e = Dataset::load(&no_labels).unwrap_err().to_string();
+    assert!(e.contains("label_column"), "{e}");
+
+    std::fs::write(&csv, "question,answer\nWhat is 2+2?, \nCapital?,Paris\n").unwrap();
+    let e = Dataset::load(&spec(&csv, "")).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("empty response"), "{e}");
+    let (ds, skipped) = Dataset::load_skipping_empty(&spec(&csv, "")).unwrap();
+    assert_eq!((ds.len(), skipped), (1, vec![2]));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

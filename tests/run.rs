@@ -650,3 +650,126 @@ fn a_gguf_decoder_trains_from_the_file_alone() {
     let text = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(text.contains("tiny_llama.gguf"), "{text}");
 }
+
+/// Writes a prompt/response JSONL file: the response names the prompt's adjective.
+fn write_lm_data(path: &Path) {
+    let subjects = ["the film", "the plot", "the acting", "the story"];
+    let mut s = String::new();
+    for i in 0..160 {
+        let (word, answer) = if i % 2 == 0 {
+            ("great", "good")
+        } else {
+            ("dull", "poor")
+        };
+        s.push_str(&format!(
+            "{{\"text\": \"{} is {word}\", \"answer\": \"{answer}\"}}\n",
+            subjects[i % 4]
+        ));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn lm_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let gguf = root().join("tests/fixtures/gguf/tiny_llama.gguf");
+    let mut args = vec!["--quiet".to_string(), "train".to_string()];
+    let sets = [
+        format!("model={}", toml_str(&gguf)),
+        "task=\"causal_lm\"".into(),
+        format!("data.path={}", toml_str(data)),
+        "data.text_column=\"text\"".into(),
+        "data.label_column=\"\"".into(),
+        "data.response_column=\"answer\"".into(),
+        "lm.prompt=\"{text} ->\"".into(),
+        "lm.response=\" {response}\"".into(),
+        "partition=\"iid\"".into(),
+        "clients=2".into(),
+        "rounds=24".into(),
+        "local_steps=4".into(),
+        "batch_size=8".into(),
+        "seq_len=32".into(),
+        "lora.rank=4".into(),
+        "lr=0.005".into(),
+        "eval_every=4".into(),
+        "split=[1]".into(),
+        format!("out={}", toml_str(out)),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.extend(["--set".into(), s.to_string()]);
+    }
+    args
+}
+
+/// A causal-LM run on a GGUF decoder: prompt/response data without labels, the loss on the
+/// response only; perplexity falls and greedy decoding learns to produce the answers (exact
+/// match), per client and on the global test set, in metrics.jsonl and report.json.
+#[test]
+fn a_gguf_decoder_learns_a_causal_lm_task() {
+    let d = tmp("causal-lm");
+    let data = d.join("qa.jsonl");
+    write_lm_data(&data);
+    {
+        let name = "vanilla";
+        let out = d.join(name);
+        let o = flexp(&lm_args(&data, &out, &[]));
+        ok(&o);
+        let m = metrics(&out);
+        let f = |r: &Value, k: &str| {
+            r[k].as_f64()
+                .unwrap_or_else(|| panic!("{name}: {k} missing in {r}"))
+        };
+        let (first, last) = (&m[0], &m[m.len() - 1]);
+        assert!(
+            f(last, "personalized_ppl_mean") < 0.5 * f(first, "personalized_ppl_mean"),
+            "{name}: perplexity {} -> {}",
+            f(first, "personalized_ppl_mean"),
+            f(last, "personalized_ppl_mean")
+        );
+        assert!(
+            f(last, "personalized_ppl_max") >= f(last, "personalized_ppl_mean"),
+            "{name}: the worst client's perplexity is the largest"
+        );
+        assert!(f(last, "global_ppl_mean") > 1.0);
+        assert!(f(last, "personalized_ppl_mean") < 1.5);
+        let em = f(last, "personalized_acc_mean");
+        assert!(em > 0.9, "{name}: exact match {em}");
+        assert!(
+            f(last, "global_acc_mean") > 0.9,
+            "{name}: on the global test set"
+        );
+        let report = json(&out.join("report.json"));
+        assert_eq!(report["task"], "causal_lm");
+        let s = &report["summary"];
+        assert!(s["accuracy"].as_str().unwrap().contains("exact match"));
+        for c in report["clients"].as_array().unwrap() {
+            assert!(c["personalized_ppl"].as_f64().unwrap() >= 1.0, "{c}");
+            assert!(c["global_ppl"].as_f64().unwrap() >= 1.0, "{c}");
+        }
+    }
+}
+
+/// A causal-LM configuration missing what it needs, or asking what cannot be done, is refused
+/// before any training with the key named.
+#[test]
+fn causal_lm_settings_are_checked() {
+    let d = tmp("causal-lm-bad");
+    let data = d.join("qa.jsonl");
+    write_lm_data(&data);
+    let err = |extra: &[&str]| -> String {
+        let o = flexp(&lm_args(&data, &d.join("run"), extra));
+        assert!(!o.status.success(), "{extra:?} should be refused");
+        assert!(!d.join("run").exists(), "a refused run leaves no folder");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = err(&["data.response_column=\"\""]);
+    assert!(e.contains("data.response_column"), "{e}");
+    let e = err(&["lm.prompt=\"{question}\""]);
+    assert!(e.contains("lm.prompt") && e.contains("{question}"), "{e}");
+    let e = err(&["lm.response=\"answer\""]);
+    assert!(e.contains("{response}"), "{e}");
+    let e = err(&["partition=\"dirichlet:0.5\""]);
+    assert!(e.contains("no labels") && e.contains("iid"), "{e}");
+    let e = err(&["task=\"classify\""]);
+    assert!(e.contains("data.response_column"), "{e}");
+    let e = err(&["task=\"translate\""]);
+    assert!(e.contains("causal_lm"), "{e}");
+}

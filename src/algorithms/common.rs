@@ -5,8 +5,8 @@ use super::flat;
 use super::Hyper;
 use crate::backend::{AdamW, Backend};
 use crate::error::{Error, Result};
-use crate::executor::{AdamWState, Executor, Output, SeqInput, SeqJob};
-use crate::federated::CostModel;
+use crate::executor::{AdamWState, Executor, Output, SeqInput, SeqJob, SeqResult};
+use crate::federated::{CostModel, TaskHead};
 use crate::model::{AdapterSet, LoraConfig, Model, Pooling};
 use crate::rng::Rng;
 use std::ops::Range;
@@ -16,8 +16,49 @@ use std::ops::Range;
 pub struct Example {
     /// Token ids (special tokens included).
     pub ids: Vec<u32>,
-    /// Class label.
-    pub label: usize,
+    /// What the model learns to produce from them.
+    pub label: Label,
+}
+
+/// What an example teaches: a class, or the next token at each position (causal LM).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Label {
+    /// A class id (classification through a trainable head).
+    Class(usize),
+    /// Per position, the next token's id, or a negative value where nothing is learned (the
+    /// prompt); the model's frozen LM head produces the logits.
+    Tokens(Vec<i64>),
+}
+
+impl Example {
+    /// A classification example.
+    pub fn class(ids: Vec<u32>, class: usize) -> Self {
+        Example {
+            ids,
+            label: Label::Class(class),
+        }
+    }
+
+    /// What the model's last segment outputs for this example, with its label when `labelled`
+    /// (training, and evaluation of a causal LM, whose metrics need the targets).
+    pub fn output(&self, labelled: bool) -> Output {
+        match &self.label {
+            Label::Class(c) => Output::Class {
+                label: labelled.then_some(*c),
+            },
+            Label::Tokens(t) => Output::Lm {
+                labels: labelled.then(|| t.clone()),
+            },
+        }
+    }
+
+    /// Positions whose next token is learned (1 for a classification example).
+    pub fn targets(&self) -> usize {
+        match &self.label {
+            Label::Class(_) => 1,
+            Label::Tokens(t) => t.iter().filter(|&&y| y >= 0).count(),
+        }
+    }
 }
 
 /// One client's private data.
@@ -37,8 +78,9 @@ pub struct Federation<'a, B: Backend> {
     pub model: &'a Model<B>,
     /// LoRA settings of every adapter set.
     pub lora: LoraConfig,
-    /// Number of classes of the task.
-    pub classes: usize,
+    /// The task's head: a trainable classification head of this many classes on every
+    /// personalized and global model, or the model's frozen LM head (causal LM).
+    pub head: TaskHead,
     /// Pooling of the classification heads.
     pub pooling: Pooling,
     /// Per-client data.
@@ -167,7 +209,8 @@ impl<'a, B: Backend> Federation<'a, B> {
         }
     }
 
-    /// A fresh adapter set on `blocks`, with a head when `head`.
+    /// A fresh adapter set on `blocks`, with the task's trainable head when `head` (a causal LM
+    /// trains none: its LM head is the model's own, frozen).
     pub fn new_set(
         &self,
         blocks: Range<usize>,
@@ -181,16 +224,15 @@ impl<'a, B: Backend> Federation<'a, B> {
             blocks,
             rng,
         )?;
-        if head {
-            s.with_head(
+        match (head, self.head) {
+            (true, TaskHead::Classes(classes)) => s.with_head(
                 self.backend,
                 self.model.config.hidden,
-                self.classes,
+                classes,
                 self.pooling,
                 rng,
-            )
-        } else {
-            Ok(s)
+            ),
+            _ => Ok(s),
         }
     }
 
@@ -269,14 +311,7 @@ impl<'a, B: Backend> Federation<'a, B> {
         for (i, (_, batch)) in items.iter().enumerate() {
             let w = 1.0 / batch.len().max(1) as f32;
             for e in batch {
-                let mut j = SeqJob::new(
-                    SeqInput::tokens(e.ids.clone()),
-                    0..l,
-                    i,
-                    Output::Class {
-                        label: Some(e.label),
-                    },
-                );
+                let mut j = SeqJob::new(SeqInput::tokens(e.ids.clone()), 0..l, i, e.output(true));
                 j.loss_weight = w;
                 jobs.push(j);
                 owner.push(i);
@@ -350,7 +385,66 @@ pub(crate) fn check_finite<B: Backend>(
     Ok(None)
 }
 
-/// Accuracy of each chain on its examples: returns (correct, total) per chain.
+/// What a model scored on a set of examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EvalStats {
+    /// Examples got right: the predicted class is the label, or (causal LM) every target token
+    /// is the model's most likely next token, i.e. greedy decoding reproduces the response.
+    pub correct: usize,
+    /// Examples.
+    pub total: usize,
+    /// Summed negative log-likelihood (natural log) of the targets.
+    pub nll: f64,
+    /// Targets scored: one per classification example, the response tokens of a causal LM.
+    pub targets: usize,
+}
+
+impl EvalStats {
+    /// `correct / total` (NaN without examples): accuracy, or exact match for a causal LM.
+    pub fn accuracy(&self) -> f64 {
+        if self.total == 0 {
+            f64::NAN
+        } else {
+            self.correct as f64 / self.total as f64
+        }
+    }
+
+    /// `exp(nll / targets)` (NaN without targets): the perplexity of the targets.
+    pub fn perplexity(&self) -> f64 {
+        if self.targets == 0 {
+            f64::NAN
+        } else {
+            (self.nll / self.targets as f64).exp()
+        }
+    }
+
+    fn add(&mut self, e: &Example, r: &SeqResult, vocab: usize) -> Result<()> {
+        let logits = r
+            .logits
+            .as_deref()
+            .ok_or_else(|| Error::Job("evaluation produced no logits".into()))?;
+        let loss = r
+            .loss
+            .ok_or_else(|| Error::Job("evaluation produced no loss".into()))?;
+        let n = e.targets();
+        let right = match &e.label {
+            Label::Class(c) => argmax(logits) == *c,
+            Label::Tokens(t) => {
+                let rows = logits.chunks_exact(vocab.max(1));
+                let wanted = t.iter().filter(|&&y| y >= 0);
+                rows.len() == n && rows.zip(wanted).all(|(row, &y)| argmax(row) as i64 == y)
+            }
+        };
+        self.total += 1;
+        self.correct += usize::from(right);
+        self.nll += loss as f64 * n as f64;
+        self.targets += n;
+        Ok(())
+    }
+}
+
+/// Scores each chain on its examples (`examples[c]` for chain `c`): accuracy or exact match,
+/// and the negative log-likelihood of the targets.
 ///
 /// All chains run packed: stage j runs every sequence's j-th segment in one executor call, so
 /// clients with different cuts share the same sweeps.
@@ -358,15 +452,34 @@ pub fn evaluate<B: Backend>(
     fed: &Federation<'_, B>,
     chains: &[Chain<'_, B>],
     examples: &[&[Example]],
-) -> Result<Vec<(usize, usize)>> {
+) -> Result<Vec<EvalStats>> {
+    // Sequences per executor call, and LM rows (each a vocabulary of logits) per call.
     const SEQS_PER_CALL: usize = 256;
+    const LM_ROWS_PER_CALL: usize = 1024;
     let exec = fed.exec();
+    let vocab = fed.model.config.vocab_size;
     let mut items: Vec<(usize, &Example)> = Vec::new();
     for (c, ex) in examples.iter().enumerate() {
         items.extend(ex.iter().map(|e| (c, e)));
     }
-    let mut res = vec![(0usize, 0usize); chains.len()];
-    for batch in items.chunks(SEQS_PER_CALL) {
+    let mut res = vec![EvalStats::default(); chains.len()];
+    let mut rest = items.as_slice();
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut rows = 0;
+        for (_, e) in rest.iter().take(SEQS_PER_CALL) {
+            let r = match e.label {
+                Label::Class(_) => 0,
+                Label::Tokens(_) => e.targets(),
+            };
+            if take > 0 && rows + r > LM_ROWS_PER_CALL {
+                break;
+            }
+            rows += r;
+            take += 1;
+        }
+        let (batch, tail) = rest.split_at(take);
+        rest = tail;
         let stages = batch
             .iter()
             .map(|(c, _)| chains[*c].parts.len())
@@ -393,21 +506,15 @@ pub fn evaluate<B: Backend>(
                     None => SeqInput::tokens(e.ids.clone()),
                 };
                 let last = stage + 1 == chains[*c].parts.len();
-                let output = if last {
-                    Output::Class { label: None }
-                } else {
-                    Output::Hidden
-                };
+                let output = if last { e.output(true) } else { Output::Hidden };
                 jobs.push(SeqJob::new(input, range.clone(), a, output));
                 who.push(i);
             }
             let (out, _) = exec.forward(&sets, &jobs, false)?;
             for (r, i) in out.into_iter().zip(who) {
-                if let Some(logits) = r.logits {
+                if r.logits.is_some() {
                     let (c, e) = batch[i];
-                    let pred = argmax(&logits);
-                    res[c].1 += 1;
-                    res[c].0 += (pred == e.label) as usize;
+                    res[c].add(e, &r, vocab)?;
                 } else {
                     hidden[i] = r.hidden;
                 }

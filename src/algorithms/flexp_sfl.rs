@@ -303,7 +303,7 @@ impl<B: Backend> FlexpSfl<B> {
         let s = self.splits[k];
         let act_bytes = 4.0 * (tokens * fed.model.config.hidden) as f64;
         let c = log.client(k);
-        c.bytes_up += act_bytes + 8.0 * batch.len() as f64;
+        c.bytes_up += act_bytes + 8.0 * batch.iter().map(|e| e.targets()).sum::<usize>() as f64;
         c.bytes_down += act_bytes;
         if u > 0 {
             // The server's output goes down, its gradient comes back up.

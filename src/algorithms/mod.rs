@@ -14,7 +14,10 @@ pub mod local;
 pub mod pfedme;
 pub mod splitfed;
 
-pub use common::{evaluate, Chain, ClientCost, ClientData, Example, Federation, RoundLog, StepOut};
+pub use common::{
+    evaluate, whole, Chain, ClientCost, ClientData, EvalStats, Example, Federation, Label,
+    RoundLog, StepOut,
+};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};

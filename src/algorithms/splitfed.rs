@@ -113,20 +113,20 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
             }
             let (cout, ctape) = exec.forward(&csets, &jobs, true)?;
             let ctape = ctape.ok_or_else(|| Error::Backend("no tape".into()))?;
-            let labels: Vec<usize> = batches
+            let labels: Vec<Output> = batches
                 .iter()
-                .flat_map(|b| b.iter().map(|e| e.label))
+                .flat_map(|b| b.iter().map(|e| e.output(true)))
                 .collect();
             let mut sjobs: Vec<SeqJob> = cout
                 .into_iter()
                 .zip(&owner)
                 .zip(&labels)
-                .map(|((r, &li), &y)| {
+                .map(|((r, &li), y)| {
                     let mut j = SeqJob::new(
                         SeqInput::Hidden(r.hidden.unwrap_or_default()),
                         s..l,
                         li,
-                        Output::Class { label: Some(y) },
+                        y.clone(),
                     );
                     j.loss_weight = 1.0 / batches[li].len() as f32;
                     j
@@ -240,7 +240,8 @@ impl<B: Backend> Algorithm<B> for SplitFed<B> {
                 log.loss(k, losses[li]);
                 let tokens: usize = batches[li].iter().map(|e| e.ids.len()).sum();
                 let c = log.client(k);
-                c.bytes_up += 4.0 * (tokens * d) as f64 + 8.0 * batches[li].len() as f64;
+                c.bytes_up += 4.0 * (tokens * d) as f64
+                    + 8.0 * batches[li].iter().map(|e| e.targets()).sum::<usize>() as f64;
                 c.bytes_down += 4.0 * (tokens * d) as f64;
                 c.flops += fed.step_flops(s, tokens);
                 log.server_flops += fed.server_step_flops(s, tokens);

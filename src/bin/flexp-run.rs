@@ -461,8 +461,8 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
         Command::Plan { config, set } => {
             let cfg = load_raw(config.as_deref(), &set)?.resolve()?;
             let (mc, projection_bytes) = flexp::model::describe(&cfg.model)?;
-            let classes = flexp::run::runner::class_count(&cfg)?;
-            let (_, plan, _) = flexp::run::runner::plan(&cfg, &mc, projection_bytes, classes)?;
+            let head = flexp::run::runner::task_head(&cfg)?;
+            let (_, plan, _) = flexp::run::runner::plan(&cfg, &mc, projection_bytes, head)?;
             println!("{}", plan.table());
             Ok(())
         }

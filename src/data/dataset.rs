@@ -16,7 +16,12 @@ pub struct DataSpec {
     /// The column (CSV header name or JSON key) holding the text.
     pub text_column: String,
     /// The column holding the class label (strings; JSON numbers and booleans are accepted).
+    /// Empty for a causal-LM data set without labels ([`DataSpec::response_column`] set).
     pub label_column: String,
+    /// The column holding each example's response, for causal-LM fine-tuning on
+    /// prompt/response pairs (the text column is then the prompt). A causal-LM data set's labels
+    /// only serve partitions and filters: it may have one class, or none.
+    pub response_column: Option<String>,
     /// An optional column with a natural grouping key (a domain, an item name) for the
     /// `column:NAME` partition.
     pub group_column: Option<String>,
@@ -34,6 +39,8 @@ pub struct Dataset {
     pub label_names: Vec<String>,
     /// The grouping key of each example, when a group column was loaded.
     pub groups: Option<Vec<String>>,
+    /// The response of each example, when a response column was loaded (causal LM).
+    pub responses: Option<Vec<String>>,
 }
 
 /// One row as read from the file, before labels are mapped to ids.
@@ -42,6 +49,7 @@ struct RawRow {
     text: String,
     label: String,
     group: Option<String>,
+    response: Option<String>,
 }
 
 impl Dataset {
@@ -80,8 +88,16 @@ impl Dataset {
         };
         let mut skipped = Vec::new();
         let mut kept = Vec::with_capacity(rows.len());
+        let labelled = !spec.label_column.is_empty();
+        if !labelled && spec.response_column.is_none() {
+            return Err(Error::Input(format!(
+                "{}: no label column named: classification needs `label_column` (only a \
+                 causal-LM data set with a response column may go without labels)",
+                path.display()
+            )));
+        }
         for row in rows {
-            if row.label.is_empty() {
+            if labelled && row.label.is_empty() {
                 return Err(Error::Input(format!(
                     "{}: line {}: empty label in column `{}`",
                     path.display(),
@@ -95,6 +111,18 @@ impl Dataset {
                     path.display(),
                     row.line,
                     spec.group_column.as_deref().unwrap_or_default()
+                )));
+            }
+            if row.response.as_deref().is_some_and(|r| r.trim().is_empty()) {
+                if skip_empty {
+                    skipped.push(row.line);
+                    continue;
+                }
+                return Err(Error::Input(format!(
+                    "{}: line {}: empty response in column `{}`",
+                    path.display(),
+                    row.line,
+                    spec.response_column.as_deref().unwrap_or_default()
                 )));
             }
             if row.text.trim().is_empty() {
@@ -123,7 +151,7 @@ impl Dataset {
             )));
         }
         let label_names = sorted_labels(kept.iter().map(|r| r.label.as_str()));
-        if label_names.len() < 2 {
+        if label_names.len() < 2 && spec.response_column.is_none() {
             return Err(Error::Input(format!(
                 "{}: column `{}` has the single class {:?}; classification needs at least 2 classes",
                 path.display(),
@@ -136,6 +164,7 @@ impl Dataset {
             labels: Vec::with_capacity(kept.len()),
             label_names,
             groups: spec.group_column.as_ref().map(|_| Vec::new()),
+            responses: spec.response_column.as_ref().map(|_| Vec::new()),
         };
         let ids: HashMap<&str, usize> = ds
             .label_names
@@ -148,6 +177,9 @@ impl Dataset {
             ds.texts.push(row.text);
             if let (Some(groups), Some(g)) = (ds.groups.as_mut(), row.group) {
                 groups.push(g);
+            }
+            if let (Some(responses), Some(r)) = (ds.responses.as_mut(), row.response) {
+                responses.push(r);
             }
         }
         Ok((ds, skipped))
@@ -184,7 +216,8 @@ impl Dataset {
 
     /// The examples whose label is one of `keep`, with class ids renumbered `0..keep.len()` in
     /// the data set's (sorted) label order. Errors when a name is not a label of the data set
-    /// (the labels are listed), or when fewer than two classes would remain.
+    /// (the labels are listed), or when fewer than two classes would remain for classification
+    /// (a causal-LM data set, with responses, may keep one).
     pub fn filter_labels(&self, keep: &[&str]) -> Result<Dataset> {
         let mut wanted = vec![false; self.num_classes()];
         for name in keep {
@@ -207,7 +240,7 @@ impl Dataset {
                 label_names.push(name.clone());
             }
         }
-        if label_names.len() < 2 {
+        if label_names.len() < 2 && self.responses.is_none() {
             return Err(Error::Input(format!(
                 "keeping only {label_names:?} leaves fewer than 2 classes; classification needs at least 2"
             )));
@@ -217,12 +250,16 @@ impl Dataset {
             labels: Vec::new(),
             label_names,
             groups: self.groups.as_ref().map(|_| Vec::new()),
+            responses: self.responses.as_ref().map(|_| Vec::new()),
         };
         for (i, &l) in self.labels.iter().enumerate() {
             if let Some(new) = remap[l] {
                 out.texts.push(self.texts[i].clone());
                 out.labels.push(new);
                 if let (Some(dst), Some(src)) = (out.groups.as_mut(), self.groups.as_ref()) {
+                    dst.push(src[i].clone());
+                }
+                if let (Some(dst), Some(src)) = (out.responses.as_mut(), self.responses.as_ref()) {
                     dst.push(src[i].clone());
                 }
             }
@@ -268,7 +305,7 @@ impl Format {
     }
 }
 
-/// Reads the text, label and group columns of a CSV file with a header row.
+/// Reads the text, label, group and response columns of a CSV file with a header row.
 fn read_csv(spec: &DataSpec) -> Result<Vec<RawRow>> {
     let path = &spec.path;
     let mut reader = csv::ReaderBuilder::new()
@@ -298,8 +335,11 @@ fn read_csv(spec: &DataSpec) -> Result<Vec<RawRow>> {
         }
     };
     let text_col = column(&spec.text_column)?;
-    let label_col = column(&spec.label_column)?;
+    let label_col = (!spec.label_column.is_empty())
+        .then(|| column(&spec.label_column))
+        .transpose()?;
     let group_col = spec.group_column.as_deref().map(column).transpose()?;
+    let response_col = spec.response_column.as_deref().map(column).transpose()?;
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| csv_error(path, e))?;
@@ -308,8 +348,9 @@ fn read_csv(spec: &DataSpec) -> Result<Vec<RawRow>> {
         rows.push(RawRow {
             line,
             text: record[text_col].to_owned(),
-            label: record[label_col].trim().to_owned(),
+            label: label_col.map_or_else(String::new, |c| record[c].trim().to_owned()),
             group: group_col.map(|g| record[g].trim().to_owned()),
+            response: response_col.map(|c| record[c].to_owned()),
         });
     }
     Ok(rows)
@@ -333,7 +374,8 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
     }
 }
 
-/// Reads the text, label and group keys of a JSON lines file (blank lines are ignored).
+/// Reads the text, label, group and response keys of a JSON lines file (blank lines are
+/// ignored).
 fn read_jsonl(spec: &DataSpec) -> Result<Vec<RawRow>> {
     let path = &spec.path;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -372,18 +414,23 @@ fn read_jsonl(spec: &DataSpec) -> Result<Vec<RawRow>> {
                 ))
             })
         };
-        let text = match field(&spec.text_column)? {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            other => {
-                return Err(Error::Input(format!(
-                    "{}: `{}` must be a string, found {other}",
-                    here(),
-                    spec.text_column
-                )))
+        let string = |name: &str| -> Result<String> {
+            match field(name)? {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Null => Ok(String::new()),
+                other => Err(Error::Input(format!(
+                    "{}: `{name}` must be a string, found {other}",
+                    here()
+                ))),
             }
         };
-        let label = scalar(field(&spec.label_column)?, &spec.label_column, &here)?;
+        let text = string(&spec.text_column)?;
+        let response = spec.response_column.as_deref().map(string).transpose()?;
+        let label = if spec.label_column.is_empty() {
+            String::new()
+        } else {
+            scalar(field(&spec.label_column)?, &spec.label_column, &here)?
+        };
         let group = match &spec.group_column {
             Some(g) => Some(scalar(field(g)?, g, &here)?),
             None => None,
@@ -393,6 +440,7 @@ fn read_jsonl(spec: &DataSpec) -> Result<Vec<RawRow>> {
             text,
             label,
             group,
+            response,
         });
     }
     Ok(rows)

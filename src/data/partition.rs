@@ -101,6 +101,16 @@ pub fn partition(
             "{n} examples cannot be split over {clients} clients"
         )));
     }
+    if matches!(p, Partition::Dirichlet(_) | Partition::Shards(_)) && ds.num_classes() < 2 {
+        return Err(Error::Input(format!(
+            "partition `{p}` skews the label distribution, and this data set has {}: name a \
+             label column with at least 2 classes, or use `iid` or `column:NAME`",
+            match ds.label_names.as_slice() {
+                [only] if only.is_empty() => "no labels".to_string(),
+                names => format!("the single class {names:?}"),
+            }
+        )));
+    }
     let mut parts = match p {
         Partition::Iid => iid(n, clients, rng),
         Partition::Dirichlet(alpha) => dirichlet(ds, *alpha, clients, rng)?,

@@ -286,21 +286,34 @@ fn lm_head_forward<B: Backend>(
         if let Output::Lm { labels } = &seqs[i].output {
             let sp = final_span[i]
                 .ok_or_else(|| Error::Job("LM output before the last block".into()))?;
-            let labelled = labels
-                .as_ref()
-                .map_or(0, |y| y.iter().filter(|&&t| t >= 0).count());
+            let start = lm_rows.len();
+            match labels {
+                // Only the labelled positions reach the LM head: the others add nothing to the
+                // loss or its gradient, and a vocabulary-wide row of logits is the largest
+                // buffer of a step.
+                // `validate` checked one label per token.
+                Some(y) => {
+                    for (t, &label) in y.iter().enumerate() {
+                        if label >= 0 {
+                            lm_rows.push((sp.start + t) as u32);
+                            lm_labels.push(label);
+                        }
+                    }
+                }
+                None => {
+                    lm_rows.extend((sp.start..sp.end()).map(|r| r as u32));
+                    lm_labels.extend(std::iter::repeat_n(-1, sp.len));
+                }
+            }
+            let rows = lm_rows.len() - start;
+            let labelled = if labels.is_some() { rows } else { 0 };
             let w = if labelled > 0 {
                 seqs[i].loss_weight / labelled as f32
             } else {
                 0.0
             };
-            lm_seqs.push((i, lm_rows.len(), sp.len, labelled));
-            lm_rows.extend((sp.start..sp.end()).map(|r| r as u32));
-            match labels {
-                Some(y) => lm_labels.extend_from_slice(y),
-                None => lm_labels.extend(std::iter::repeat_n(-1, sp.len)),
-            }
-            lm_weights.extend(std::iter::repeat_n(w, sp.len));
+            lm_seqs.push((i, start, rows, labelled));
+            lm_weights.extend(std::iter::repeat_n(w, rows));
         }
     }
     if lm_rows.is_empty() {
@@ -318,10 +331,7 @@ fn lm_head_forward<B: Backend>(
     for &(i, start, len, labelled) in &lm_seqs {
         results[i].logits = Some(host[start * v..(start + len) * v].to_vec());
         if labelled > 0 {
-            let sum: f64 = (start..start + len)
-                .filter(|&r| lm_labels[r] >= 0)
-                .map(|r| losses[r] as f64)
-                .sum();
+            let sum: f64 = (start..start + len).map(|r| losses[r] as f64).sum();
             results[i].loss = Some((sum / labelled as f64) as f32);
         }
     }

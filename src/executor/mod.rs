@@ -100,7 +100,8 @@ pub enum Output {
         label: Option<usize>,
     },
     /// Language-model logits for every token; with labels (one per token, negative = ignored),
-    /// the mean cross-entropy over the labelled tokens. Needs the range to end at the last block.
+    /// the logits of the labelled tokens only and their mean cross-entropy. Needs the range to
+    /// end at the last block.
     Lm {
         /// Per-token target ids.
         labels: Option<Vec<i64>>,
@@ -146,7 +147,9 @@ impl SeqJob {
 pub struct SeqResult {
     /// Hidden states `[len, hidden]` for [`Output::Hidden`].
     pub hidden: Option<Vec<f32>>,
-    /// Logits: `[classes]` for [`Output::Class`], `[len, vocab]` for [`Output::Lm`].
+    /// Logits: `[classes]` for [`Output::Class`]; for [`Output::Lm`], `[len, vocab]` without
+    /// labels, and with labels `[labelled, vocab]`, one row per labelled position in order (the
+    /// others are never computed).
     pub logits: Option<Vec<f32>>,
     /// Unweighted loss when labels were given.
     pub loss: Option<f32>,

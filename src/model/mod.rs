@@ -101,6 +101,23 @@ pub fn load_model_and_tokenizer_with<B: Backend>(
         return Ok((model, tokenizer));
     }
     let model = load_model_with(backend, path, precision)?;
-    let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"), model.config.vocab_size)?;
+    let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"), model.config.vocab_size)?
+        .with_eos(eos_of_config(path)?);
     Ok((model, tokenizer))
+}
+
+/// The end-of-sequence token of a checkpoint folder: `eos_token_id` of its config.json (the
+/// first when it lists several; `None` when it names none).
+pub fn eos_of_config(dir: &Path) -> Result<Option<u32>> {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: p.clone(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    Ok(match &v["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|x| x as u32),
+        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()).map(|x| x as u32),
+        _ => None,
+    })
 }

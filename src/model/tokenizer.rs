@@ -30,6 +30,7 @@ pub struct Encoded {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    eos: Option<u32>,
 }
 
 impl Tokenizer {
@@ -53,13 +54,27 @@ impl Tokenizer {
     /// against the model's vocabulary of `model_vocab` rows.
     pub fn from_gguf(g: &Gguf, model_vocab: usize) -> Result<Self> {
         let json = g.tokenizer_json()?;
+        let eos = g.u64("tokenizer.ggml.eos_token_id")?.map(|v| v as u32);
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| Error::Tokenizer {
                 path: g.path.clone(),
                 reason: format!("the tokenizer in the GGUF metadata cannot be built: {e}"),
             })?;
-        Self::bind(inner, &g.path, model_vocab)
+        Ok(Self::bind(inner, &g.path, model_vocab)?.with_eos(eos))
+    }
+
+    /// The same tokenizer with `eos` as the model's end-of-sequence token (what ends a
+    /// generation and closes a causal-LM response). A checkpoint folder names it in config.json
+    /// ([`crate::model::eos_of_config`]); a GGUF file in its metadata.
+    pub fn with_eos(mut self, eos: Option<u32>) -> Self {
+        self.eos = eos;
+        self
+    }
+
+    /// The model's end-of-sequence token, where the checkpoint names one.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
     }
 
     fn bind(mut inner: tokenizers::Tokenizer, path: &Path, model_vocab: usize) -> Result<Self> {
@@ -82,6 +97,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             path: path.into(),
+            eos: None,
         })
     }
 
@@ -131,6 +147,19 @@ impl Tokenizer {
 }
 
 impl Tokenizer {
+    /// Token ids of `text` without the special tokens the model adds around a whole input: the
+    /// continuation of an input already begun (a causal-LM response after its prompt).
+    pub fn encode_continuation(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// The text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| Error::Tokenizer {

@@ -10,11 +10,11 @@
 //! no alignment term (the reference has none), so both sides do the same arithmetic. One
 //! untimed warm-up step (every client, one local step) runs first.
 
-use crate::algorithms::{self, Algorithm, AlgorithmKind, Align, ClientData, Example};
+use crate::algorithms::{self, Algorithm, AlgorithmKind, Align, ClientData, Example, Label};
 use crate::algorithms::{Federation, Hyper, RoundLog, ServerAgg, ServerUpdate};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::federated::CostModel;
+use crate::federated::{CostModel, TaskHead};
 use crate::model::{LoraConfig, Model, Pooling, Target};
 use crate::rng::Rng;
 use std::time::Instant;
@@ -151,7 +151,7 @@ impl<'a, B: Backend + 'static> BenchRound<'a, B> {
             ids: (0..spec.seq)
                 .map(|_| 1000 + rng.below(c.vocab_size - 1000) as u32)
                 .collect(),
-            label: rng.below(2),
+            label: Label::Class(rng.below(2)),
         };
         // Exactly `batch` examples per client: every local step uses all of them (in a new
         // order).
@@ -181,7 +181,7 @@ impl<'a, B: Backend + 'static> BenchRound<'a, B> {
             backend: be,
             model,
             lora,
-            classes: 2,
+            head: TaskHead::Classes(2),
             pooling: Pooling::Mean,
             clients,
             splits: (0..spec.clients)

@@ -5,7 +5,7 @@ use crate::algorithms::{
     parse_choice, AlgorithmKind, Align, Granularity, Hyper, Negative, ServerAgg, ServerUpdate,
 };
 use crate::backend::WeightPrecision;
-use crate::data::Partition;
+use crate::data::{LmTemplate, Partition};
 use crate::error::{Error, Result};
 use crate::model::Target;
 use std::collections::BTreeMap;
@@ -21,6 +21,21 @@ pub enum SplitSpec {
     Manual(Vec<usize>),
 }
 
+/// What the clients fine-tune the model for (`task`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// Text classification through a trainable head (`classify`).
+    Classify,
+    /// Causal-LM fine-tuning (`causal_lm`): the model learns to produce each example's
+    /// response after its prompt, through its own frozen LM head.
+    CausalLm {
+        /// The data column holding the responses (`data.response_column`).
+        response_column: String,
+        /// How prompt and response are laid out (`lm.prompt`, `lm.response`).
+        template: LmTemplate,
+    },
+}
+
 /// A fully resolved experiment configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
@@ -32,8 +47,10 @@ pub struct RunConfig {
     pub data_path: PathBuf,
     /// Text column.
     pub text_column: String,
-    /// Label column.
+    /// Label column (empty: none, for a causal-LM task).
     pub label_column: String,
+    /// The task.
+    pub task: Task,
     /// Labels kept (empty: all).
     pub labels: Vec<String>,
     /// Cap on the number of examples used (0: all), drawn at random with the seed.
@@ -85,6 +102,10 @@ const KEYS: &[(&str, &str)] = &[
     ("data.path", "\"\""),
     ("data.text_column", "\"text\""),
     ("data.label_column", "\"label\""),
+    ("data.response_column", "\"\""),
+    ("task", "\"classify\""),
+    ("lm.prompt", "\"{text}\""),
+    ("lm.response", "\"{response}\""),
     ("data.labels", "[]"),
     ("data.max_examples", "0"),
     ("partition", "\"dirichlet:0.5\""),
@@ -365,6 +386,48 @@ impl RawConfig {
                 algorithm.name()
             )));
         }
+        let response_column = s("data.response_column")?;
+        let task = match s("task")?.as_str() {
+            "classify" => {
+                if !response_column.is_empty() {
+                    return Err(Error::Input(format!(
+                        "`data.response_column` = {response_column:?} applies to task = \
+                         \"causal_lm\"; a classification task reads `data.label_column`"
+                    )));
+                }
+                Task::Classify
+            }
+            "causal_lm" => {
+                if response_column.is_empty() {
+                    return Err(Error::Input(
+                        "task = \"causal_lm\" needs `data.response_column`: the column the model \
+                         learns to produce (to model whole texts, name the text column and set \
+                         `lm.prompt = \"\"`)"
+                            .into(),
+                    ));
+                }
+                let template = LmTemplate {
+                    prompt: s("lm.prompt")?,
+                    response: s("lm.response")?,
+                };
+                template.validate()?;
+                Task::CausalLm {
+                    response_column,
+                    template,
+                }
+            }
+            other => {
+                return Err(Error::Input(format!(
+                    "`task` must be \"classify\" or \"causal_lm\", got {other:?}"
+                )))
+            }
+        };
+        let label_column = s("data.label_column")?;
+        if label_column.is_empty() && task == Task::Classify {
+            return Err(Error::Input(
+                "`data.label_column` is empty: a classification task needs its labels".into(),
+            ));
+        }
         let seed = u("seed")? as u64;
         let out = match s("out")? {
             o if o.is_empty() => PathBuf::from(format!("runs/{}-seed{seed}", algorithm.name())),
@@ -378,7 +441,8 @@ impl RawConfig {
             precision: s("precision")?.parse()?,
             data_path: PathBuf::from(s("data.path")?),
             text_column: s("data.text_column")?,
-            label_column: s("data.label_column")?,
+            label_column,
+            task,
             labels: list("data.labels")?,
             max_examples: u("data.max_examples")?,
             partition: Partition::parse(&s("partition")?)?,

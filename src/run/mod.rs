@@ -8,5 +8,5 @@ pub mod export;
 pub mod runner;
 pub mod sweep;
 
-pub use config::{RawConfig, RunConfig, SplitSpec};
+pub use config::{RawConfig, RunConfig, SplitSpec, Task};
 pub use runner::{run, LogProgress, Progress, RunOutcome};

@@ -2,8 +2,8 @@
 //! evaluation, accounting, checkpoints, report.
 
 use super::checkpoint::{self, Meta};
-use super::config::{RawConfig, RunConfig, SplitSpec};
-use crate::algorithms::{self, evaluate, Chain, ClientData, Example, Federation};
+use super::config::{RawConfig, RunConfig, SplitSpec, Task};
+use crate::algorithms::{self, evaluate, Chain, ClientData, EvalStats, Example, Federation, Label};
 use crate::backend::Backend;
 use crate::data::{self, DataSpec, Dataset};
 use crate::error::{Error, Result};
@@ -99,11 +99,11 @@ pub fn plan(
     cfg: &RunConfig,
     model: &ModelConfig,
     projection_bytes: Option<f64>,
-    classes: usize,
+    head: TaskHead,
 ) -> Result<(CostModel, Plan, Vec<ResourceProfile>)> {
     let lora = lora_config(cfg);
     let mut cost = CostModel::new(model, &lora, cfg.seq_len, cfg.hyper.batch_size)?
-        .with_head(TaskHead::Classes(classes))?
+        .with_head(head)?
         .with_u_shaped_tail(cfg.hyper.u_tail)?;
     if let Some(b) = projection_bytes {
         cost = cost.with_projection_bytes(b)?;
@@ -150,18 +150,28 @@ fn data_spec(cfg: &RunConfig) -> DataSpec {
         text_column: cfg.text_column.clone(),
         label_column: cfg.label_column.clone(),
         group_column: cfg.partition.group_column().map(str::to_string),
+        response_column: match &cfg.task {
+            Task::Classify => None,
+            Task::CausalLm {
+                response_column, ..
+            } => Some(response_column.clone()),
+        },
     }
 }
 
-/// The number of classes a run trains on: the listed `data.labels`, or every label in the data
-/// file when none are listed (reads the file).
-pub fn class_count(cfg: &RunConfig) -> Result<usize> {
+/// The head a run trains through: the model's LM head for a causal-LM task; else a
+/// classification head over the listed `data.labels`, or every label in the data file when none
+/// are listed (reads the file).
+pub fn task_head(cfg: &RunConfig) -> Result<TaskHead> {
+    if let Task::CausalLm { .. } = cfg.task {
+        return Ok(TaskHead::LanguageModel);
+    }
     if !cfg.labels.is_empty() {
-        return Ok(cfg.labels.len());
+        return Ok(TaskHead::Classes(cfg.labels.len()));
     }
     require_data_path(cfg)?;
     let (ds, _) = Dataset::load_skipping_empty(&data_spec(cfg))?;
-    Ok(ds.num_classes())
+    Ok(TaskHead::Classes(ds.num_classes()))
 }
 
 /// Loads, filters, caps, partitions, splits and tokenises the data.
@@ -203,18 +213,14 @@ pub fn prepare<B: Backend>(
     }
     let parts = data::partition(&ds, &cfg.partition, cfg.clients, &mut rng)?;
     let splits = data::split_clients(&ds, &parts, cfg.test_fraction, &mut rng);
-    let (ids, truncated) =
-        data::encode_dataset(&ds, tok, cfg.seq_len.min(model.config.max_positions))?;
+    let max_len = cfg.seq_len.min(model.config.max_positions);
+    let (examples, truncated) = encode(cfg, &ds, tok, max_len)?;
     if truncated > 0 {
         progress.message(&format!(
-            "data: {truncated} texts truncated to {} tokens",
-            cfg.seq_len
+            "data: {truncated} examples truncated to {max_len} tokens"
         ));
     }
-    let ex = |i: usize| Example {
-        ids: ids[i].clone(),
-        label: ds.labels[i],
-    };
+    let ex = |i: usize| examples[i].clone();
     let clients: Vec<ClientData> = splits
         .iter()
         .map(|s| ClientData {
@@ -240,9 +246,13 @@ pub fn prepare<B: Backend>(
     }
     let global_test = data::global_test(&splits).into_iter().map(ex).collect();
     let classes = ds.label_names.clone();
+    let head = match cfg.task {
+        Task::Classify => TaskHead::Classes(classes.len()),
+        Task::CausalLm { .. } => TaskHead::LanguageModel,
+    };
     // A GGUF model's blocks stay in the file's GGML types: the client holds those bytes.
     let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, model));
-    let (cost, plan, profiles) = plan(cfg, &model.config, projection_bytes, classes.len())?;
+    let (cost, plan, profiles) = plan(cfg, &model.config, projection_bytes, head)?;
     Ok(Prepared {
         clients,
         global_test,
@@ -251,6 +261,44 @@ pub fn prepare<B: Backend>(
         plan,
         cost,
     })
+}
+
+/// Every example of `ds` tokenised for the run's task, and how many were truncated.
+fn encode(
+    cfg: &RunConfig,
+    ds: &Dataset,
+    tok: &Tokenizer,
+    max_len: usize,
+) -> Result<(Vec<Example>, usize)> {
+    match &cfg.task {
+        Task::Classify => {
+            let (ids, truncated) = data::encode_dataset(ds, tok, max_len)?;
+            let examples = ids
+                .into_iter()
+                .zip(&ds.labels)
+                .map(|(ids, &c)| Example::class(ids, c))
+                .collect();
+            Ok((examples, truncated))
+        }
+        Task::CausalLm { template, .. } => {
+            let responses = ds.responses.as_ref().ok_or_else(|| {
+                Error::Input("a causal-LM task needs the data set's responses".into())
+            })?;
+            let mut truncated = 0;
+            let mut examples = Vec::with_capacity(ds.len());
+            for (i, (text, response)) in ds.texts.iter().zip(responses).enumerate() {
+                let (p, r) = template.apply(text, response)?;
+                let (enc, cut) = data::encode_lm(tok, &p, &r, tok.eos(), max_len)
+                    .map_err(|e| Error::Input(format!("example {i}: {e}")))?;
+                truncated += usize::from(cut);
+                examples.push(Example {
+                    ids: enc.ids,
+                    label: Label::Tokens(enc.targets),
+                });
+            }
+            Ok((examples, truncated))
+        }
+    }
 }
 
 fn subset(ds: &Dataset, idx: &[usize]) -> Dataset {
@@ -262,6 +310,10 @@ fn subset(ds: &Dataset, idx: &[usize]) -> Dataset {
             .groups
             .as_ref()
             .map(|g| idx.iter().map(|&i| g[i].clone()).collect()),
+        responses: ds
+            .responses
+            .as_ref()
+            .map(|r| idx.iter().map(|&i| r[i].clone()).collect()),
     }
 }
 
@@ -288,11 +340,44 @@ fn mean_std_min(v: &[f64]) -> (f64, f64, f64) {
 
 /// Evaluation of every client's personalized model and of the global model.
 struct Eval {
-    personal: Vec<f64>,
-    global_of_personal: Vec<f64>,
-    global_model: Option<f64>,
+    /// Each client's personalized model on its own test split.
+    personal: Vec<EvalStats>,
+    /// Each client's personalized model on the global test set.
+    global_of_personal: Vec<EvalStats>,
+    global_model: Option<EvalStats>,
     /// Why there is no global model, when there is none.
     global_model_note: Option<&'static str>,
+}
+
+impl Eval {
+    fn accuracies(v: &[EvalStats]) -> Vec<f64> {
+        v.iter().map(EvalStats::accuracy).collect()
+    }
+
+    fn perplexities(v: &[EvalStats]) -> Vec<f64> {
+        v.iter().map(EvalStats::perplexity).collect()
+    }
+
+    /// The metric fields of a causal-LM evaluation: perplexity of each client's personalized
+    /// model on its own split (mean, spread, worst) and on the global test set, and the global
+    /// model's. Lower is better, so the worst client is the maximum.
+    fn perplexity_fields(&self) -> serde_json::Map<String, Value> {
+        let own = Self::perplexities(&self.personal);
+        let (m, s, _) = mean_std_min(&own);
+        let worst = own.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (g, _, _) = mean_std_min(&Self::perplexities(&self.global_of_personal));
+        let mut out = serde_json::Map::new();
+        out.insert("personalized_ppl_mean".into(), finite_or_null(m));
+        out.insert("personalized_ppl_std".into(), finite_or_null(s));
+        out.insert("personalized_ppl_max".into(), finite_or_null(worst));
+        out.insert("global_ppl_mean".into(), finite_or_null(g));
+        out.insert(
+            "global_model_ppl".into(),
+            self.global_model
+                .map_or(Value::Null, |e| finite_or_null(e.perplexity())),
+        );
+        out
+    }
 }
 
 fn run_eval<B: Backend>(
@@ -303,22 +388,11 @@ fn run_eval<B: Backend>(
     let n = fed.num_clients();
     let chains: Vec<Chain<'_, B>> = (0..n).map(|k| algo.personal(k)).collect();
     let own: Vec<&[Example]> = fed.clients.iter().map(|c| c.test.as_slice()).collect();
-    let acc = |r: &[(usize, usize)]| -> Vec<f64> {
-        r.iter()
-            .map(|(c, t)| {
-                if *t == 0 {
-                    f64::NAN
-                } else {
-                    *c as f64 / *t as f64
-                }
-            })
-            .collect()
-    };
-    let personal = acc(&evaluate(fed, &chains, &own)?);
+    let personal = evaluate(fed, &chains, &own)?;
     let sets: Vec<&[Example]> = (0..n).map(|_| global_test).collect();
-    let global_of_personal = acc(&evaluate(fed, &chains, &sets)?);
+    let global_of_personal = evaluate(fed, &chains, &sets)?;
     let global_model = match algo.global() {
-        Some(g) => acc(&evaluate(fed, &[g], &[global_test])?).first().copied(),
+        Some(g) => evaluate(fed, &[g], &[global_test])?.first().copied(),
         None => None,
     };
     let global_model_note = global_model.is_none().then(|| algo.no_global_model());
@@ -337,7 +411,7 @@ pub(crate) fn with_labels_used(
     cfg: &RunConfig,
     classes: &[String],
 ) -> Result<String> {
-    if !cfg.labels.is_empty() {
+    if !cfg.labels.is_empty() || cfg.label_column.is_empty() {
         return Ok(resolved_toml.to_string());
     }
     let mut raw = RawConfig::from_toml(resolved_toml)?;
@@ -409,12 +483,16 @@ pub fn run<B: Backend + 'static>(
         with_labels_used(resolved_toml, cfg, &prep.classes)?
     };
     write_atomic(&dir.join("config.toml"), recorded.as_bytes())?;
+    let task = match (&cfg.task, cfg.label_column.is_empty()) {
+        (Task::Classify, _) => format!("classes {:?}", prep.classes),
+        (Task::CausalLm { .. }, true) => "causal LM".to_string(),
+        (Task::CausalLm { .. }, false) => format!("causal LM, labels {:?}", prep.classes),
+    };
     progress.message(&format!(
-        "data: {} clients, {} train / {} test examples, classes {:?}",
+        "data: {} clients, {} train / {} test examples, {task}",
         cfg.clients,
         prep.clients.iter().map(|c| c.train.len()).sum::<usize>(),
         prep.global_test.len(),
-        prep.classes
     ));
     progress.message(&prep.plan.table());
     write_atomic(
@@ -427,7 +505,7 @@ pub fn run<B: Backend + 'static>(
         backend: be,
         model: &model,
         lora: lora_config(cfg),
-        classes: prep.classes.len(),
+        head: prep.cost.head(),
         pooling: pooling_of(&model.config),
         clients: prep.clients.clone(),
         splits: prep.plan.splits.clone(),
@@ -486,6 +564,8 @@ pub fn run<B: Backend + 'static>(
     rewrite_metrics(&metrics_path, &metrics)?;
 
     let mut last_eval: Option<Eval> = None;
+    // A causal LM's accuracy fields hold exact match; perplexity fields join them.
+    let lm = matches!(cfg.task, Task::CausalLm { .. });
     let mut best: Option<(usize, Value)> = metrics
         .iter()
         .filter_map(|m| Some((m["round"].as_u64()? as usize, m.clone())))
@@ -532,9 +612,9 @@ pub fn run<B: Backend + 'static>(
         let mut line = None;
         if r % cfg.eval_every == 0 || r == cfg.rounds {
             let ev = run_eval(&fed, algo.as_ref(), &global_eval)?;
-            let (pm, ps, pmin) = mean_std_min(&ev.personal);
-            let (gm, _, _) = mean_std_min(&ev.global_of_personal);
-            let m = json!({
+            let (pm, ps, pmin) = mean_std_min(&Eval::accuracies(&ev.personal));
+            let (gm, _, _) = mean_std_min(&Eval::accuracies(&ev.global_of_personal));
+            let mut m = json!({
                 "round": r,
                 "simulated_seconds": sim,
                 "wall_seconds": wall_before + t0.elapsed().as_secs_f64(),
@@ -543,12 +623,17 @@ pub fn run<B: Backend + 'static>(
                 "personalized_acc_std": ps,
                 "personalized_acc_min": pmin,
                 "global_acc_mean": finite_or_null(gm),
-                "global_model_acc": ev.global_model,
+                "global_model_acc": ev.global_model.map(|e| e.accuracy()),
                 "bytes_up_total": totals.iter().map(|t| t.up).sum::<f64>(),
                 "bytes_down_total": totals.iter().map(|t| t.down).sum::<f64>(),
                 "client_flops_total": totals.iter().map(|t| t.flops).sum::<f64>(),
                 "rejected": rejected,
             });
+            if lm {
+                if let Value::Object(o) = &mut m {
+                    o.extend(ev.perplexity_fields());
+                }
+            }
             if time_to_target.is_none() && pm >= cfg.target_acc {
                 time_to_target = Some(sim);
             }
@@ -673,25 +758,36 @@ fn build_report(
     time_to_target: Option<f64>,
 ) -> Value {
     let n = cfg.clients as f64;
-    let (pm, ps, pmin) = mean_std_min(&ev.personal);
-    let (gm, _, _) = mean_std_min(&ev.global_of_personal);
+    let lm = matches!(cfg.task, Task::CausalLm { .. });
+    let personal = Eval::accuracies(&ev.personal);
+    let global_of_personal = Eval::accuracies(&ev.global_of_personal);
+    let (pm, ps, pmin) = mean_std_min(&personal);
+    let (gm, _, _) = mean_std_min(&global_of_personal);
     let split_algo = cfg.algorithm.is_split();
     let clients: Vec<Value> = (0..cfg.clients)
         .map(|k| {
             let row = &prep.plan.rows[k];
-            json!({
+            let mut c = json!({
                 "client": k,
                 "profile": prep.profiles[k].name,
                 "split": if split_algo { json!(prep.plan.splits[k]) } else { Value::Null },
                 "train_examples": prep.clients[k].train.len(),
                 "test_examples": prep.clients[k].test.len(),
-                "personalized_acc": finite_or_null(ev.personal[k]),
-                "global_acc": finite_or_null(ev.global_of_personal[k]),
+                "personalized_acc": finite_or_null(personal[k]),
+                "global_acc": finite_or_null(global_of_personal[k]),
                 "bytes_up": totals[k].up,
                 "bytes_down": totals[k].down,
                 "flops": totals[k].flops,
                 "memory_bytes": if split_algo { json!(row.memory_bytes) } else { json!(prep.cost.client_memory(prep.cost.max_split()) ) },
-            })
+            });
+            if let (true, Value::Object(o)) = (lm, &mut c) {
+                o.insert("personalized_ppl".into(), finite_or_null(ev.personal[k].perplexity()));
+                o.insert(
+                    "global_ppl".into(),
+                    finite_or_null(ev.global_of_personal[k].perplexity()),
+                );
+            }
+            c
         })
         .collect();
     let best = best.map(|(r, m)| {
@@ -704,8 +800,9 @@ fn build_report(
             "global_model_acc": m["global_model_acc"],
         })
     });
-    json!({
+    let mut report = json!({
         "algorithm": cfg.algorithm.name(),
+        "task": if lm { "causal_lm" } else { "classify" },
         "rounds": cfg.rounds,
         "clients": cfg.clients,
         "seed": cfg.seed,
@@ -717,7 +814,7 @@ fn build_report(
             "personalized_acc_std": finite_or_null(ps),
             "personalized_acc_min": finite_or_null(pmin),
             "global_acc_mean": finite_or_null(gm),
-            "global_model_acc": ev.global_model,
+            "global_model_acc": ev.global_model.map(|e| e.accuracy()),
             "global_model_note": ev.global_model_note,
             "bytes_up_per_client": totals.iter().map(|t| t.up).sum::<f64>() / n,
             "bytes_down_per_client": totals.iter().map(|t| t.down).sum::<f64>() / n,
@@ -730,7 +827,17 @@ fn build_report(
             "figures": "summary values are last-round; `best` is the best evaluated round by personalized_acc_mean",
         },
         "clients": clients,
-    })
+    });
+    if lm {
+        if let Some(Value::Object(o)) = report.get_mut("summary") {
+            o.extend(ev.perplexity_fields());
+            o.insert(
+                "accuracy".into(),
+                json!("causal LM: the accuracy fields hold exact match (greedy decoding reproduces the whole response)"),
+            );
+        }
+    }
+    report
 }
 
 /// Bytes one block's projection weights hold on the backend (the mean over blocks).

@@ -3,7 +3,7 @@
 use flexp::algorithms::{ClientData, Example, Federation, Hyper};
 use flexp::backend::cpu::Cpu;
 use flexp::backend::WeightPrecision;
-use flexp::federated::CostModel;
+use flexp::federated::{CostModel, TaskHead};
 use flexp::model::{LoraConfig, Model, ModelConfig, Pooling};
 use flexp::rng::Rng;
 
@@ -36,7 +36,7 @@ pub fn example(rng: &mut Rng) -> Example {
         let at = rng.below(len);
         ids[at] = SIGNAL;
     }
-    Example { ids, label }
+    Example::class(ids, label)
 }
 
 /// `sizes[k]` training and `test` test examples for client k.
@@ -68,7 +68,7 @@ pub fn federation<'a>(
         backend: &Cpu,
         model,
         lora,
-        classes: 2,
+        head: TaskHead::Classes(2),
         pooling: Pooling::Mean,
         clients,
         splits,

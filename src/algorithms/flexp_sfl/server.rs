@@ -28,13 +28,13 @@ pub(super) struct ServerReply<B: Backend> {
 }
 
 /// What every part of the server's step reads: the run, the step's clients and their
-/// forward, and each client job's label.
+/// forward, and each client job's labelled output.
 struct Sweep<'a, 'f, B: Backend> {
     fed: &'a Federation<'f, B>,
     step: &'a Step<'a, 'a>,
     pass: &'a ClientPass<'a, B>,
-    /// The class label of each client job.
-    labels: Vec<usize>,
+    /// The labelled output of each client job (its class, or its next-token targets).
+    outputs: Vec<Output>,
 }
 
 /// Clients whose server segments run in one sweep and whose G-gradients make one G update.
@@ -74,7 +74,7 @@ pub(super) fn sweep<B: Backend>(
         fed,
         step,
         pass,
-        labels: job_labels(step, pass),
+        outputs: job_outputs(step, pass),
     };
     for members in update_groups(fed.hyper.server_update, step.active.len()) {
         let members: Vec<usize> = members.into_iter().filter(|&i| !rejected[i]).collect();
@@ -106,16 +106,16 @@ pub(super) fn sweep<B: Backend>(
     Ok(reply)
 }
 
-/// The class label of each client job (its sequence's example in its client's batch).
-fn job_labels<B: Backend>(step: &Step<'_, '_>, pass: &ClientPass<'_, B>) -> Vec<usize> {
+/// The labelled output of each client job (its sequence's example in its client's batch).
+fn job_outputs<B: Backend>(step: &Step<'_, '_>, pass: &ClientPass<'_, B>) -> Vec<Output> {
     // Position of each client job within its client's batch.
     let mut seen = vec![0usize; step.active.len()];
     pass.owner
         .iter()
         .map(|&i| {
-            let label = step.batches[i][seen[i]].label;
+            let output = step.batches[i][seen[i]].output(true);
             seen[i] += 1;
-            label
+            output
         })
         .collect()
 }
@@ -150,9 +150,7 @@ fn group_jobs<B: Backend>(
         let output = if u > 0 {
             Output::Hidden
         } else {
-            Output::Class {
-                label: Some(cx.labels[j]),
-            }
+            cx.outputs[j].clone()
         };
         let mut job = SeqJob::new(
             SeqInput::Hidden(pass.smashed[j].clone()),
@@ -242,9 +240,7 @@ fn tail_jobs<B: Backend>(
                 SeqInput::Hidden(r.hidden.clone().unwrap_or_default()),
                 l - st.tail..l,
                 sj.grad_slot,
-                Output::Class {
-                    label: Some(cx.labels[j]),
-                },
+                cx.outputs[j].clone(),
             );
             t.loss_weight = sj.loss_weight;
             t
