@@ -247,8 +247,12 @@ impl<B: Backend> Generator<B> {
     }
 
     fn rms_norm(&self, x: &B::Buf, gamma: &B::Buf, n: usize) -> Result<B::Buf> {
+        self.rms_norm_width(x, gamma, n, self.model.config.hidden)
+    }
+
+    /// RMSNorm of `n` rows of `d` values (a head's width for Qwen3's query and key norms).
+    fn rms_norm_width(&self, x: &B::Buf, gamma: &B::Buf, n: usize, d: usize) -> Result<B::Buf> {
         let be = &self.backend;
-        let d = self.model.config.hidden;
         let mut y = be.zeros(n * d)?;
         let mut rstd = be.zeros(n)?;
         be.rms_norm_forward(
@@ -298,6 +302,10 @@ impl<B: Backend> Generator<B> {
         let mut q = self.linear(&h, &w.q, n, l, Target::Q)?;
         let mut k = self.linear(&h, &w.k, n, l, Target::K)?;
         let v = self.linear(&h, &w.v, n, l, Target::V)?;
+        if let Some((qn, kn)) = &w.qk_norm {
+            q = self.rms_norm_width(&q, &qn.gamma, n * c.heads, c.head_dim)?;
+            k = self.rms_norm_width(&k, &kn.gamma, n * c.kv_heads, c.head_dim)?;
+        }
         be.rope(&mut q, positions, c.heads, c.head_dim, theta, false)?;
         be.rope(&mut k, positions, c.kv_heads, c.head_dim, theta, false)?;
         cache.k[l].extend(be.download(&k)?);

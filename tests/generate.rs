@@ -121,3 +121,31 @@ fn bad_feeds_are_refused_by_name() {
         .to_string();
     assert!(e.contains("no tokenizer"), "{e}");
 }
+
+/// Qwen3 through the cache (tests/fixtures/gguf/tiny_qwen3.gguf: per-head query and key norms,
+/// 128-wide heads, 13 GGML types): one token at a time, every position's logits are
+/// transformers' float32 logits of the whole sequence
+/// (tools/torch_reference/gguf_tiny_llama.py --arch qwen3).
+#[test]
+fn the_cache_runs_qwen3_as_transformers() {
+    let g = Generator::load(Cpu, &fixture("gguf/tiny_qwen3.gguf")).unwrap();
+    let vocab = g.model().config.vocab_size;
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(fixture("gguf/tiny_qwen3_reference.json")).unwrap())
+            .unwrap();
+    for (s, want) in r["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["logits"].as_array().unwrap())
+    {
+        let seq = ids(s);
+        let want = logits_rows(want, vocab);
+        let mut session = g.session();
+        for (t, &tok) in seq.iter().enumerate() {
+            let got = session.feed(&[tok]).unwrap();
+            let (err, scale) = common::max_err_and_scale(&got, &want[t]);
+            assert!(err < 1e-4 * scale.max(1.0), "position {t}: error {err}");
+        }
+    }
+}

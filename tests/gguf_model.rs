@@ -235,6 +235,17 @@ fn tiny_qwen2_in_every_type_matches_transformers() {
     assert!(c.attn_bias && !c.o_bias);
 }
 
+/// The same for Qwen3: RMSNorm of each query and key head before RoPE, no biases, heads of 128
+/// on a hidden size of 256 (a 512-wide query projection).
+#[test]
+fn tiny_qwen3_in_every_type_matches_transformers() {
+    tiny_matches_transformers("qwen3");
+    let g = Gguf::open(&fixture("gguf/tiny_qwen3.gguf")).unwrap();
+    let c = g.model_config().unwrap();
+    assert!(c.qk_norm && !c.attn_bias && !c.o_bias);
+    assert_eq!((c.head_dim, c.q_dim(), c.hidden), (128, 512, 256));
+}
+
 fn tiny_matches_transformers(arch: &str) {
     let be = Cpu;
     let path = fixture(&format!("gguf/tiny_{arch}.gguf"));

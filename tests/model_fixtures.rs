@@ -321,9 +321,16 @@ fn llama_sharded_gqa_matches_pytorch() {
     run_family("llama", WeightPrecision::F32);
 }
 
+/// Qwen3: RMSNorm of each query and key head before RoPE (forward and the gradients through
+/// it), and a head size of 16 with 4 heads on a hidden size of 32 (a 64-wide query projection).
+#[test]
+fn qwen3_qk_norm_matches_pytorch() {
+    run_family("qwen3", WeightPrecision::F32);
+}
+
 #[test]
 fn bf16_weights_match_pytorch_within_bf16_tolerance() {
-    for family in ["bert", "gpt2", "llama"] {
+    for family in ["bert", "gpt2", "llama", "qwen3"] {
         run_family(family, WeightPrecision::Bf16);
     }
 }

@@ -5,9 +5,9 @@ Dev-time only: the Rust tests read the files this writes and never run Python.
 
 Usage:
     python tools/gen_fixtures.py [--out tests/fixtures] [--families bert,gpt2,llama]
-                                 [--no-verify]
+                                 [--no-verify]   (families: bert, gpt2, llama, qwen3)
 
-For each family F in {bert, gpt2, llama} it writes tests/fixtures/F/ with
+For each family F in {bert, gpt2, llama, qwen3} it writes tests/fixtures/F/ with
   * config.json + weights, exactly as `save_pretrained(safe_serialization=True)`
     writes them (float32 on disk; llama is sharded with an index file),
   * reference.safetensors with inputs, LoRA parameters, hidden states, logits,
@@ -187,7 +187,7 @@ def _eager_attention_exact(module, query, key, value, attention_mask, scaling, d
 
 def make_exact(family: str, model) -> None:
     """Per-instance patches on the float64 reference model (llama only)."""
-    if family != "llama":
+    if family not in ("llama", "qwen3"):
         return
     import types
 
@@ -205,19 +205,23 @@ class exact_attention:
         self.family = family
         self.saved = None
 
-    def __enter__(self):
-        if self.family == "llama":
+    def _module(self):
+        if self.family == "qwen3":
+            import transformers.models.qwen3.modeling_qwen3 as ml
+        else:
             import transformers.models.llama.modeling_llama as ml
+        return ml
 
+    def __enter__(self):
+        if self.family in ("llama", "qwen3"):
+            ml = self._module()
             self.saved = ml.eager_attention_forward
             ml.eager_attention_forward = _eager_attention_exact
         return self
 
     def __exit__(self, *exc):
         if self.saved is not None:
-            import transformers.models.llama.modeling_llama as ml
-
-            ml.eager_attention_forward = self.saved
+            self._module().eager_attention_forward = self.saved
         return False
 
 
@@ -298,6 +302,37 @@ def build_llama():
     return LlamaForCausalLM(cfg)
 
 
+def build_qwen3():
+    """Qwen3: per-head RMSNorm of queries and keys before RoPE, and a head size (16) that is not
+    hidden / heads (8), so the query projection is wider than the model."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=48,
+        max_position_embeddings=MAX_POS,
+        rms_norm_eps=1e-6,
+        rope_theta=ROPE_THETA,
+        rope_scaling=None,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+        attention_bias=False,
+        use_sliding_window=False,
+        attention_dropout=0.0,
+        initializer_range=INIT_STD,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+    cfg._attn_implementation = "eager"
+    return Qwen3ForCausalLM(cfg)
+
+
 def lora_targets(family: str, model) -> list[tuple[torch.nn.Module, list[tuple[str, int, int, slice | None]]]]:
     """Returns [(module, [(target, in, out, output_slice)])] per layer/target."""
     d = HIDDEN
@@ -330,7 +365,7 @@ def lora_targets(family: str, model) -> list[tuple[torch.nn.Module, list[tuple[s
             ]:
                 in_f, out_f = mod.weight.shape
                 out.append((mod, [(f"{i}.{tgt}", in_f, out_f, None)]))
-    elif family == "llama":
+    elif family in ("llama", "qwen3"):
         for i, layer in enumerate(model.model.layers):
             for tgt, mod in [
                 ("q", layer.self_attn.q_proj),
@@ -419,7 +454,7 @@ def generate(family: str, out_dir: Path) -> dict:
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
 
-    builder = {"bert": build_bert, "gpt2": build_gpt2, "llama": build_llama}[family]
+    builder = {"bert": build_bert, "gpt2": build_gpt2, "llama": build_llama, "qwen3": build_qwen3}[family]
     model = builder()
     model.eval()
     perturb_parameters(model, gen)
@@ -651,7 +686,7 @@ def _verify_reference(family: str, state: dict, ref: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(repo_root() / "tests" / "fixtures"))
-    ap.add_argument("--families", default="bert,gpt2,llama")
+    ap.add_argument("--families", default="bert,gpt2,llama,qwen3")
     ap.add_argument("--no-verify", action="store_true")
     args = ap.parse_args()
 

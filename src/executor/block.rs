@@ -34,6 +34,8 @@ pub(crate) struct BlockTape<B: Backend> {
     /// Input of the attention projections (block input for post-norm, norm1 output for pre-norm).
     attn_in: B::Buf,
     norm1: NormTape<B>,
+    /// The query and key head norms' tapes (Qwen3).
+    qk_norm: Option<(NormTape<B>, NormTape<B>)>,
     q: B::Buf,
     k: B::Buf,
     v: B::Buf,
@@ -72,6 +74,10 @@ impl<B: Backend> BlockTape<B> {
         }
         self.norm1.recycle(be);
         self.norm2.recycle(be);
+        if let Some((q, k)) = self.qk_norm {
+            q.recycle(be);
+            k.recycle(be);
+        }
     }
 }
 
@@ -83,7 +89,18 @@ pub(crate) fn norm_forward<B: Backend>(
     n: &Norm<B>,
     rows: usize,
 ) -> Result<(B::Buf, NormTape<B>)> {
-    let d = cfg.hidden;
+    norm_forward_width(be, cfg, x, n, rows, cfg.hidden)
+}
+
+/// [`norm_forward`] over rows of `d` values (a head's width for the query and key norms).
+fn norm_forward_width<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    x: B::Buf,
+    n: &Norm<B>,
+    rows: usize,
+    d: usize,
+) -> Result<(B::Buf, NormTape<B>)> {
     let mut y = be.scratch(rows * d)?;
     let mut rstd = be.zeros(rows)?;
     let mean = match (cfg.norm, &n.beta) {
@@ -119,7 +136,18 @@ pub(crate) fn norm_backward<B: Backend>(
     t: &NormTape<B>,
     rows: usize,
 ) -> Result<B::Buf> {
-    let d = cfg.hidden;
+    norm_backward_width(be, dy, n, t, rows, cfg.hidden)
+}
+
+/// Input gradient of [`norm_forward_width`].
+fn norm_backward_width<B: Backend>(
+    be: &B,
+    dy: &B::Buf,
+    n: &Norm<B>,
+    t: &NormTape<B>,
+    rows: usize,
+    d: usize,
+) -> Result<B::Buf> {
     let mut dx = be.scratch(rows * d)?;
     match &t.mean {
         Some(mean) => {
@@ -266,6 +294,16 @@ impl<B: Backend> BlockCtx<'_, B> {
         let (mut k, uk) = self.linear(&attn_in, &w.k, act, Target::K)?;
         let (v, uv) = self.linear(&attn_in, &w.v, act, Target::V)?;
         (u[0], u[1], u[2]) = (uq, uk, uv);
+        let qk_norm = match &w.qk_norm {
+            Some((qn, kn)) => {
+                let c = self.cfg;
+                let (qy, qt) = norm_forward_width(be, c, q, qn, n * c.heads, c.head_dim)?;
+                let (ky, kt) = norm_forward_width(be, c, k, kn, n * c.kv_heads, c.head_dim)?;
+                (q, k) = (qy, ky);
+                Some((qt, kt))
+            }
+            None => None,
+        };
         if let PositionKind::Rotary { theta } = self.cfg.positions {
             be.rope(
                 &mut q,
@@ -350,6 +388,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             BlockTape {
                 attn_in,
                 norm1,
+                qk_norm,
                 q,
                 k,
                 v,

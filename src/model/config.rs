@@ -98,6 +98,9 @@ pub struct ModelConfig {
     pub o_bias: bool,
     /// Whether the MLP projections have biases.
     pub mlp_bias: bool,
+    /// An RMSNorm over each head of the queries and of the keys, after their projections and
+    /// before RoPE (Qwen3's `q_norm` / `k_norm`).
+    pub qk_norm: bool,
     /// A LayerNorm right after the embeddings (BERT).
     pub embedding_norm: bool,
     /// A norm after the last block (GPT-2 `ln_f`, Llama `norm`).
@@ -129,10 +132,10 @@ impl ModelConfig {
         let cfg = match model_type {
             "bert" => bert(v)?,
             "gpt2" => gpt2(v)?,
-            "llama" | "qwen2" => llama(v)?,
+            "llama" | "qwen2" | "qwen3" => llama(v)?,
             other => {
                 return Err(format!(
-                "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama, qwen2"
+                "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama, qwen2, qwen3"
             ))
             }
         };
@@ -254,6 +257,7 @@ fn bert(v: &Value) -> std::result::Result<ModelConfig, String> {
         attn_bias: true,
         o_bias: true,
         mlp_bias: true,
+        qk_norm: false,
         embedding_norm: true,
         final_norm: false,
         tie_embeddings: true,
@@ -288,6 +292,7 @@ fn gpt2(v: &Value) -> std::result::Result<ModelConfig, String> {
         attn_bias: true,
         o_bias: true,
         mlp_bias: true,
+        qk_norm: false,
         embedding_norm: false,
         final_norm: true,
         tie_embeddings: true,
@@ -295,11 +300,18 @@ fn gpt2(v: &Value) -> std::result::Result<ModelConfig, String> {
 }
 
 /// Llama and the families that are Llama with small changes: Qwen2 (`model_type: qwen2`) adds
-/// biases to the q, k and v projections (not to the output projection).
+/// biases to the q, k and v projections (not to the output projection); Qwen3 (`qwen3`) has no
+/// biases unless `attention_bias` says so, and normalises each query and key head (RMSNorm over
+/// `head_dim`) before RoPE.
 fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
-    let qwen2 = v.get("model_type").and_then(Value::as_str) == Some("qwen2");
-    if qwen2 && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-        return Err("Qwen2 with `use_sliding_window: true` is not supported".into());
+    let model_type = v.get("model_type").and_then(Value::as_str);
+    let qwen2 = model_type == Some("qwen2");
+    let qwen3 = model_type == Some("qwen3");
+    if (qwen2 || qwen3) && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+        return Err(format!(
+            "{} with `use_sliding_window: true` is not supported",
+            model_type.unwrap_or_default()
+        ));
     }
     let hidden = get_usize(v, "hidden_size")?;
     let heads = get_usize(v, "num_attention_heads")?;
@@ -361,6 +373,7 @@ fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
         attn_bias: bias,
         o_bias: bias && !qwen2,
         mlp_bias: v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
+        qk_norm: qwen3,
         embedding_norm: false,
         final_norm: true,
         tie_embeddings: v

@@ -39,6 +39,9 @@ pub struct Block<B: Backend> {
     pub v: Linear<B>,
     /// Attention output projection.
     pub o: Linear<B>,
+    /// RMSNorm of each query head and of each key head (`[head_dim]` scales), before RoPE
+    /// ([`crate::model::ModelConfig::qk_norm`]).
+    pub qk_norm: Option<(Norm<B>, Norm<B>)>,
     /// Norm of the MLP sub-layer.
     pub norm2: Norm<B>,
     /// Gate projection (SwiGLU only).
@@ -214,6 +217,7 @@ impl<B: Backend> Loader<'_, B> {
                 k: self.linear(&format!("{p}.attention.self.key"), d, d, true)?,
                 v: self.linear(&format!("{p}.attention.self.value"), d, d, true)?,
                 o: self.linear(&format!("{p}.attention.output.dense"), d, d, true)?,
+                qk_norm: None,
                 norm1: self.norm(&format!("{p}.attention.output.LayerNorm"), d, c.norm)?,
                 gate: None,
                 up: self.linear(&format!("{p}.intermediate.dense"), d, ff, true)?,
@@ -284,6 +288,7 @@ impl<B: Backend> Loader<'_, B> {
                 k: part(1)?,
                 v: part(2)?,
                 o: self.conv1d_linear(&format!("{p}.attn.c_proj"), d, d)?,
+                qk_norm: None,
                 norm2: self.norm(&format!("{p}.ln_2"), d, c.norm)?,
                 gate: None,
                 up: self.conv1d_linear(&format!("{p}.mlp.c_fc"), d, ff)?,
@@ -316,6 +321,14 @@ impl<B: Backend> Loader<'_, B> {
                 k: self.linear(&format!("{p}.self_attn.k_proj"), d, kvd, ab)?,
                 v: self.linear(&format!("{p}.self_attn.v_proj"), d, kvd, ab)?,
                 o: self.linear(&format!("{p}.self_attn.o_proj"), qd, d, c.o_bias)?,
+                qk_norm: if c.qk_norm {
+                    Some((
+                        self.norm(&format!("{p}.self_attn.q_norm"), c.head_dim, c.norm)?,
+                        self.norm(&format!("{p}.self_attn.k_norm"), c.head_dim, c.norm)?,
+                    ))
+                } else {
+                    None
+                },
                 norm2: self.norm(&format!("{p}.post_attention_layernorm"), d, c.norm)?,
                 gate: Some(self.linear(&format!("{p}.mlp.gate_proj"), d, ff, mb)?),
                 up: self.linear(&format!("{p}.mlp.up_proj"), d, ff, mb)?,
@@ -388,12 +401,13 @@ impl<B: Backend> Model<B> {
                 d_out: o,
             })
         };
-        let norm = |be: &B| -> Result<Norm<B>> {
+        let norm_of = |be: &B, d: usize| -> Result<Norm<B>> {
             Ok(Norm {
                 gamma: be.upload(&vec![1.0; d])?,
                 beta: if ln { Some(be.zeros(d)?) } else { None },
             })
         };
+        let norm = |be: &B| norm_of(be, d);
         for _ in 0..c.layers {
             blocks.push(Block {
                 norm1: norm(backend)?,
@@ -401,6 +415,11 @@ impl<B: Backend> Model<B> {
                 k: lin(&mut draw, d, kvd, c.attn_bias)?,
                 v: lin(&mut draw, d, kvd, c.attn_bias)?,
                 o: lin(&mut draw, qd, d, c.o_bias)?,
+                qk_norm: if c.qk_norm {
+                    Some((norm_of(backend, c.head_dim)?, norm_of(backend, c.head_dim)?))
+                } else {
+                    None
+                },
                 norm2: norm(backend)?,
                 gate: if matches!(c.mlp, MlpKind::SwiGlu) {
                     Some(lin(&mut draw, d, ff, c.mlp_bias)?)

@@ -15,10 +15,12 @@ tokens.
 
 With `--arch qwen2` it writes a Qwen2 file instead: the same blocks without llama.cpp's q/k row
 reordering (its Qwen2 converter keeps Hugging Face's order), plus f32 biases on the q, k and v
-projections, and the `qwen2` pre-tokenizer split.
+projections, and the `qwen2` pre-tokenizer split. With `--arch qwen3`, a Qwen3 file: no biases,
+the same order as Qwen2, f32 RMSNorm scales for each query and key head (`attn_q_norm`,
+`attn_k_norm`), and heads of 128 (Qwen3's size), so the query projection is 512 wide.
 
 Writes tests/fixtures/gguf/tiny_<arch>.gguf and tests/fixtures/gguf/tiny_<arch>_reference.json.
-Usage: tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_tiny_llama.py [--arch llama|qwen2]
+Usage: tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_tiny_llama.py [--arch llama|qwen2|qwen3]
 """
 import argparse
 import json
@@ -123,9 +125,13 @@ def llama_cpp_order(rows_array, heads):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2"])
+    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3"])
     arch = ap.parse_args().arch
-    rng = np.random.default_rng(7 if arch == "llama" else 8)
+    rng = np.random.default_rng({"llama": 7, "qwen2": 8, "qwen3": 9}[arch])
+    # transformers reads no head size from a qwen3 file and takes Qwen3's default of 128: the
+    # query projection is then twice the hidden size wide.
+    head_dim = 128 if arch == "qwen3" else HEAD_DIM
+    q_dim = HEADS * head_dim
     alpha = byte_alphabet()
     merges = learn_bpe(alpha)
     if arch == "qwen2":
@@ -147,10 +153,13 @@ def main():
     w.add_head_count_kv(KV)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_dimension_count(head_dim)
     w.add_vocab_size(vocab)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default" if arch == "llama" else "qwen2")
+    if arch == "qwen3":
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_token_list(tokens)
     w.add_token_types([1] * (vocab - 2) + [3, 3])
     w.add_token_merges([f"{a} {b}" for a, b in merges])
@@ -161,13 +170,17 @@ def main():
     emb = (rng.standard_normal((vocab, HIDDEN)) * 0.5).astype(np.float32)
     w.add_tensor("token_embd.weight", gguf.quants.quantize(emb, T.Q8_0), raw_dtype=T.Q8_0)
     names = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
-    shapes = [(HIDDEN, HIDDEN), (KV * HEAD_DIM, HIDDEN), (KV * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN),
+    shapes = [(q_dim, HIDDEN), (KV * head_dim, HIDDEN), (KV * head_dim, HIDDEN), (HIDDEN, q_dim),
               (FF, HIDDEN), (FF, HIDDEN), (HIDDEN, FF)]
     for i in range(LAYERS):
         w.add_tensor(f"blk.{i}.attn_norm.weight",
                      (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight",
                      (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
+        if arch == "qwen3":
+            for name in ("attn_q_norm", "attn_k_norm"):
+                w.add_tensor(f"blk.{i}.{name}.weight",
+                             (1 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32))
         for name, (rows, cols), ty in zip(names, shapes, TYPES[i]):
             data = random_blocks(rng, ty, rows, cols)
             if arch == "llama" and name in ("attn_q", "attn_k"):

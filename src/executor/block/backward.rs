@@ -1,7 +1,7 @@
 //! Backward of one transformer block, as named steps from the block output down: the MLP
 //! sub-layer, then the attention sub-layer, then the input gradient.
 
-use super::{norm_backward, BlockCtx, BlockTape};
+use super::{norm_backward, norm_backward_width, BlockCtx, BlockTape};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::executor::Active;
@@ -211,6 +211,14 @@ impl<B: Backend> BlockCtx<'_, B> {
             )?;
         }
         be.recycle(dattn);
+        if let (Some((qn, kn)), Some((qt, kt))) = (&w.qk_norm, &t.qk_norm) {
+            let c = self.cfg;
+            let dq_in = norm_backward_width(be, &dq, qn, qt, n * c.heads, c.head_dim)?;
+            let dk_in = norm_backward_width(be, &dk, kn, kt, n * c.kv_heads, c.head_dim)?;
+            be.recycle(dq);
+            be.recycle(dk);
+            return Ok([dq_in, dk_in, dv]);
+        }
         Ok([dq, dk, dv])
     }
 

@@ -6,7 +6,7 @@ use crate::model::config::ModelConfig;
 use serde_json::json;
 
 /// Architectures whose blocks the runtime has.
-const SUPPORTED: &[&str] = &["llama", "qwen2"];
+const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3"];
 
 impl Gguf {
     /// The model configuration the metadata describes, as the equivalent Hugging Face

@@ -91,7 +91,8 @@ impl Gguf {
     fn llama<B: Backend>(&self, be: &B, c: ModelConfig) -> Result<Model<B>> {
         let (d, ff, qd, kvd) = (c.hidden, c.intermediate, c.q_dim(), c.kv_dim());
         // Only llama.cpp's `llama` converter reorders query/key rows (its RoPE pairs adjacent
-        // values); `qwen2` files keep Hugging Face's order (llama.cpp runs NeoX RoPE on them).
+        // values); `qwen2` and `qwen3` files keep Hugging Face's order (llama.cpp runs NeoX RoPE
+        // on them).
         let reordered = self.str("general.architecture")? == Some("llama");
         let rope = |h: usize| reordered.then_some(h);
         let (ab, ob, mb) = (c.attn_bias, c.o_bias, c.mlp_bias);
@@ -104,6 +105,14 @@ impl Gguf {
                 k: self.linear(be, &format!("{p}.attn_k"), (d, kvd), ab, rope(c.kv_heads))?,
                 v: self.linear(be, &format!("{p}.attn_v"), (d, kvd), ab, None)?,
                 o: self.linear(be, &format!("{p}.attn_output"), (qd, d), ob, None)?,
+                qk_norm: if c.qk_norm {
+                    Some((
+                        self.rms_norm(be, &format!("{p}.attn_q_norm.weight"), c.head_dim)?,
+                        self.rms_norm(be, &format!("{p}.attn_k_norm.weight"), c.head_dim)?,
+                    ))
+                } else {
+                    None
+                },
                 norm2: self.rms_norm(be, &format!("{p}.ffn_norm.weight"), d)?,
                 gate: Some(self.linear(be, &format!("{p}.ffn_gate"), (d, ff), mb, None)?),
                 up: self.linear(be, &format!("{p}.ffn_up"), (d, ff), mb, None)?,
