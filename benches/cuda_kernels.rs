@@ -163,6 +163,7 @@ fn run(be: &CudaBackend) -> flexp::Result<()> {
         kv_heads: heads,
         head_dim: hd,
         causal: true,
+        window: None,
         scale: 1.0 / (hd as f32).sqrt(),
         bf16: false,
     };

@@ -126,6 +126,7 @@ fn attention(c: &mut Criterion) {
         kv_heads: 12,
         head_dim: 32,
         causal: false,
+        window: None,
         scale: 1.0 / 32f32.sqrt(),
         bf16: false,
     };

@@ -145,6 +145,29 @@ extern "C" __global__ void __launch_bounds__(EW_THREADS)
     }
 }
 
+extern "C" __global__ void __launch_bounds__(EW_THREADS)
+    ew_gated_fwd(gmem<float> y, gmem<const float> gate, gmem<const float> up, int n, int act) {
+    for (long long i = ew_first(); i < n; i += ew_stride())
+        y[i] = ew_act(act, gate[i]) * up[i];
+}
+
+extern "C" __global__ void __launch_bounds__(EW_THREADS)
+    ew_gated_bwd(gmem<float> dgate, gmem<float> dup, gmem<const float> dy, gmem<const float> gate,
+                 gmem<const float> up, int n, int act) {
+    for (long long i = ew_first(); i < n; i += ew_stride()) {
+        const float g = gate[i];
+        const float d = dy[i];
+        dup[i] = d * ew_act(act, g);
+        dgate[i] = d * up[i] * ew_act_grad(act, g);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(EW_THREADS)
+    ew_scale(gmem<float> x, float alpha, int n) {
+    for (long long i = ew_first(); i < n; i += ew_stride())
+        x[i] *= alpha;
+}
+
 // Rotary embedding in place on x: [rows, heads * head_dim], half-split pairing (i, i + half).
 // One thread per (row, i): the angle pos * inv_freq[i] is formed in double (positions reach
 // 1e5 and more, where an f32 angle would be off by ~1e-2 rad) and reduced to [-pi, pi] in double,
@@ -243,6 +266,9 @@ EMU_REGISTER(ew_act_fwd)
 EMU_REGISTER(ew_act_bwd)
 EMU_REGISTER(ew_swiglu_fwd)
 EMU_REGISTER(ew_swiglu_bwd)
+EMU_REGISTER(ew_gated_fwd)
+EMU_REGISTER(ew_gated_bwd)
+EMU_REGISTER(ew_scale)
 EMU_REGISTER(ew_rope)
 EMU_REGISTER(ew_segment_mean)
 EMU_REGISTER(ew_segment_mean_bwd)

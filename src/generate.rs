@@ -7,7 +7,7 @@
 //! uses); attention over the cache, a few rows against at most the context, runs on the host in
 //! f64. Optional LoRA adapters (a run's PEFT export) are applied to every adapted projection.
 
-use crate::backend::Backend;
+use crate::backend::{Activation, AttnShape, Backend};
 use crate::error::{Error, Result};
 use crate::model::config::{Family, MlpKind, NormKind, NormPlacement, PositionKind};
 use crate::model::tokenizer::LongText;
@@ -96,7 +96,7 @@ impl<B: Backend> Generator<B> {
             && c.norm == NormKind::RmsNorm
             && c.placement == NormPlacement::Pre
             && matches!(c.positions, PositionKind::Rotary { .. })
-            && c.mlp == MlpKind::SwiGlu;
+            && c.mlp.gated();
         if !supported {
             return Err(Error::Config {
                 path: path.into(),
@@ -221,6 +221,9 @@ impl<B: Backend> Generator<B> {
         let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
         let mut x = be.zeros(n * d)?;
         be.embedding(&mut x, &m.word_emb, ids, d, false)?;
+        if let Some(s) = c.embed_scale {
+            be.scale(&mut x, s, n * d)?;
+        }
         for (l, w) in m.blocks.iter().enumerate() {
             x = self.block(l, w, x, &positions, cache)?;
         }
@@ -294,10 +297,9 @@ impl<B: Backend> Generator<B> {
         let be = &self.backend;
         let c = &self.model.config;
         let (n, d) = (positions.len(), c.hidden);
-        let theta = match c.positions {
-            PositionKind::Rotary { theta } => theta,
-            PositionKind::Learned => return Err(Error::Backend("not a rotary model".into())),
-        };
+        let theta = c
+            .layer_rope_theta(l)
+            .ok_or_else(|| Error::Backend("not a rotary model".into()))?;
         let h = self.rms_norm(&x, &w.norm1.gamma, n)?;
         let mut q = self.linear(&h, &w.q, n, l, Target::Q)?;
         let mut k = self.linear(&h, &w.k, n, l, Target::K)?;
@@ -314,46 +316,70 @@ impl<B: Backend> Generator<B> {
             &be.download(&q)?,
             &cache.k[l],
             &cache.v[l],
-            c.heads,
-            c.kv_heads,
-            c.head_dim,
+            AttnShape {
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                causal: true,
+                window: c.layer_window(l),
+                scale: c.attn_scale(),
+                bf16: false,
+            },
         );
-        let o = self.linear(&be.upload(&attn)?, &w.o, n, l, Target::O)?;
+        let mut o = self.linear(&be.upload(&attn)?, &w.o, n, l, Target::O)?;
+        if let Some((post_attn, _)) = &w.post_norms {
+            o = self.rms_norm(&o, &post_attn.gamma, n)?;
+        }
         be.add_assign(&mut x, &o, n * d)?;
         let h = self.rms_norm(&x, &w.norm2.gamma, n)?;
         let gate_w = w
             .gate
             .as_ref()
-            .ok_or_else(|| Error::Backend("SwiGLU block without a gate".into()))?;
+            .ok_or_else(|| Error::Backend("gated MLP block without a gate".into()))?;
         let gate = self.linear(&h, gate_w, n, l, Target::Gate)?;
         let up = self.linear(&h, &w.up, n, l, Target::Up)?;
         let mut act = be.zeros(n * c.intermediate)?;
-        be.swiglu_forward(&mut act, &gate, &up, n * c.intermediate)?;
-        let down = self.linear(&act, &w.down, n, l, Target::Down)?;
+        match c.mlp {
+            MlpKind::GeGlu => be.gated_forward(
+                &mut act,
+                &gate,
+                &up,
+                Activation::GeluTanh,
+                n * c.intermediate,
+            )?,
+            _ => be.swiglu_forward(&mut act, &gate, &up, n * c.intermediate)?,
+        }
+        let mut down = self.linear(&act, &w.down, n, l, Target::Down)?;
+        if let Some((_, post_mlp)) = &w.post_norms {
+            down = self.rms_norm(&down, &post_mlp.gamma, n)?;
+        }
         be.add_assign(&mut x, &down, n * d)?;
         Ok(x)
     }
 }
 
 /// Causal attention of the last `q.len() / (heads·hd)` positions over all `t` cached positions
-/// (the new ones are the cache's last rows): `softmax(q kᵀ / sqrt(hd)) v` per head, query head
-/// `h` reading key/value head `h / (heads / kv_heads)`.
-fn attend(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, hd: usize) -> Vec<f32> {
+/// (the new ones are the cache's last rows): `softmax(scale · q kᵀ) v` per head, query head
+/// `h` reading key/value head `h / (heads / kv_heads)`, over the last `window` keys where the
+/// shape has one.
+fn attend(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape) -> Vec<f32> {
+    let (heads, kv_heads, hd) = (shape.heads, shape.kv_heads, shape.head_dim);
     let (qd, kvd) = (heads * hd, kv_heads * hd);
     let n = q.len() / qd;
     let t = k.len() / kvd;
     let group = heads / kv_heads;
-    let scale = 1.0 / (hd as f64).sqrt();
+    let scale = shape.scale as f64;
     let mut out = vec![0.0f32; n * qd];
     let mut s = vec![0.0f64; t];
     for i in 0..n {
-        // Row i is position t - n + i: it sees keys 0..=t - n + i.
+        // Row i is position t - n + i: it sees keys first..=t - n + i.
         let seen = t - n + i + 1;
+        let first = shape.window.map_or(0, |w| seen.saturating_sub(w));
         for h in 0..heads {
             let kh = h / group;
             let qi = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
             let mut max = f64::NEG_INFINITY;
-            for (j, sj) in s.iter_mut().enumerate().take(seen) {
+            for (j, sj) in s.iter_mut().enumerate().take(seen).skip(first) {
                 let kj = &k[j * kvd + kh * hd..j * kvd + (kh + 1) * hd];
                 *sj = qi
                     .iter()
@@ -364,14 +390,14 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, hd: us
                 max = max.max(*sj);
             }
             let mut total = 0.0;
-            for sj in s.iter_mut().take(seen) {
+            for sj in s.iter_mut().take(seen).skip(first) {
                 *sj = (*sj - max).exp();
                 total += *sj;
             }
             let o = &mut out[i * qd + h * hd..i * qd + (h + 1) * hd];
             for e in 0..hd {
                 let mut acc = 0.0f64;
-                for (j, sj) in s.iter().enumerate().take(seen) {
+                for (j, sj) in s.iter().enumerate().take(seen).skip(first) {
                     acc += sj * v[j * kvd + kh * hd + e] as f64;
                 }
                 o[e] = (acc / total) as f32;
@@ -424,7 +450,16 @@ mod tests {
         let k = [0.0f32, 1.0, 2.0];
         let v = [1.0f32, 2.0, 4.0];
         let q = [1.0f32, 0.0, 1.0, 0.0];
-        let out = attend(&q, &k, &v, 2, 1, 1);
+        let shape = AttnShape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 1,
+            causal: true,
+            window: None,
+            scale: 1.0,
+            bf16: false,
+        };
+        let out = attend(&q, &k, &v, shape);
         // Row 0 (position 1) sees keys 0..=1 with scores [0, 1].
         let w = [1.0f64, 1f64.exp()];
         let want0 = (w[0] * 1.0 + w[1] * 2.0) / (w[0] + w[1]);
@@ -435,6 +470,20 @@ mod tests {
         let w = [1.0f64, 1f64.exp(), 2f64.exp()];
         let want1 = (w[0] + 2.0 * w[1] + 4.0 * w[2]) / (w[0] + w[1] + w[2]);
         assert!((out[2] as f64 - want1).abs() < 1e-6);
+        // A window of 2 keys: row 1 sees keys 1 and 2 only; row 0 its two, as before.
+        let out = attend(
+            &q,
+            &k,
+            &v,
+            AttnShape {
+                window: Some(2),
+                ..shape
+            },
+        );
+        let w = [1f64.exp(), 2f64.exp()];
+        let want1 = (2.0 * w[0] + 4.0 * w[1]) / (w[0] + w[1]);
+        assert!((out[2] as f64 - want1).abs() < 1e-6, "{out:?}");
+        assert!((out[0] as f64 - want0).abs() < 1e-6);
     }
 
     #[test]

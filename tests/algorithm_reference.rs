@@ -20,7 +20,7 @@ mod common;
 use common::rel_err;
 use common::tiny;
 use flexp::algorithms::{
-    self, fedbip, flat, Algorithm, AlgorithmKind, Align, ClientData, Example, Federation,
+    self, evaluate, fedbip, flat, Algorithm, AlgorithmKind, Align, ClientData, Example, Federation,
     Granularity, Hyper, Negative, ServerAgg, ServerUpdate,
 };
 use flexp::backend::cpu::Cpu;
@@ -1098,6 +1098,46 @@ fn splitfed_v1_reports_fedavgs_losses() {
             a.is_finite() && (a - b).abs() <= 1e-5 * b.abs(),
             "{v1:?} vs {fa:?}"
         );
+    }
+}
+
+/// FlexP-SFL reports each client's loss as the mean cross-entropy of its batch under the model
+/// it trained: with one local step and every training set within one batch, the loss of round
+/// 1 is the personalized model's (P_k on the client blocks, G on the server's, and in the
+/// U-shaped form P_k's tail and head) mean NLL over the client's training set before the round,
+/// as `evaluate` scores it. The server weights each job's loss by 1/b to form that mean.
+#[test]
+fn flexp_sfl_reports_the_mean_loss_of_each_clients_batch() {
+    let model = tiny::model();
+    for (u, splits) in [(0, vec![1, 2, 1, 3]), (1, vec![1, 2, 2, 1])] {
+        let h = Hyper {
+            local_steps: 1,
+            align: Align::None,
+            u_tail: u,
+            ..hyper()
+        };
+        let fed = tiny::federation(&model, h, data(), splits);
+        let mut rng = Rng::new(7);
+        let mut algo = algorithms::build(AlgorithmKind::FlexpSfl, &fed, &mut rng).unwrap();
+        let who: Vec<usize> = (0..4).collect();
+        let chains: Vec<_> = who.iter().map(|&k| algo.personal(k)).collect();
+        let train: Vec<&[Example]> = fed.clients.iter().map(|c| c.train.as_slice()).collect();
+        let before: Vec<f64> = evaluate(&fed, &chains, &train)
+            .unwrap()
+            .iter()
+            .map(|s| s.nll / s.targets as f64)
+            .collect();
+        drop(chains);
+        let log = algo.round(&fed, &who, &mut rng).unwrap();
+        for (k, want) in before.iter().enumerate() {
+            let c = log.clients.iter().find(|c| c.client == k).unwrap();
+            assert_eq!(c.steps, 1);
+            assert!(
+                (c.loss - want).abs() <= 1e-5 * want.abs(),
+                "u = {u}, client {k}: reported {} vs {want}",
+                c.loss
+            );
+        }
     }
 }
 

@@ -23,6 +23,7 @@ fn shape(heads: usize, kv_heads: usize, head_dim: usize, causal: bool) -> AttnSh
         kv_heads,
         head_dim,
         causal,
+        window: None,
         scale: 1.0 / (head_dim.max(1) as f32).sqrt(),
         bf16: false,
     }
@@ -388,4 +389,38 @@ fn errors_match_the_cpu_backend() {
         .unwrap_err()
         .to_string();
     assert!(a.contains("head_dim 129"), "{a}");
+}
+
+/// The kernels have no sliding window: a window is refused by name (the CPU backend runs it)
+/// rather than ignored, which would let every query see keys outside its window.
+#[test]
+fn sliding_window_is_refused_by_name() {
+    let be = CudaBackend::for_tests().unwrap();
+    let s = AttnShape {
+        window: Some(4),
+        ..shape(2, 1, 8, true)
+    };
+    let seqs = [sp(0, 6)];
+    let (q, kv) = (be.zeros(6 * 16).unwrap(), be.zeros(6 * 8).unwrap());
+    let (mut o, mut lse) = (be.zeros(6 * 16).unwrap(), be.zeros(6 * 2).unwrap());
+    let err = be
+        .attention_forward(&mut o, &mut lse, &q, &kv, &kv, &seqs, s)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sliding-window") && err.contains("--backend cpu"),
+        "{err}"
+    );
+    let (mut dq, mut dk, mut dv) = (
+        be.zeros(6 * 16).unwrap(),
+        be.zeros(6 * 8).unwrap(),
+        be.zeros(6 * 8).unwrap(),
+    );
+    let err = be
+        .attention_backward(
+            &mut dq, &mut dk, &mut dv, &o, &q, &kv, &kv, &o, &lse, &seqs, s,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sliding-window"), "{err}");
 }

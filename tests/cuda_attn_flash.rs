@@ -70,6 +70,7 @@ fn inputs(heads: usize, kv_heads: usize, hd: usize, causal: bool, seed: u64) -> 
         kv_heads,
         head_dim: hd,
         causal,
+        window: None,
         scale: 1.0 / (hd as f32).sqrt(),
         bf16: false,
     };
@@ -349,6 +350,7 @@ fn bf16_attention_through_the_backend_matches_cpu_and_runs_on_tensor_cores() {
         kv_heads: 2,
         head_dim: 32,
         causal: true,
+        window: None,
         scale: 1.0 / 32f32.sqrt(),
         bf16: true,
     };

@@ -369,6 +369,86 @@ fn swiglu_matches_cpu() {
     );
 }
 
+/// The gated unit with any activation (Gemma's GeGLU is `gelu_tanh`), forward and backward.
+#[test]
+fn gated_unit_matches_cpu() {
+    let (be, cpu) = (gpu(), Cpu);
+    let mut rng = Rng::new(15);
+    for act in [Activation::GeluTanh, Activation::GeluErf, Activation::Silu] {
+        for n in [1usize, 7, 1000] {
+            let mut gate = act_inputs(&mut rng, n.max(16));
+            gate.truncate(n);
+            let upv = rng.vec_range(n, -3.0, 3.0);
+            let dy = rng.vec_range(n, -2.0, 2.0);
+            let mut yc = vec![0.0; n];
+            cpu.gated_forward(&mut yc, &gate, &upv, act, n).unwrap();
+            let mut yg = be.zeros(n).unwrap();
+            be.gated_forward(&mut yg, &up(&be, &gate), &up(&be, &upv), act, n)
+                .unwrap();
+            close_by("gated forward", &down(&be, &yg), &yc, |i| {
+                act_tol(gate[i], yc[i]) * (1.0 + upv[i].abs())
+            });
+            let (mut dgc, mut duc) = (vec![0.0; n], vec![0.0; n]);
+            cpu.gated_backward(&mut dgc, &mut duc, &dy, &gate, &upv, act, n)
+                .unwrap();
+            let (mut dgg, mut dug) = (be.zeros(n).unwrap(), be.zeros(n).unwrap());
+            be.gated_backward(
+                &mut dgg,
+                &mut dug,
+                &up(&be, &dy),
+                &up(&be, &gate),
+                &up(&be, &upv),
+                act,
+                n,
+            )
+            .unwrap();
+            close_by("gated dup", &down(&be, &dug), &duc, |i| {
+                act_tol(gate[i], duc[i]) * (1.0 + dy[i].abs())
+            });
+            close_by("gated dgate", &down(&be, &dgg), &dgc, |i| {
+                act_tol(gate[i], dgc[i]) * (1.0 + dy[i].abs()) * (1.0 + upv[i].abs())
+            });
+        }
+    }
+    let mut y = be.zeros(4).unwrap();
+    same_error(
+        cpu.gated_forward(
+            &mut vec![0.0; 4],
+            &vec![0.0; 4],
+            &vec![0.0; 3],
+            Activation::GeluTanh,
+            4,
+        ),
+        be.gated_forward(
+            &mut y,
+            &up(&be, &[0.0; 4]),
+            &up(&be, &[0.0; 3]),
+            Activation::GeluTanh,
+            4,
+        ),
+    );
+}
+
+/// `x *= alpha` (Gemma's embedding scale): bit for bit, one rounding per element.
+#[test]
+fn scale_matches_cpu() {
+    let (be, cpu) = (gpu(), Cpu);
+    let mut rng = Rng::new(16);
+    for n in [1usize, 7, 1000] {
+        let x = rng.vec_range(n, -3.0, 3.0);
+        let mut xc = x.clone();
+        cpu.scale(&mut xc, 25.298_22, n).unwrap();
+        let mut xg = up(&be, &x);
+        be.scale(&mut xg, 25.298_22, n).unwrap();
+        exact("scale", &down(&be, &xg), &xc);
+        assert!(xc.iter().zip(&x).all(|(a, b)| *a == b * 25.298_22));
+    }
+    same_error(
+        cpu.scale(&mut vec![0.0; 3], 2.0, 4),
+        be.scale(&mut up(&be, &[0.0; 3]), 2.0, 4),
+    );
+}
+
 #[test]
 fn rope_matches_cpu_forward_and_inverse() {
     let (be, cpu) = (gpu(), Cpu);

@@ -151,6 +151,7 @@ fn workload(be: &CudaBackend) {
         kv_heads: 2,
         head_dim: 4,
         causal: true,
+        window: None,
         scale: 0.5,
         bf16: false,
     };

@@ -149,3 +149,34 @@ fn the_cache_runs_qwen3_as_transformers() {
         }
     }
 }
+
+/// Gemma 3 through the cache (tests/fixtures/gguf/tiny_gemma3.gguf: a sliding window of 4 keys,
+/// post-attention and post-MLP norms, GeGLU, scaled embeddings): token by token, transformers'
+/// logits of the whole sequence, including the positions past the window.
+#[test]
+fn the_cache_runs_gemma3_as_transformers() {
+    let g = Generator::load(Cpu, &fixture("gguf/tiny_gemma3.gguf")).unwrap();
+    let vocab = g.model().config.vocab_size;
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(fixture("gguf/tiny_gemma3_reference.json")).unwrap())
+            .unwrap();
+    for (s, want) in r["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["logits"].as_array().unwrap())
+    {
+        let seq = ids(s);
+        assert!(
+            seq.len() <= 4 || seq.len() > 8,
+            "sequences reach past the window"
+        );
+        let want = logits_rows(want, vocab);
+        let mut session = g.session();
+        for (t, &tok) in seq.iter().enumerate() {
+            let got = session.feed(&[tok]).unwrap();
+            let (err, scale) = common::max_err_and_scale(&got, &want[t]);
+            assert!(err < 1e-4 * scale.max(1.0), "position {t}: error {err}");
+        }
+    }
+}

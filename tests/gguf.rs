@@ -371,3 +371,36 @@ fn a_configuration_the_runtime_cannot_compute_is_refused_by_name() {
     let g = Gguf::open(&fixture("gguf/tiny_llama.gguf")).unwrap();
     assert_eq!(g.model_config().unwrap().head_dim, 64);
 }
+
+/// An architecture the runtime has no blocks for is refused by name, with the supported ones
+/// listed, before any tensor is read. (The tiny Qwen2 file with every `qwen2` renamed `falcn`:
+/// the architecture and its metadata keys.)
+#[test]
+fn an_architecture_the_runtime_does_not_have_is_refused_by_name() {
+    let bytes = read(&fixture("gguf/tiny_qwen2.gguf"));
+    let mut renamed = bytes.clone();
+    let mut count = 0;
+    for i in 0..renamed.len().saturating_sub(5) {
+        if &renamed[i..i + 5] == b"qwen2" {
+            renamed[i..i + 5].copy_from_slice(b"falcn");
+            count += 1;
+        }
+    }
+    assert!(count > 5, "the fixture names its architecture in its keys");
+    let dir = std::env::temp_dir().join(format!("flexp-gguf-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("falcn.gguf");
+    std::fs::write(&path, &renamed).unwrap();
+    let g = Gguf::open(&path).unwrap();
+    let e = g.model_config().unwrap_err().to_string();
+    assert!(
+        e.contains("`falcn` is not supported") && e.contains("llama, qwen2, qwen3, gemma3"),
+        "{e}"
+    );
+    let e = flexp::model::load_model(&flexp::backend::cpu::Cpu, &path)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("falcn"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -246,6 +246,20 @@ fn tiny_qwen3_in_every_type_matches_transformers() {
     assert_eq!((c.head_dim, c.q_dim(), c.hidden), (128, 512, 256));
 }
 
+/// The same for Gemma 3: heads of 256, query/key norms, post-attention and post-MLP norms stored
+/// as llama.cpp stores Gemma's scales (1 + w; transformers subtracts 1 on reading), GeGLU,
+/// embeddings scaled by sqrt(hidden), and a sliding window of 4 keys on the sequences of 9 and
+/// 13 tokens.
+#[test]
+fn tiny_gemma3_in_every_type_matches_transformers() {
+    tiny_matches_transformers("gemma3");
+    let g = Gguf::open(&fixture("gguf/tiny_gemma3.gguf")).unwrap();
+    let c = g.model_config().unwrap();
+    assert!(c.qk_norm && c.post_norms);
+    assert_eq!((c.layer_window(0), c.layer_window(1)), (Some(4), Some(4)));
+    assert_eq!(c.embed_scale, Some(16.0));
+}
+
 fn tiny_matches_transformers(arch: &str) {
     let be = Cpu;
     let path = fixture(&format!("gguf/tiny_{arch}.gguf"));

@@ -46,6 +46,9 @@ pub struct AttnShape {
     pub head_dim: usize,
     /// Causal (decoder) or bidirectional (encoder) attention.
     pub causal: bool,
+    /// Sliding-window attention (with `causal`): a query sees only the `window` keys ending at
+    /// its own position (Gemma 3's local layers). `None`: every key `causal` allows.
+    pub window: Option<usize>,
     /// Multiplier of the scores, usually `1/sqrt(head_dim)`.
     pub scale: f32,
     /// bf16 operands, as the tensor-core kernels compute (set for models whose frozen weights
@@ -500,6 +503,32 @@ pub trait Backend: Send + Sync {
         up: &Self::Buf,
         len: usize,
     ) -> Result<()>;
+
+    /// Gated linear unit with any activation: `y = act(gate) · up` (GeGLU with
+    /// [`Activation::GeluTanh`], Gemma's MLP).
+    fn gated_forward(
+        &self,
+        y: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()>;
+    /// Backward of [`Backend::gated_forward`]: `dgate = dy · up · act'(gate)`,
+    /// `dup = dy · act(gate)`.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dy: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()>;
+    /// `x *= alpha` over `len` elements (Gemma's embedding scale).
+    fn scale(&self, x: &mut Self::Buf, alpha: f32, len: usize) -> Result<()>;
 
     /// Rotary position embedding, in place, on `x: [rows, heads·head_dim]` with the half-split
     /// ("rotate_half") pairing `(i, i + head_dim/2)`. `positions[r]` is row r's position.

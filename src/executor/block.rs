@@ -5,9 +5,9 @@
 mod backward;
 
 use super::{Active, Run};
-use crate::backend::{AttnShape, Backend, LoraGradSeg, LoraSeg, WeightPrecision};
+use crate::backend::{Activation, AttnShape, Backend, LoraGradSeg, LoraSeg, WeightPrecision};
 use crate::error::{Error, Result};
-use crate::model::config::{MlpKind, ModelConfig, NormKind, NormPlacement, PositionKind};
+use crate::model::config::{MlpKind, ModelConfig, NormKind, NormPlacement};
 use crate::model::weights::{Block, Linear, Norm};
 use crate::model::{AdapterSet, Target};
 
@@ -43,6 +43,8 @@ pub(crate) struct BlockTape<B: Backend> {
     lse: B::Buf,
     /// Input of the MLP projections.
     mlp_in: B::Buf,
+    /// The post-attention and post-MLP norms' tapes (Gemma 3).
+    post_norms: Option<(NormTape<B>, NormTape<B>)>,
     norm2: NormTape<B>,
     gate: Option<B::Buf>,
     up: B::Buf,
@@ -74,9 +76,9 @@ impl<B: Backend> BlockTape<B> {
         }
         self.norm1.recycle(be);
         self.norm2.recycle(be);
-        if let Some((q, k)) = self.qk_norm {
-            q.recycle(be);
-            k.recycle(be);
+        for (a, b) in self.qk_norm.into_iter().chain(self.post_norms) {
+            a.recycle(be);
+            b.recycle(be);
         }
     }
 }
@@ -174,7 +176,8 @@ impl<B: Backend> BlockCtx<'_, B> {
             kv_heads: self.cfg.kv_heads,
             head_dim: self.cfg.head_dim,
             causal: self.cfg.causal,
-            scale: 1.0 / (self.cfg.head_dim as f32).sqrt(),
+            window: self.cfg.layer_window(self.layer),
+            scale: self.cfg.attn_scale(),
             bf16: self.backend.weight_precision(&w.q.w) == WeightPrecision::Bf16,
         }
     }
@@ -304,7 +307,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             }
             None => None,
         };
-        if let PositionKind::Rotary { theta } = self.cfg.positions {
+        if let Some(theta) = self.cfg.layer_rope_theta(self.layer) {
             be.rope(
                 &mut q,
                 &act.positions,
@@ -333,8 +336,15 @@ impl<B: Backend> BlockCtx<'_, B> {
             &act.spans,
             self.attn_shape(w),
         )?;
-        let (mut h, uo) = self.linear(&attn, &w.o, act, Target::O)?;
+        let (h, uo) = self.linear(&attn, &w.o, act, Target::O)?;
         u[3] = uo;
+        let (mut h, post_attn) = match &w.post_norms {
+            Some((pa, _)) => {
+                let (hn, t) = norm_forward(be, self.cfg, h, pa, n)?;
+                (hn, Some(t))
+            }
+            None => (h, None),
+        };
         let x_res = match &norm1_pre {
             Some(t) => &t.x,
             None => &attn_in,
@@ -364,16 +374,30 @@ impl<B: Backend> BlockCtx<'_, B> {
                 be.swiglu_forward(&mut a, &g, &up, n * ff)?;
                 Some(g)
             }
+            (MlpKind::GeGlu, Some(gw)) => {
+                let (g, ug) = self.linear(&mlp_in, gw, act, Target::Gate)?;
+                u[4] = ug;
+                be.gated_forward(&mut a, &g, &up, Activation::GeluTanh, n * ff)?;
+                Some(g)
+            }
             (MlpKind::Plain(f), _) => {
                 be.activation_forward(&mut a, &up, f, n * ff)?;
                 None
             }
-            (MlpKind::SwiGlu, None) => {
-                return Err(Error::Backend("SwiGLU block without gate".into()))
+            (MlpKind::SwiGlu | MlpKind::GeGlu, None) => {
+                return Err(Error::Backend("gated MLP block without gate".into()))
             }
         };
-        let (mut y, ud) = self.linear(&a, &w.down, act, Target::Down)?;
+        let (y, ud) = self.linear(&a, &w.down, act, Target::Down)?;
         u[6] = ud;
+        let (mut y, post_mlp) = match &w.post_norms {
+            Some((_, pm)) => {
+                let (yn, t) = norm_forward(be, self.cfg, y, pm, n)?;
+                (yn, Some(t))
+            }
+            None => (y, None),
+        };
+        let post_norms = post_attn.zip(post_mlp);
         let h_res = match &norm2_pre {
             Some(t) => &t.x,
             None => &mlp_in,
@@ -395,6 +419,7 @@ impl<B: Backend> BlockCtx<'_, B> {
                 attn,
                 lse,
                 mlp_in,
+                post_norms,
                 norm2,
                 gate,
                 up,

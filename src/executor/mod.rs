@@ -507,6 +507,9 @@ impl<'a, B: Backend> Executor<'a, B> {
         let n = ids.len();
         let mut e = be.zeros(n * d)?;
         be.embedding(&mut e, &m.word_emb, &ids, d, false)?;
+        if let Some(s) = m.config.embed_scale {
+            be.scale(&mut e, s, n * d)?;
+        }
         if let (Some(pos), PositionKind::Learned) = (&m.pos_emb, m.config.positions) {
             be.embedding(&mut e, pos, &positions, d, true)?;
         }

@@ -20,7 +20,7 @@
 //! embedding lookups are elementwise (O(N·d)) and left out. Bytes are fp32 (4 bytes a value).
 
 use crate::error::{Error, Result};
-use crate::model::config::{MlpKind, ModelConfig, NormKind, PositionKind};
+use crate::model::config::{ModelConfig, NormKind, PositionKind};
 use crate::model::{LoraConfig, Target};
 
 /// Bytes of one fp32 value.
@@ -156,7 +156,7 @@ impl CostModel {
     }
 
     fn has_gate(&self) -> bool {
-        self.cfg.mlp == MlpKind::SwiGlu
+        self.cfg.mlp.gated()
     }
 
     /// `P`: the weights of one block's projections, `Σ d_in·d_out`.

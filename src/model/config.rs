@@ -54,6 +54,27 @@ pub enum MlpKind {
     Plain(Activation),
     /// `down(silu(gate(x)) * up(x))`.
     SwiGlu,
+    /// `down(gelu_tanh(gate(x)) * up(x))` (Gemma).
+    GeGlu,
+}
+
+impl MlpKind {
+    /// Whether the MLP has a gate projection.
+    pub fn gated(self) -> bool {
+        matches!(self, MlpKind::SwiGlu | MlpKind::GeGlu)
+    }
+}
+
+/// Gemma 3's interleaved attention: most blocks attend within a sliding window with their own
+/// RoPE base; the others ("full attention") see every earlier key with the model's base.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Keys a local block's query sees, its own position included.
+    pub window: usize,
+    /// RoPE base of the local blocks.
+    pub rope_theta: f32,
+    /// Per block: whether it is local (sliding window).
+    pub local: Vec<bool>,
 }
 
 /// A fully resolved model configuration.
@@ -107,6 +128,20 @@ pub struct ModelConfig {
     pub final_norm: bool,
     /// The LM head reuses the token embedding table.
     pub tie_embeddings: bool,
+    /// A factor on the token embeddings (Gemma: `sqrt(hidden)`).
+    pub embed_scale: Option<f32>,
+    /// A norm on the attention output and one on the MLP output, each before its residual sum
+    /// (Gemma 3's post-attention and post-feed-forward norms).
+    pub post_norms: bool,
+    /// Multiplier of the attention scores where it is not `1/sqrt(head_dim)` (Gemma 3:
+    /// `query_pre_attn_scalar^-1/2`).
+    pub query_scale: Option<f32>,
+    /// Interleaved sliding-window attention (Gemma 3).
+    pub sliding: Option<SlidingWindow>,
+    /// Gemma's norm convention: a Hugging Face checkpoint stores each RMSNorm scale as `w` and
+    /// the norm multiplies by `1 + w`; the loader adds this offset (1 for Gemma, else 0). A GGUF
+    /// file stores `1 + w` already and is read as it is.
+    pub norm_weight_offset: f32,
 }
 
 impl ModelConfig {
@@ -133,9 +168,17 @@ impl ModelConfig {
             "bert" => bert(v)?,
             "gpt2" => gpt2(v)?,
             "llama" | "qwen2" | "qwen3" => llama(v)?,
+            "gemma3_text" => gemma3(v)?,
+            "gemma3" => {
+                return Err(
+                    "`model_type: gemma3` is the multimodal Gemma 3 (vision tower and language model); \
+                     point flexp at a text-only checkpoint (`model_type: gemma3_text`)"
+                        .into(),
+                )
+            }
             other => {
                 return Err(format!(
-                "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama, qwen2, qwen3"
+                "unknown architecture `model_type: {other}`; supported: bert, gpt2, llama, qwen2, qwen3, gemma3_text"
             ))
             }
         };
@@ -172,6 +215,29 @@ impl ModelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The sliding window of block `l`, if it is a local block.
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        let s = self.sliding.as_ref()?;
+        s.local.get(l).copied().unwrap_or(false).then_some(s.window)
+    }
+
+    /// The RoPE base of block `l` (a local block's own under [`ModelConfig::sliding`]).
+    pub fn layer_rope_theta(&self, l: usize) -> Option<f32> {
+        match self.positions {
+            PositionKind::Rotary { theta } => Some(match self.layer_window(l) {
+                Some(_) => self.sliding.as_ref().map_or(theta, |s| s.rope_theta),
+                None => theta,
+            }),
+            PositionKind::Learned => None,
+        }
+    }
+
+    /// Multiplier of the attention scores.
+    pub fn attn_scale(&self) -> f32 {
+        self.query_scale
+            .unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// Width of the query projection (`heads · head_dim`).
@@ -261,6 +327,11 @@ fn bert(v: &Value) -> std::result::Result<ModelConfig, String> {
         embedding_norm: true,
         final_norm: false,
         tie_embeddings: true,
+        embed_scale: None,
+        post_norms: false,
+        query_scale: None,
+        sliding: None,
+        norm_weight_offset: 0.0,
     })
 }
 
@@ -296,6 +367,11 @@ fn gpt2(v: &Value) -> std::result::Result<ModelConfig, String> {
         embedding_norm: false,
         final_norm: true,
         tie_embeddings: true,
+        embed_scale: None,
+        post_norms: false,
+        query_scale: None,
+        sliding: None,
+        norm_weight_offset: 0.0,
     })
 }
 
@@ -380,5 +456,135 @@ fn llama(v: &Value) -> std::result::Result<ModelConfig, String> {
             .get("tie_word_embeddings")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        embed_scale: None,
+        post_norms: false,
+        query_scale: None,
+        sliding: None,
+        norm_weight_offset: 0.0,
+    })
+}
+
+/// Gemma 3's text model (`model_type: gemma3_text`): the Llama block with an RMSNorm of each
+/// query and key head, a norm after attention and one after the MLP (each before its residual
+/// sum), GeGLU (`gelu_pytorch_tanh`), embeddings scaled by `sqrt(hidden)`, scores scaled by
+/// `query_pre_attn_scalar^-1/2`, and interleaved attention: blocks of `layer_types`
+/// `sliding_attention` (or, in older configs, all but every `sliding_window_pattern`-th) see
+/// `sliding_window` keys with their own RoPE base (`rope_local_base_freq`, or
+/// `rope_parameters.sliding_attention`). Logit soft-capping and RoPE scaling are refused.
+fn gemma3(v: &Value) -> std::result::Result<ModelConfig, String> {
+    for key in [
+        "final_logit_softcapping",
+        "attn_logit_softcapping",
+        "rope_scaling",
+    ] {
+        if v.get(key).is_some_and(|x| !x.is_null()) {
+            return Err(format!("Gemma 3 with `{key}` set is not supported"));
+        }
+    }
+    let act = v
+        .get("hidden_activation")
+        .or_else(|| v.get("hidden_act"))
+        .and_then(Value::as_str)
+        .unwrap_or("gelu_pytorch_tanh");
+    if activation(act)? != Activation::GeluTanh {
+        return Err(format!(
+            "Gemma 3 with activation `{act}` is not supported; supported: gelu_pytorch_tanh"
+        ));
+    }
+    let hidden = get_usize(v, "hidden_size")?;
+    let heads = get_usize(v, "num_attention_heads")?;
+    let layers = get_usize(v, "num_hidden_layers")?;
+    // RoPE bases: `rope_parameters` per layer type (transformers >= 5), else the older keys.
+    let base = |kind: &str, old_key: &str, default: f32| -> std::result::Result<f32, String> {
+        match v.get("rope_parameters").and_then(|p| p.get(kind)) {
+            Some(p) if !p.is_null() => {
+                let t = p
+                    .get("rope_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                if t != "default" {
+                    return Err(format!(
+                        "rope_type `{t}` ({kind}) is not supported (only `default`)"
+                    ));
+                }
+                Ok(get_f32(p, "rope_theta", get_f32(v, old_key, default)))
+            }
+            _ => Ok(get_f32(v, old_key, default)),
+        }
+    };
+    let theta = base("full_attention", "rope_theta", 1_000_000.0)?;
+    let local_theta = base("sliding_attention", "rope_local_base_freq", 10_000.0)?;
+    let local: Vec<bool> = match v.get("layer_types").and_then(Value::as_array) {
+        Some(types) => {
+            if types.len() != layers {
+                return Err(format!(
+                    "`layer_types` lists {} blocks for {layers} layers",
+                    types.len()
+                ));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(format!(
+                        "`layer_types` entry {t} is not supported; supported: sliding_attention, full_attention"
+                    )),
+                })
+                .collect::<std::result::Result<_, _>>()?
+        }
+        None => {
+            let pattern = opt_usize(v, "sliding_window_pattern").unwrap_or(6).max(1);
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+    };
+    let head_dim = opt_usize(v, "head_dim").unwrap_or(256);
+    let query_pre_attn_scalar = v
+        .get("query_pre_attn_scalar")
+        .and_then(Value::as_f64)
+        .unwrap_or(256.0);
+    if query_pre_attn_scalar <= 0.0 {
+        return Err("`query_pre_attn_scalar` must be positive".into());
+    }
+    let bias = v
+        .get("attention_bias")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(ModelConfig {
+        family: Family::Llama,
+        vocab_size: get_usize(v, "vocab_size")?,
+        hidden,
+        layers,
+        heads,
+        kv_heads: opt_usize(v, "num_key_value_heads").unwrap_or(heads),
+        head_dim,
+        intermediate: get_usize(v, "intermediate_size")?,
+        max_positions: get_usize(v, "max_position_embeddings")?,
+        type_vocab_size: 0,
+        norm: NormKind::RmsNorm,
+        norm_eps: get_f32(v, "rms_norm_eps", 1e-6),
+        placement: NormPlacement::Pre,
+        positions: PositionKind::Rotary { theta },
+        mlp: MlpKind::GeGlu,
+        causal: true,
+        attn_bias: bias,
+        o_bias: bias,
+        mlp_bias: false,
+        qk_norm: true,
+        embedding_norm: false,
+        final_norm: true,
+        tie_embeddings: v
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        embed_scale: Some((hidden as f32).sqrt()),
+        post_norms: true,
+        query_scale: Some((1.0 / query_pre_attn_scalar.sqrt()) as f32),
+        sliding: Some(SlidingWindow {
+            window: opt_usize(v, "sliding_window").unwrap_or(4096),
+            rope_theta: local_theta,
+            local,
+        }),
+        norm_weight_offset: 1.0,
     })
 }

@@ -2,7 +2,7 @@
 //! Hugging Face tensor names (with or without the `bert.` / `transformer.` / `model.` prefix).
 
 use super::checkpoint::Checkpoint;
-use super::config::{Family, MlpKind, ModelConfig, NormKind, PositionKind};
+use super::config::{Family, ModelConfig, NormKind, PositionKind};
 use crate::backend::{Backend, WeightPrecision};
 use crate::error::Result;
 
@@ -44,6 +44,9 @@ pub struct Block<B: Backend> {
     pub qk_norm: Option<(Norm<B>, Norm<B>)>,
     /// Norm of the MLP sub-layer.
     pub norm2: Norm<B>,
+    /// Norms of the attention output and of the MLP output, each before its residual sum
+    /// ([`crate::model::ModelConfig::post_norms`]).
+    pub post_norms: Option<(Norm<B>, Norm<B>)>,
     /// Gate projection (SwiGLU only).
     pub gate: Option<Linear<B>>,
     /// MLP up projection.
@@ -218,6 +221,7 @@ impl<B: Backend> Loader<'_, B> {
                 v: self.linear(&format!("{p}.attention.self.value"), d, d, true)?,
                 o: self.linear(&format!("{p}.attention.output.dense"), d, d, true)?,
                 qk_norm: None,
+                post_norms: None,
                 norm1: self.norm(&format!("{p}.attention.output.LayerNorm"), d, c.norm)?,
                 gate: None,
                 up: self.linear(&format!("{p}.intermediate.dense"), d, ff, true)?,
@@ -289,6 +293,7 @@ impl<B: Backend> Loader<'_, B> {
                 v: part(2)?,
                 o: self.conv1d_linear(&format!("{p}.attn.c_proj"), d, d)?,
                 qk_norm: None,
+                post_norms: None,
                 norm2: self.norm(&format!("{p}.ln_2"), d, c.norm)?,
                 gate: None,
                 up: self.conv1d_linear(&format!("{p}.mlp.c_fc"), d, ff)?,
@@ -308,6 +313,25 @@ impl<B: Backend> Loader<'_, B> {
         })
     }
 
+    /// An RMSNorm with the checkpoint's scale convention: Gemma stores `w` for a norm that
+    /// multiplies by `1 + w` ([`ModelConfig::norm_weight_offset`]).
+    fn rms_norm(&self, base: &str, dim: usize, c: &ModelConfig) -> Result<Norm<B>> {
+        let n = self.norm(base, dim, c.norm)?;
+        if c.norm_weight_offset == 0.0 {
+            return Ok(n);
+        }
+        let shifted: Vec<f32> = self
+            .backend
+            .download(&n.gamma)?
+            .iter()
+            .map(|w| w + c.norm_weight_offset)
+            .collect();
+        Ok(Norm {
+            gamma: self.backend.upload(&shifted)?,
+            beta: n.beta,
+        })
+    }
+
     fn llama(&self, c: ModelConfig) -> Result<Model<B>> {
         let (d, ff, qd, kvd) = (c.hidden, c.intermediate, c.q_dim(), c.kv_dim());
         let mut blocks = Vec::with_capacity(c.layers);
@@ -315,27 +339,43 @@ impl<B: Backend> Loader<'_, B> {
             let p = format!("layers.{i}");
             let ab = c.attn_bias;
             let mb = c.mlp_bias;
+            // Gemma 3 calls its post-attention norm what Llama calls the MLP's input norm.
+            let (norm2, post_norms) = if c.post_norms {
+                (
+                    self.rms_norm(&format!("{p}.pre_feedforward_layernorm"), d, &c)?,
+                    Some((
+                        self.rms_norm(&format!("{p}.post_attention_layernorm"), d, &c)?,
+                        self.rms_norm(&format!("{p}.post_feedforward_layernorm"), d, &c)?,
+                    )),
+                )
+            } else {
+                (
+                    self.rms_norm(&format!("{p}.post_attention_layernorm"), d, &c)?,
+                    None,
+                )
+            };
             blocks.push(Block {
-                norm1: self.norm(&format!("{p}.input_layernorm"), d, c.norm)?,
+                norm1: self.rms_norm(&format!("{p}.input_layernorm"), d, &c)?,
                 q: self.linear(&format!("{p}.self_attn.q_proj"), d, qd, ab)?,
                 k: self.linear(&format!("{p}.self_attn.k_proj"), d, kvd, ab)?,
                 v: self.linear(&format!("{p}.self_attn.v_proj"), d, kvd, ab)?,
                 o: self.linear(&format!("{p}.self_attn.o_proj"), qd, d, c.o_bias)?,
                 qk_norm: if c.qk_norm {
                     Some((
-                        self.norm(&format!("{p}.self_attn.q_norm"), c.head_dim, c.norm)?,
-                        self.norm(&format!("{p}.self_attn.k_norm"), c.head_dim, c.norm)?,
+                        self.rms_norm(&format!("{p}.self_attn.q_norm"), c.head_dim, &c)?,
+                        self.rms_norm(&format!("{p}.self_attn.k_norm"), c.head_dim, &c)?,
                     ))
                 } else {
                     None
                 },
-                norm2: self.norm(&format!("{p}.post_attention_layernorm"), d, c.norm)?,
+                norm2,
+                post_norms,
                 gate: Some(self.linear(&format!("{p}.mlp.gate_proj"), d, ff, mb)?),
                 up: self.linear(&format!("{p}.mlp.up_proj"), d, ff, mb)?,
                 down: self.linear(&format!("{p}.mlp.down_proj"), ff, d, mb)?,
             });
         }
-        debug_assert!(matches!(c.mlp, MlpKind::SwiGlu));
+        debug_assert!(c.mlp.gated());
         debug_assert!(matches!(c.positions, PositionKind::Rotary { .. }));
         // `lm_head.weight` sits outside the `model.` prefix; a checkpoint that ships it uses it
         // even when the config says tied (they are then equal).
@@ -356,7 +396,7 @@ impl<B: Backend> Loader<'_, B> {
             type_emb: None,
             emb_norm: None,
             blocks,
-            final_norm: Some(self.norm("norm", d, c.norm)?),
+            final_norm: Some(self.rms_norm("norm", d, &c)?),
             lm_head,
             config: c,
             precision: self.precision,
@@ -421,7 +461,12 @@ impl<B: Backend> Model<B> {
                     None
                 },
                 norm2: norm(backend)?,
-                gate: if matches!(c.mlp, MlpKind::SwiGlu) {
+                post_norms: if c.post_norms {
+                    Some((norm(backend)?, norm(backend)?))
+                } else {
+                    None
+                },
+                gate: if c.mlp.gated() {
                     Some(lin(&mut draw, d, ff, c.mlp_bias)?)
                 } else {
                     None

@@ -381,6 +381,32 @@ impl<B: Backend> Backend for Counting<B> {
     ) -> Result<()> {
         self.inner.swiglu_backward(dgate, dup, dy, gate, up, len)
     }
+    fn gated_forward(
+        &self,
+        y: &mut Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        self.inner.gated_forward(y, gate, up, act, len)
+    }
+    fn gated_backward(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dy: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        self.inner
+            .gated_backward(dgate, dup, dy, gate, up, act, len)
+    }
+    fn scale(&self, x: &mut Self::Buf, alpha: f32, len: usize) -> Result<()> {
+        self.inner.scale(x, alpha, len)
+    }
     fn rope(
         &self,
         x: &mut Self::Buf,

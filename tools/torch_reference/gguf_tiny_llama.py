@@ -17,10 +17,13 @@ With `--arch qwen2` it writes a Qwen2 file instead: the same blocks without llam
 reordering (its Qwen2 converter keeps Hugging Face's order), plus f32 biases on the q, k and v
 projections, and the `qwen2` pre-tokenizer split. With `--arch qwen3`, a Qwen3 file: no biases,
 the same order as Qwen2, f32 RMSNorm scales for each query and key head (`attn_q_norm`,
-`attn_k_norm`), and heads of 128 (Qwen3's size), so the query projection is 512 wide.
+`attn_k_norm`), and heads of 128 (Qwen3's size), so the query projection is 512 wide. With
+`--arch gemma3`, a Gemma 3 file: heads of 256, query/key norms, post-attention and post-MLP
+norms (`post_attention_norm`, `post_ffw_norm`) stored as llama.cpp stores Gemma's (1 + w),
+GeGLU, and a sliding window of 4 on both (local) blocks.
 
 Writes tests/fixtures/gguf/tiny_<arch>.gguf and tests/fixtures/gguf/tiny_<arch>_reference.json.
-Usage: tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_tiny_llama.py [--arch llama|qwen2|qwen3]
+Usage: tools/torch_reference/.venv/bin/python tools/torch_reference/gguf_tiny_llama.py [--arch llama|qwen2|qwen3|gemma3]
 """
 import argparse
 import json
@@ -125,12 +128,13 @@ def llama_cpp_order(rows_array, heads):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3"])
+    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3", "gemma3"])
     arch = ap.parse_args().arch
-    rng = np.random.default_rng({"llama": 7, "qwen2": 8, "qwen3": 9}[arch])
+    rng = np.random.default_rng({"llama": 7, "qwen2": 8, "qwen3": 9, "gemma3": 10}[arch])
     # transformers reads no head size from a qwen3 file and takes Qwen3's default of 128: the
-    # query projection is then twice the hidden size wide.
-    head_dim = 128 if arch == "qwen3" else HEAD_DIM
+    # query projection is then twice the hidden size wide. For gemma3 it reads the head size but
+    # not query_pre_attn_scalar (default 256), which llama.cpp takes to be the head size: 256.
+    head_dim = {"qwen3": 128, "gemma3": 256}.get(arch, HEAD_DIM)
     q_dim = HEADS * head_dim
     alpha = byte_alphabet()
     merges = learn_bpe(alpha)
@@ -151,15 +155,19 @@ def main():
     w.add_feed_forward_length(FF)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(1e6 if arch == "gemma3" else 10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(head_dim)
     w.add_vocab_size(vocab)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default" if arch == "llama" else "qwen2")
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma3"):
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
+    if arch == "gemma3":
+        # Both blocks are local (every sixth is global): a window of 4 keys on sequences of up
+        # to 13 tokens.
+        w.add_sliding_window(4)
     w.add_token_list(tokens)
     w.add_token_types([1] * (vocab - 2) + [3, 3])
     w.add_token_merges([f"{a} {b}" for a, b in merges])
@@ -177,10 +185,16 @@ def main():
                      (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight",
                      (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             for name in ("attn_q_norm", "attn_k_norm"):
                 w.add_tensor(f"blk.{i}.{name}.weight",
                              (1 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32))
+        if arch == "gemma3":
+            # llama.cpp stores Gemma's norm scales as the factor 1 + w (transformers subtracts 1
+            # when it reads them), as these are: values near 1.
+            for name in ("post_attention_norm", "post_ffw_norm"):
+                w.add_tensor(f"blk.{i}.{name}.weight",
+                             (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
         for name, (rows, cols), ty in zip(names, shapes, TYPES[i]):
             data = random_blocks(rng, ty, rows, cols)
             if arch == "llama" and name in ("attn_q", "attn_k"):

@@ -117,6 +117,40 @@ pub(crate) fn backward(dx: &mut [f32], dy: &[f32], x: &[f32], a: Activation) {
         .for_each(|((dx, dy), x)| backward_chunk(dx, dy, x, a));
 }
 
+/// `y = act(gate) · up`.
+pub(crate) fn gated_forward(y: &mut [f32], gate: &[f32], up: &[f32], a: Activation) {
+    y.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK))
+        .zip(up.par_chunks(CHUNK))
+        .for_each(|((y, g), u)| {
+            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                *y = act(a, g) * u;
+            }
+        });
+}
+
+/// `dgate = dy · up · act'(gate)`, `dup = dy · act(gate)`.
+pub(crate) fn gated_backward(
+    dgate: &mut [f32],
+    dup: &mut [f32],
+    dy: &[f32],
+    gate: &[f32],
+    up: &[f32],
+    a: Activation,
+) {
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(dy.par_chunks(CHUNK))
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .for_each(|(((dg, du), dy), (g, u))| {
+            for ((((dg, du), &dy), &g), &u) in dg.iter_mut().zip(du).zip(dy).zip(g).zip(u) {
+                *du = dy * act(a, g);
+                *dg = dy * u * act_grad(a, g);
+            }
+        });
+}
+
 pub(crate) fn swiglu_forward(y: &mut [f32], gate: &[f32], up: &[f32]) {
     y.par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK))

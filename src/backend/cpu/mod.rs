@@ -530,6 +530,56 @@ impl Backend for Cpu {
         activation::swiglu_forward(&mut y[..len], &gate[..len], &up[..len]);
         Ok(())
     }
+    fn gated_forward(
+        &self,
+        y: &mut Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        for (w, l) in [("y", y.len()), ("gate", gate.len()), ("up", up.len())] {
+            check(&format!("gated {w}"), l, len)?;
+        }
+        activation::gated_forward(&mut y[..len], &gate[..len], &up[..len], act);
+        Ok(())
+    }
+    fn gated_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        for (w, l) in [
+            ("dgate", dgate.len()),
+            ("dup", dup.len()),
+            ("dy", dy.len()),
+            ("gate", gate.len()),
+            ("up", up.len()),
+        ] {
+            check(&format!("gated_backward {w}"), l, len)?;
+        }
+        activation::gated_backward(
+            &mut dgate[..len],
+            &mut dup[..len],
+            &dy[..len],
+            &gate[..len],
+            &up[..len],
+            act,
+        );
+        Ok(())
+    }
+    fn scale(&self, x: &mut Vec<f32>, alpha: f32, len: usize) -> Result<()> {
+        check("scale x", x.len(), len)?;
+        x[..len]
+            .par_chunks_mut(4096)
+            .for_each(|x| x.iter_mut().for_each(|v| *v *= alpha));
+        Ok(())
+    }
     fn swiglu_backward(
         &self,
         dgate: &mut Vec<f32>,

@@ -591,6 +591,7 @@ impl Backend for CudaBackend {
         seqs: &[Span],
         shape: AttnShape,
     ) -> Result<()> {
+        no_window(shape)?;
         ops::attention::forward(self, o, lse, q, k, v, seqs, shape)
     }
     fn attention_backward(
@@ -607,6 +608,7 @@ impl Backend for CudaBackend {
         seqs: &[Span],
         shape: AttnShape,
     ) -> Result<()> {
+        no_window(shape)?;
         ops::attention::backward(self, dq, dk, dv, do_, q, k, v, o, lse, seqs, shape)
     }
     fn layer_norm_forward(
@@ -687,6 +689,31 @@ impl Backend for CudaBackend {
         len: usize,
     ) -> Result<()> {
         ops::elementwise::swiglu_forward(self, y, gate, up, len)
+    }
+    fn gated_forward(
+        &self,
+        y: &mut CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        ops::elementwise::gated_forward(self, y, gate, up, act, len)
+    }
+    fn gated_backward(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dy: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+        act: Activation,
+        len: usize,
+    ) -> Result<()> {
+        ops::elementwise::gated_backward(self, dgate, dup, dy, gate, up, act, len)
+    }
+    fn scale(&self, x: &mut CudaBuf, alpha: f32, len: usize) -> Result<()> {
+        ops::elementwise::scale(self, x, alpha, len)
     }
     fn swiglu_backward(
         &self,
@@ -817,5 +844,17 @@ pub fn select(choice: BackendChoice) -> Result<(Selected, String)> {
                 format!("backend: cpu (auto; no usable GPU: {e})"),
             )),
         },
+    }
+}
+
+/// The attention kernels have no sliding window yet: a model with local layers (Gemma 3) runs on
+/// the CPU backend until they do, and says so instead of attending to keys it should not see.
+fn no_window(shape: AttnShape) -> Result<()> {
+    match shape.window {
+        None => Ok(()),
+        Some(w) => Err(Error::Backend(format!(
+            "sliding-window attention (window {w}, Gemma 3's local layers) is not implemented in \
+             the CUDA kernels yet: run this model with --backend cpu"
+        ))),
     }
 }

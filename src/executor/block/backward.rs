@@ -2,10 +2,10 @@
 //! sub-layer, then the attention sub-layer, then the input gradient.
 
 use super::{norm_backward, norm_backward_width, BlockCtx, BlockTape};
-use crate::backend::Backend;
+use crate::backend::{Activation, Backend};
 use crate::error::{Error, Result};
 use crate::executor::Active;
-use crate::model::config::{MlpKind, NormPlacement, PositionKind};
+use crate::model::config::{MlpKind, NormPlacement};
 use crate::model::weights::Block;
 use crate::model::{AdapterSet, Target};
 
@@ -29,10 +29,19 @@ impl<B: Backend> BlockCtx<'_, B> {
         let be = self.backend;
         // MLP sub-layer, top down: the output norm (post-norm), the MLP, its residual sum.
         let dsum = self.mlp_sum_grad(w, t, dy, act.rows)?;
-        let dmlp_in = self.mlp_backward(w, t, &dsum, act, grads)?;
+        // Through the post-MLP norm (Gemma 3) to the MLP's output; the residual takes dsum.
+        let dmlp_out = self.post_norm_grad(w, t, &dsum, act.rows, 1)?;
+        let dmlp_in = self.mlp_backward(w, t, dmlp_out.as_ref().unwrap_or(&dsum), act, grads)?;
+        if let Some(b) = dmlp_out {
+            be.recycle(b);
+        }
         let dh = self.attn_sum_grad(w, t, dmlp_in, dsum, act.rows)?;
         // Attention sub-layer: the output projection and attention, then q, k, v.
-        let dqkv = self.attention_backward(w, t, &dh, act, grads)?;
+        let dattn_out = self.post_norm_grad(w, t, &dh, act.rows, 0)?;
+        let dqkv = self.attention_backward(w, t, dattn_out.as_ref().unwrap_or(&dh), act, grads)?;
+        if let Some(b) = dattn_out {
+            be.recycle(b);
+        }
         let dattn_in = self.qkv_backward(w, t, dqkv, act, grads, need_dx)?;
         if !need_dx {
             be.recycle(dattn_in);
@@ -40,6 +49,27 @@ impl<B: Backend> BlockCtx<'_, B> {
             return Ok(None);
         }
         self.input_grad(w, t, dattn_in, dh, act.rows).map(Some)
+    }
+
+    /// The gradient of a sub-layer's output through its post-norm (`which`: 0 attention, 1
+    /// MLP) from the gradient at its residual sum; `None` without post-norms.
+    fn post_norm_grad(
+        &self,
+        w: &Block<B>,
+        t: &BlockTape<B>,
+        dsum: &B::Buf,
+        n: usize,
+        which: usize,
+    ) -> Result<Option<B::Buf>> {
+        let (Some(norms), Some(tapes)) = (&w.post_norms, &t.post_norms) else {
+            return Ok(None);
+        };
+        let (norm, tape) = if which == 0 {
+            (&norms.0, &tapes.0)
+        } else {
+            (&norms.1, &tapes.1)
+        };
+        norm_backward(self.backend, self.cfg, dsum, norm, tape, n).map(Some)
     }
 
     /// The gradient at the MLP residual sum: `dy` itself pre-norm, else through norm2.
@@ -83,7 +113,19 @@ impl<B: Backend> BlockCtx<'_, B> {
         let gated = match (&t.gate, &w.gate) {
             (Some(g), Some(gw)) => {
                 let mut dg = be.scratch(n * ff)?;
-                be.swiglu_backward(&mut dg, &mut dup, &da, g, &t.up, n * ff)?;
+                if self.cfg.mlp == MlpKind::GeGlu {
+                    be.gated_backward(
+                        &mut dg,
+                        &mut dup,
+                        &da,
+                        g,
+                        &t.up,
+                        Activation::GeluTanh,
+                        n * ff,
+                    )?;
+                } else {
+                    be.swiglu_backward(&mut dg, &mut dup, &da, g, &t.up, n * ff)?;
+                }
                 self.linear_backward(
                     (false, true),
                     &mut dmlp_in,
@@ -192,7 +234,7 @@ impl<B: Backend> BlockCtx<'_, B> {
             &act.spans,
             self.attn_shape(w),
         )?;
-        if let PositionKind::Rotary { theta } = self.cfg.positions {
+        if let Some(theta) = self.cfg.layer_rope_theta(self.layer) {
             be.rope(
                 &mut dq,
                 &act.positions,

@@ -6,7 +6,7 @@ use crate::model::config::ModelConfig;
 use serde_json::json;
 
 /// Architectures whose blocks the runtime has.
-const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3"];
+const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 impl Gguf {
     /// The model configuration the metadata describes, as the equivalent Hugging Face
@@ -87,6 +87,25 @@ impl Gguf {
                         "`{arch}.{key} = {v}` differs from the head size {head_dim}: {what} is not supported"
                     )));
                 }
+            }
+        }
+        if arch == "gemma3" {
+            // Hugging Face names the text model `gemma3_text`. llama.cpp keeps what its
+            // metadata does not say fixed, and so does this reader: the local blocks' RoPE base
+            // (10000), every sixth block global, and scores scaled by 1/sqrt(head size).
+            cfg["model_type"] = json!("gemma3_text");
+            cfg["rope_local_base_freq"] = json!(10000.0);
+            cfg["sliding_window_pattern"] = json!(6);
+            cfg["query_pre_attn_scalar"] = json!(head_dim);
+            cfg["head_dim"] = json!(head_dim);
+            if let Some(w) = self.u64("gemma3.attention.sliding_window")? {
+                cfg["sliding_window"] = json!(w);
+            }
+            if let Some(c) = self.f64("gemma3.final_logit_softcapping")? {
+                cfg["final_logit_softcapping"] = json!(c);
+            }
+            if let Some(c) = self.f64("gemma3.attn_logit_softcapping")? {
+                cfg["attn_logit_softcapping"] = json!(c);
             }
         }
         ModelConfig::from_json(&cfg).map_err(|e| self.err(format!("model configuration: {e}")))

@@ -99,6 +99,17 @@ impl Gguf {
         let mut blocks = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let p = format!("blk.{i}");
+            // llama.cpp names Gemma 3's norms by their place: `post_attention_norm` after the
+            // attention, `ffn_norm` before the MLP, `post_ffw_norm` after it. The file stores
+            // Gemma's scales as the factor itself (1 + w), so they load as they are.
+            let post_norms = if c.post_norms {
+                Some((
+                    self.rms_norm(be, &format!("{p}.post_attention_norm.weight"), d)?,
+                    self.rms_norm(be, &format!("{p}.post_ffw_norm.weight"), d)?,
+                ))
+            } else {
+                None
+            };
             blocks.push(Block {
                 norm1: self.rms_norm(be, &format!("{p}.attn_norm.weight"), d)?,
                 q: self.linear(be, &format!("{p}.attn_q"), (d, qd), ab, rope(c.heads))?,
@@ -114,6 +125,7 @@ impl Gguf {
                     None
                 },
                 norm2: self.rms_norm(be, &format!("{p}.ffn_norm.weight"), d)?,
+                post_norms,
                 gate: Some(self.linear(be, &format!("{p}.ffn_gate"), (d, ff), mb, None)?),
                 up: self.linear(be, &format!("{p}.ffn_up"), (d, ff), mb, None)?,
                 down: self.linear(be, &format!("{p}.ffn_down"), (ff, d), mb, None)?,

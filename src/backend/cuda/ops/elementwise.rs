@@ -257,6 +257,93 @@ pub(crate) fn activation_backward(
     }
 }
 
+pub(crate) fn gated_forward(
+    be: &CudaBackend,
+    y: &mut CudaBuf,
+    gate: &CudaBuf,
+    up: &CudaBuf,
+    act: Activation,
+    len: usize,
+) -> Result<()> {
+    check_len("gated y", y, len)?;
+    check_len("gated gate", gate, len)?;
+    check_len("gated up", up, len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: ew_gated_fwd(y, gate, up, len, act) touches all three at [0, len), checked above.
+    unsafe {
+        be.launch(
+            "ew_gated_fwd",
+            flat(len),
+            &[
+                y.arg(),
+                gate.arg(),
+                up.arg(),
+                KArg::I32(i32_of("gated len", len)?),
+                KArg::I32(act_code(act)),
+            ],
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_backward(
+    be: &CudaBackend,
+    dgate: &mut CudaBuf,
+    dup: &mut CudaBuf,
+    dy: &CudaBuf,
+    gate: &CudaBuf,
+    up: &CudaBuf,
+    act: Activation,
+    len: usize,
+) -> Result<()> {
+    check_len("gated_backward dgate", dgate, len)?;
+    check_len("gated_backward dup", dup, len)?;
+    check_len("gated_backward dy", dy, len)?;
+    check_len("gated_backward gate", gate, len)?;
+    check_len("gated_backward up", up, len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: ew_gated_bwd(dgate, dup, dy, gate, up, len, act) touches all five at [0, len),
+    // checked above.
+    unsafe {
+        be.launch(
+            "ew_gated_bwd",
+            flat(len),
+            &[
+                dgate.arg(),
+                dup.arg(),
+                dy.arg(),
+                gate.arg(),
+                up.arg(),
+                KArg::I32(i32_of("gated_backward len", len)?),
+                KArg::I32(act_code(act)),
+            ],
+        )
+    }
+}
+
+pub(crate) fn scale(be: &CudaBackend, x: &mut CudaBuf, alpha: f32, len: usize) -> Result<()> {
+    check_len("scale x", x, len)?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: ew_scale(x, alpha, len) touches x at [0, len), checked above.
+    unsafe {
+        be.launch(
+            "ew_scale",
+            flat(len),
+            &[
+                x.arg(),
+                KArg::F32(alpha),
+                KArg::I32(i32_of("scale len", len)?),
+            ],
+        )
+    }
+}
+
 pub(crate) fn swiglu_forward(
     be: &CudaBackend,
     y: &mut CudaBuf,
