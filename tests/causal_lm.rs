@@ -15,8 +15,9 @@ mod common;
 use common::{fixture, root};
 use flexp::algorithms::{evaluate, whole, ClientData, Example, Federation, Hyper, Label};
 use flexp::backend::cpu::Cpu;
-use flexp::data::{encode_lm, LmTemplate};
+use flexp::data::{encode_lm, encode_lm_chat, LmTemplate};
 use flexp::federated::{CostModel, TaskHead};
+use flexp::model::chat::{ChatTemplate, Message};
 use flexp::model::{load_model_and_tokenizer, LoraConfig, Model, Pooling, Tokenizer};
 use flexp::rng::Rng;
 use serde_json::Value;
@@ -252,4 +253,55 @@ fn templates_place_text_and_response_and_refuse_unknown_names() {
     };
     let err = no_response.validate().unwrap_err().to_string();
     assert!(err.contains("{response}"), "{err}");
+}
+
+/// The chat template in SmolLM2's GGUF metadata renders as transformers' `apply_chat_template`
+/// renders it (the default system turn added before a lone user turn, a given system turn kept,
+/// the assistant's cue), and a chat-formatted example's ids are the rendered prompt tokenised
+/// without added special tokens, then the response and EOS
+/// (tests/fixtures/gguf/smollm2_chat.jsonl).
+#[test]
+fn chat_template_renders_and_tokenises_as_transformers() {
+    let tok = tokenizer();
+    let chat = tok.chat_template().expect("SmolLM2 ships a chat template");
+    let text = std::fs::read_to_string(fixture("gguf/smollm2_chat.jsonl")).unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let messages: Vec<Message> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let rendered = chat.render(&messages, true).unwrap();
+        assert_eq!(rendered, v["rendered"].as_str().unwrap());
+        let want: Vec<u32> = v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let (e, _) = encode_lm_chat(
+            &tok,
+            &rendered,
+            v["response"].as_str().unwrap(),
+            tok.eos(),
+            512,
+        )
+        .unwrap();
+        assert_eq!(e.ids, want);
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    // Without the generation prompt the text ends after the last turn.
+    let plain = chat.render(&[Message::new("user", "hi")], false).unwrap();
+    assert!(plain.ends_with("hi<|im_end|>\n"), "{plain:?}");
+    // A template that does not parse, or raises, is an error that says so.
+    let bad = ChatTemplate::new("{% for m in messages %}", "", "").unwrap_err();
+    assert!(bad.to_string().contains("chat template"), "{bad}");
+    let raising =
+        ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
+    let e = raising.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("roles must alternate"), "{e}");
 }

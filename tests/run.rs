@@ -772,4 +772,8 @@ fn causal_lm_settings_are_checked() {
     assert!(e.contains("data.response_column"), "{e}");
     let e = err(&["task=\"translate\""]);
     assert!(e.contains("causal_lm"), "{e}");
+    let e = err(&["lm.chat_template=true"]);
+    assert!(e.contains("ships no chat template"), "{e}");
+    let e = err(&["lm.chat_template=\"yes\""]);
+    assert!(e.contains("lm.chat_template"), "{e}");
 }

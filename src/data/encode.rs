@@ -126,19 +126,55 @@ pub fn encode_lm(
     eos: Option<u32>,
     max_len: usize,
 ) -> Result<(LmEncoded, bool)> {
+    check_len(max_len)?;
+    // The special tokens the tokenizer puts before any input (a BOS): encoding the empty text
+    // gives them, and a prompt's encoding starts with them.
+    let lead = tok.encode("", usize::MAX, LongText::Error)?.ids;
+    let p = if prompt.is_empty() {
+        lead.clone()
+    } else {
+        tok.encode(prompt, usize::MAX, LongText::Error)?.ids
+    };
+    let lead_len = if p.starts_with(&lead) { lead.len() } else { 0 };
+    layout(tok, p, lead_len, response, eos, max_len)
+}
+
+/// [`encode_lm`] for a prompt rendered by the model's chat template
+/// ([`crate::model::chat::ChatTemplate`]): the template writes the special tokens the model
+/// wants (a BOS, the turn markers), so the prompt is tokenised without the tokenizer's own, as
+/// transformers' `apply_chat_template` tokenises it. A long example loses prompt tokens from the
+/// left.
+pub fn encode_lm_chat(
+    tok: &Tokenizer,
+    rendered_prompt: &str,
+    response: &str,
+    eos: Option<u32>,
+    max_len: usize,
+) -> Result<(LmEncoded, bool)> {
+    check_len(max_len)?;
+    let p = tok.encode_continuation(rendered_prompt)?;
+    layout(tok, p, 0, response, eos, max_len)
+}
+
+fn check_len(max_len: usize) -> Result<()> {
     if max_len < 2 {
         return Err(Error::Input(
             "a causal-LM example needs a sequence length of at least 2".into(),
         ));
     }
-    // The special tokens the tokenizer puts before any input (a BOS): encoding the empty text
-    // gives them, and a prompt's encoding starts with them.
-    let lead = tok.encode("", usize::MAX, LongText::Error)?.ids;
-    let mut p = if prompt.is_empty() {
-        lead.clone()
-    } else {
-        tok.encode(prompt, usize::MAX, LongText::Error)?.ids
-    };
+    Ok(())
+}
+
+/// Prompt tokens `p` (of which the first `lead_len` are the tokenizer's leading special
+/// tokens), then the response's and EOS, cut to `max_len` as [`encode_lm`] says.
+fn layout(
+    tok: &Tokenizer,
+    mut p: Vec<u32>,
+    lead_len: usize,
+    response: &str,
+    eos: Option<u32>,
+    max_len: usize,
+) -> Result<(LmEncoded, bool)> {
     let mut r = tok.encode_continuation(response)?;
     r.extend(eos);
     if r.is_empty() {
@@ -150,7 +186,7 @@ pub fn encode_lm(
     }
     // Leading special tokens are kept (at most max_len - 1 of them, leaving the response one),
     // and the response keeps at least one prompt position before it to be predicted from.
-    let lead_kept = if p.starts_with(&lead) { lead.len() } else { 0 }.min(max_len - 1);
+    let lead_kept = lead_len.min(max_len - 1);
     let reserved = lead_kept.max(p.len().min(1));
     let cut = p.len() + r.len() > max_len;
     if cut {

@@ -20,7 +20,7 @@ pub mod partition;
 pub mod split;
 
 pub use dataset::{DataSpec, Dataset};
-pub use encode::{encode_dataset, encode_lm, LmEncoded, LmTemplate};
+pub use encode::{encode_dataset, encode_lm, encode_lm_chat, LmEncoded, LmTemplate};
 pub use partition::{partition, sample_dirichlet, sample_gamma, shuffle, Partition};
 pub use split::{
     global_test, split_clients, train_test_split, validate_test_fraction, ClientSplit,

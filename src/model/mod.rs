@@ -1,6 +1,7 @@
 //! Models: configuration, checkpoint loading, the frozen base weights, tokenizers, adapters.
 
 pub mod adapter;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod gguf;
@@ -102,8 +103,41 @@ pub fn load_model_and_tokenizer_with<B: Backend>(
     }
     let model = load_model_with(backend, path, precision)?;
     let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"), model.config.vocab_size)?
-        .with_eos(eos_of_config(path)?);
+        .with_eos(eos_of_config(path)?)
+        .with_chat_template(chat_template_of_folder(path)?);
     Ok((model, tokenizer))
+}
+
+/// The chat template of a checkpoint folder: `chat_template` of its `tokenizer_config.json`
+/// (the one named `default` where it lists several), or `chat_template.jinja`; `None` when the
+/// folder has neither.
+pub fn chat_template_of_folder(dir: &Path) -> Result<Option<chat::ChatTemplate>> {
+    let p = dir.join("tokenizer_config.json");
+    let cfg: serde_json::Value = match std::fs::read_to_string(&p) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: p.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let token = |key: &str| -> String {
+        match &cfg[key] {
+            serde_json::Value::String(s) => s.clone(),
+            v => v["content"].as_str().unwrap_or_default().to_string(),
+        }
+    };
+    let source = match &cfg["chat_template"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    };
+    source
+        .map(|s| chat::ChatTemplate::new(&s, &token("bos_token"), &token("eos_token")))
+        .transpose()
 }
 
 /// The end-of-sequence token of a checkpoint folder: `eos_token_id` of its config.json (the

@@ -1,6 +1,7 @@
 //! The model's tokenizer (`tokenizer.json` through the `tokenizers` crate), checked against the
 //! model's vocabulary, with an explicit policy for texts longer than the model accepts.
 
+use super::chat::ChatTemplate;
 use super::gguf::Gguf;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
     eos: Option<u32>,
+    chat: Option<ChatTemplate>,
 }
 
 impl Tokenizer {
@@ -55,13 +57,42 @@ impl Tokenizer {
     pub fn from_gguf(g: &Gguf, model_vocab: usize) -> Result<Self> {
         let json = g.tokenizer_json()?;
         let eos = g.u64("tokenizer.ggml.eos_token_id")?.map(|v| v as u32);
+        let chat = match g.str("tokenizer.chat_template")? {
+            Some(source) => {
+                let tokens = g.str_array("tokenizer.ggml.tokens")?.unwrap_or_default();
+                let text = |key: &str| -> Result<String> {
+                    Ok(g.u64(key)?
+                        .and_then(|i| tokens.get(i as usize))
+                        .map_or_else(String::new, |t| t.to_string()))
+                };
+                Some(ChatTemplate::new(
+                    source,
+                    &text("tokenizer.ggml.bos_token_id")?,
+                    &text("tokenizer.ggml.eos_token_id")?,
+                )?)
+            }
+            None => None,
+        };
         let inner = json
             .parse::<tokenizers::Tokenizer>()
             .map_err(|e| Error::Tokenizer {
                 path: g.path.clone(),
                 reason: format!("the tokenizer in the GGUF metadata cannot be built: {e}"),
             })?;
-        Ok(Self::bind(inner, &g.path, model_vocab)?.with_eos(eos))
+        Ok(Self::bind(inner, &g.path, model_vocab)?
+            .with_eos(eos)
+            .with_chat_template(chat))
+    }
+
+    /// The same tokenizer with the model's chat template.
+    pub fn with_chat_template(mut self, chat: Option<ChatTemplate>) -> Self {
+        self.chat = chat;
+        self
+    }
+
+    /// The model's chat template, where its files ship one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref()
     }
 
     /// The same tokenizer with `eos` as the model's end-of-sequence token (what ends a
@@ -98,6 +129,7 @@ impl Tokenizer {
             inner,
             path: path.into(),
             eos: None,
+            chat: None,
         })
     }
 

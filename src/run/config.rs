@@ -33,6 +33,9 @@ pub enum Task {
         response_column: String,
         /// How prompt and response are laid out (`lm.prompt`, `lm.response`).
         template: LmTemplate,
+        /// Whether the prompt is the user's turn of the model's chat template
+        /// (`lm.chat_template`).
+        chat: bool,
     },
 }
 
@@ -106,6 +109,7 @@ const KEYS: &[(&str, &str)] = &[
     ("task", "\"classify\""),
     ("lm.prompt", "\"{text}\""),
     ("lm.response", "\"{response}\""),
+    ("lm.chat_template", "false"),
     ("data.labels", "[]"),
     ("data.max_examples", "0"),
     ("partition", "\"dirichlet:0.5\""),
@@ -411,9 +415,14 @@ impl RawConfig {
                     response: s("lm.response")?,
                 };
                 template.validate()?;
+                let chat = v("lm.chat_template");
+                let chat = chat
+                    .as_bool()
+                    .ok_or_else(|| bad("lm.chat_template", "true or false", &chat))?;
                 Task::CausalLm {
                     response_column,
                     template,
+                    chat,
                 }
             }
             other => {

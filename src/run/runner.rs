@@ -11,6 +11,7 @@ use crate::federated::{
     mixed_profiles, plan_auto, plan_manual, CostModel, Plan, ResourceProfile, TaskHead,
 };
 use crate::fsutil::{lock_dir, write_atomic};
+use crate::model::chat::Message;
 use crate::model::{
     is_gguf, load_model_and_tokenizer_with, LoraConfig, Model, ModelConfig, Pooling, Tokenizer,
 };
@@ -280,16 +281,34 @@ fn encode(
                 .collect();
             Ok((examples, truncated))
         }
-        Task::CausalLm { template, .. } => {
+        Task::CausalLm { template, chat, .. } => {
             let responses = ds.responses.as_ref().ok_or_else(|| {
                 Error::Input("a causal-LM task needs the data set's responses".into())
             })?;
+            let chat = match (chat, tok.chat_template()) {
+                (false, _) => None,
+                (true, Some(t)) => Some(t),
+                (true, None) => {
+                    return Err(Error::Input(format!(
+                        "`lm.chat_template = true`, but {} ships no chat template",
+                        cfg.model.display()
+                    )))
+                }
+            };
             let mut truncated = 0;
             let mut examples = Vec::with_capacity(ds.len());
             for (i, (text, response)) in ds.texts.iter().zip(responses).enumerate() {
                 let (p, r) = template.apply(text, response)?;
-                let (enc, cut) = data::encode_lm(tok, &p, &r, tok.eos(), max_len)
-                    .map_err(|e| Error::Input(format!("example {i}: {e}")))?;
+                let encoded = match chat {
+                    // The prompt is the user's turn; the response follows the assistant's cue.
+                    Some(t) => t
+                        .render(&[Message::new("user", &p)], true)
+                        .and_then(|rendered| {
+                            data::encode_lm_chat(tok, &rendered, &r, tok.eos(), max_len)
+                        }),
+                    None => data::encode_lm(tok, &p, &r, tok.eos(), max_len),
+                };
+                let (enc, cut) = encoded.map_err(|e| Error::Input(format!("example {i}: {e}")))?;
                 truncated += usize::from(cut);
                 examples.push(Example {
                     ids: enc.ids,

@@ -11,6 +11,11 @@ loss with those labels (the mean cross-entropy over the response tokens), and wh
 decoding reproduces the response (the most likely next token at every response position is the
 response's).
 
+Beside OUT it writes `smollm2_chat.jsonl`: the file's chat template rendered by transformers'
+`apply_chat_template` (a user turn with the generation prompt, and a system + user
+conversation), and a chat-formatted example's ids (the rendered prompt tokenised without added
+special tokens, then the response and EOS).
+
 Usage (from the repository root, in the venv of tools/torch_reference/setup.sh):
   tools/torch_reference/.venv/bin/python tools/torch_reference/causal_lm_reference.py \
       models/SmolLM2-135M-Instruct.Q4_1.gguf tests/fixtures/gguf/smollm2_causal_lm.jsonl
@@ -44,6 +49,7 @@ def main():
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     model.eval()
+    write_chat(tok, os.path.join(os.path.dirname(out), "smollm2_chat.jsonl"))
     eos = tok.eos_token_id
     cases = list(CASES)
     for prompt in GREEDY_PROMPTS:
@@ -73,6 +79,23 @@ def main():
                 "loss": o.loss.item(),
                 "exact_match": exact,
             }, ensure_ascii=False) + "\n")
+
+
+def write_chat(tok, out):
+    eos = tok.eos_token_id
+    conversations = [
+        [{"role": "user", "content": "Review: A dull film.\nVerdict (fresh or rotten):"}],
+        [{"role": "system", "content": "You judge films."},
+         {"role": "user", "content": "Is it good?"}],
+    ]
+    with open(out, "w") as f:
+        for messages in conversations:
+            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            response = " rotten"
+            ids += tok(response, add_special_tokens=False)["input_ids"] + [eos]
+            f.write(json.dumps({"messages": messages, "rendered": rendered, "response": response,
+                                "ids": ids}, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
