@@ -10,6 +10,7 @@
 use super::gemm::sgemm;
 use crate::backend::quant::{self, GgmlType};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 
 /// Rows of the weight decoded at once: 64 rows of a 4,096-wide weight is 1 MiB of f32.
 const TILE_ROWS: usize = 64;
@@ -95,13 +96,26 @@ impl QuantWeight {
                 y.len()
             )));
         }
-        let mut w = vec![0.0f32; TILE_ROWS.min(rows) * cols];
-        let mut part = vec![0.0f32; m * TILE_ROWS.min(rows)];
-        for (r0, r1) in self.tiles() {
+        // One task per tile, each decoding its rows and running its own (single-threaded)
+        // product: a tile's product has only `m × 64` outputs, too few for the GEMM to spread
+        // over the cores when m is small, while the tiles are independent. Each task holds one
+        // decoded tile; the products land in `parts`, then in y's columns.
+        let tiles: Vec<(usize, usize)> = self.tiles().collect();
+        let parts: Vec<Vec<f32>> = tiles
+            .par_iter()
+            .map(|&(r0, r1)| -> Result<Vec<f32>> {
+                let nt = r1 - r0;
+                let mut w = vec![0.0f32; nt * cols];
+                self.decode(r0, r1, &mut w)?;
+                let mut part = vec![0.0f32; m * nt];
+                sgemm(
+                    &mut part, x, &w, m, nt, cols, false, true, false, 1.0, false,
+                )?;
+                Ok(part)
+            })
+            .collect::<Result<_>>()?;
+        for (&(r0, r1), part) in tiles.iter().zip(&parts) {
             let nt = r1 - r0;
-            self.decode(r0, r1, &mut w)?;
-            // part[m, nt] = x · tileᵀ, then into columns r0..r1 of y.
-            sgemm(&mut part, x, &w, m, nt, cols, false, true, false, 1.0, true)?;
             for (yr, pr) in y.chunks_exact_mut(rows).zip(part.chunks_exact(nt)).take(m) {
                 let dst = &mut yr[r0..r1];
                 if accumulate {
