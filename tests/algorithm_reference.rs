@@ -21,7 +21,7 @@ use common::rel_err;
 use common::tiny;
 use flexp::algorithms::{
     self, evaluate, fedbip, flat, Algorithm, AlgorithmKind, Align, ClientData, Example, Federation,
-    Granularity, Hyper, Negative, ServerAgg, ServerUpdate,
+    Granularity, Hyper, Negative, RoundLog, ServerAgg, ServerUpdate,
 };
 use flexp::backend::cpu::Cpu;
 use flexp::backend::Backend;
@@ -1441,4 +1441,23 @@ fn every_algorithm_reports_its_local_steps_in_order() {
         };
         assert_eq!(got, want, "{kind:?}");
     }
+}
+
+/// A round log's client loss is the mean of its accepted steps' losses, and the round's mean
+/// loss the mean over the clients that have accepted steps (a client whose steps were all
+/// rejected does not count, and no client at all gives NaN).
+#[test]
+fn round_log_means_are_the_means_of_accepted_steps() {
+    let mut log = RoundLog::default();
+    assert!(log.mean_loss().is_nan());
+    for l in [1.0, 2.0, 6.0] {
+        log.loss(0, l);
+    }
+    log.loss(2, 5.0);
+    log.client(1).bytes_up = 10.0; // a participant without an accepted step
+    let c0 = log.clients.iter().find(|c| c.client == 0).unwrap();
+    assert_eq!((c0.loss, c0.steps), (3.0, 3));
+    assert_eq!(log.client(2).steps, 1);
+    assert_eq!(log.clients.len(), 3);
+    assert_eq!(log.mean_loss(), 4.0);
 }
