@@ -122,17 +122,17 @@ fn bad_feeds_are_refused_by_name() {
     assert!(e.contains("no tokenizer"), "{e}");
 }
 
-/// Qwen3 through the cache (tests/fixtures/gguf/tiny_qwen3.gguf: per-head query and key norms,
-/// 128-wide heads, 13 GGML types): one token at a time, every position's logits are
-/// transformers' float32 logits of the whole sequence
-/// (tools/torch_reference/gguf_tiny_llama.py --arch qwen3).
-#[test]
-fn the_cache_runs_qwen3_as_transformers() {
-    let g = Generator::load(Cpu, &fixture("gguf/tiny_qwen3.gguf")).unwrap();
+/// Feeds each of transformers' reference sequences of a tiny GGUF model
+/// (`tests/fixtures/gguf/tiny_<arch>.gguf`, tools/torch_reference/gguf_tiny_llama.py) through
+/// the cache one token at a time: every position's logits must be transformers' float32 logits
+/// of the whole sequence.
+fn cache_matches_transformers(arch: &str) {
+    let g = Generator::load(Cpu, &fixture(&format!("gguf/tiny_{arch}.gguf"))).unwrap();
     let vocab = g.model().config.vocab_size;
-    let r: Value =
-        serde_json::from_slice(&std::fs::read(fixture("gguf/tiny_qwen3_reference.json")).unwrap())
-            .unwrap();
+    let r: Value = serde_json::from_slice(
+        &std::fs::read(fixture(&format!("gguf/tiny_{arch}_reference.json"))).unwrap(),
+    )
+    .unwrap();
     for (s, want) in r["sequences"]
         .as_array()
         .unwrap()
@@ -145,38 +145,23 @@ fn the_cache_runs_qwen3_as_transformers() {
         for (t, &tok) in seq.iter().enumerate() {
             let got = session.feed(&[tok]).unwrap();
             let (err, scale) = common::max_err_and_scale(&got, &want[t]);
-            assert!(err < 1e-4 * scale.max(1.0), "position {t}: error {err}");
+            assert!(
+                err < 1e-4 * scale.max(1.0),
+                "{arch} position {t}: error {err}"
+            );
         }
     }
 }
 
-/// Gemma 3 through the cache (tests/fixtures/gguf/tiny_gemma3.gguf: a sliding window of 4 keys,
-/// post-attention and post-MLP norms, GeGLU, scaled embeddings): token by token, transformers'
-/// logits of the whole sequence, including the positions past the window.
+/// Qwen3 through the cache: per-head query and key norms, 128-wide heads, 13 GGML types.
+#[test]
+fn the_cache_runs_qwen3_as_transformers() {
+    cache_matches_transformers("qwen3");
+}
+
+/// Gemma 3 through the cache: a sliding window of 4 keys (the reference sequences of 9 and 13
+/// tokens reach past it), post-attention and post-MLP norms, GeGLU, scaled embeddings.
 #[test]
 fn the_cache_runs_gemma3_as_transformers() {
-    let g = Generator::load(Cpu, &fixture("gguf/tiny_gemma3.gguf")).unwrap();
-    let vocab = g.model().config.vocab_size;
-    let r: Value =
-        serde_json::from_slice(&std::fs::read(fixture("gguf/tiny_gemma3_reference.json")).unwrap())
-            .unwrap();
-    for (s, want) in r["sequences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(r["logits"].as_array().unwrap())
-    {
-        let seq = ids(s);
-        assert!(
-            seq.len() <= 4 || seq.len() > 8,
-            "sequences reach past the window"
-        );
-        let want = logits_rows(want, vocab);
-        let mut session = g.session();
-        for (t, &tok) in seq.iter().enumerate() {
-            let got = session.feed(&[tok]).unwrap();
-            let (err, scale) = common::max_err_and_scale(&got, &want[t]);
-            assert!(err < 1e-4 * scale.max(1.0), "position {t}: error {err}");
-        }
-    }
+    cache_matches_transformers("gemma3");
 }
