@@ -2,7 +2,9 @@
 //
 // Layout (see src/backend/cpu/attention.rs, the reference): q, o: [rows, heads*hd],
 // k, v: [rows, kv_heads*hd], lse: [rows, heads], row-major and packed. Query head h reads kv head
-// h / (heads / kv_heads). A token attends only to the rows of its own sequence, and with `causal`
+// h / (heads / kv_heads). A token attends only to the rows of its own sequence, with `window` > 0
+// only to the `window` keys ending at its own position (Gemma 3's local layers; the tiles are
+// those of the causal case, keys before the window are masked), and with `causal`
 // only to those at or before it. Rows that no sequence covers are never read or written.
 //
 // Work tables (built on the host, 3 ints per tile): the sequence's first row, its length, and the
@@ -76,7 +78,7 @@ template <int DC, int RM, int KC>
 __device__ __forceinline__ void attn_fwd_body(gmem<float> o, gmem<float> lse, gmem<const float> q,
                                               gmem<const float> k, gmem<const float> v,
                                               gmem<const int> tiles, int heads, int kv_heads,
-                                              int hd, int causal, float scale) {
+                                              int hd, int causal, int window, float scale) {
     constexpr int BM = 16 * RM, BN = 8 * KC, LDP = BN + 1;
     const int tile = blockIdx.x, h = blockIdx.y;
     const int start = tiles[3 * tile], len = tiles[3 * tile + 1], q0 = tiles[3 * tile + 2];
@@ -136,7 +138,8 @@ __device__ __forceinline__ void attn_fwd_body(gmem<float> o, gmem<float> lse, gm
 #pragma unroll
             for (int j = 0; j < KC; ++j) {
                 const int kj = k0 + cg + 8 * j;
-                const bool ok = kj < kend && (!causal || kj <= qi);
+                const bool ok = kj < kend && (!causal || kj <= qi)
+                    && (window == 0 || qi - kj < window);
                 s[i][j] = ok ? s[i][j] * scale : ninf;
                 mx = fmaxf(mx, s[i][j]);
             }
@@ -209,8 +212,8 @@ __device__ __forceinline__ void attn_fwd_body(gmem<float> o, gmem<float> lse, gm
 #define ATTN_FWD_PARAMS                                                                        \
     gmem<float> o, gmem<float> lse, gmem<const float> q, gmem<const float> k,                  \
         gmem<const float> v, gmem<const int> tiles, int heads, int kv_heads, int hd, int causal, \
-        float scale
-#define ATTN_FWD_ARGS o, lse, q, k, v, tiles, heads, kv_heads, hd, causal, scale
+        int window, float scale
+#define ATTN_FWD_ARGS o, lse, q, k, v, tiles, heads, kv_heads, hd, causal, window, scale
 
 // hd <= 32: 64 queries x 64 keys per step.
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS) attn_fwd_d32(ATTN_FWD_PARAMS) {
@@ -237,7 +240,7 @@ __device__ __forceinline__ void attn_dq_body(gmem<float> dq, gmem<float> dsum,
                                              gmem<const float> q, gmem<const float> k,
                                              gmem<const float> v, gmem<const float> lse,
                                              gmem<const int> tiles, int heads, int kv_heads,
-                                             int hd, int causal, float scale) {
+                                             int hd, int causal, int window, float scale) {
     constexpr int BM = 16 * RM, BN = 8 * KC, LDP = BN + 1;
     const int tile = blockIdx.x, h = blockIdx.y;
     const int start = tiles[3 * tile], len = tiles[3 * tile + 1], q0 = tiles[3 * tile + 2];
@@ -325,7 +328,8 @@ __device__ __forceinline__ void attn_dq_body(gmem<float> dq, gmem<float> dsum,
 #pragma unroll
             for (int j = 0; j < KC; ++j) {
                 const int kj = k0 + cg + 8 * j;
-                const bool ok = qi < len && kj < kend && (!causal || kj <= qi);
+                const bool ok = qi < len && kj < kend && (!causal || kj <= qi)
+                    && (window == 0 || qi - kj < window);
                 const float p = ok ? expf(s[i][j] * scale - lr[i]) : 0.f;
                 dss[(rg + 16 * i) * LDP + cg + 8 * j] = p * (dp[i][j] - dr[i]);
             }
@@ -367,9 +371,9 @@ __device__ __forceinline__ void attn_dq_body(gmem<float> dq, gmem<float> dsum,
     gmem<const float> dout, gmem<const float> q, gmem<const float> k, gmem<const float> v,      \
         gmem<const float> lse
 #define ATTN_BWD_META_PARAMS \
-    gmem<const int> tiles, int heads, int kv_heads, int hd, int causal, float scale
+    gmem<const int> tiles, int heads, int kv_heads, int hd, int causal, int window, float scale
 #define ATTN_BWD_TAIL_ARGS dout, q, k, v, lse
-#define ATTN_BWD_META_ARGS tiles, heads, kv_heads, hd, causal, scale
+#define ATTN_BWD_META_ARGS tiles, heads, kv_heads, hd, causal, window, scale
 #define ATTN_DQ_PARAMS \
     gmem<float> dq, gmem<float> dsum, gmem<const float> o, ATTN_BWD_TAIL_PARAMS, ATTN_BWD_META_PARAMS
 #define ATTN_DQ_ARGS dq, dsum, o, ATTN_BWD_TAIL_ARGS, ATTN_BWD_META_ARGS
@@ -403,7 +407,7 @@ __device__ __forceinline__ void attn_dkdv_body(gmem<float> dk, gmem<float> dv,
                                                gmem<const float> q, gmem<const float> k,
                                                gmem<const float> v, gmem<const float> lse,
                                                gmem<const int> tiles, int heads, int kv_heads,
-                                               int hd, int causal, float scale) {
+                                               int hd, int causal, int window, float scale) {
     constexpr int BK = 16 * RK, BQ = 8 * QC, LDP = BQ + 1;
     const int tile = blockIdx.x, g = blockIdx.y;
     const int start = tiles[3 * tile], len = tiles[3 * tile + 1], k0 = tiles[3 * tile + 2];
@@ -483,7 +487,8 @@ __device__ __forceinline__ void attn_dkdv_body(gmem<float> dk, gmem<float> dv,
 #pragma unroll
                 for (int j = 0; j < QC; ++j) {
                     const int qi = q0 + cg + 8 * j;
-                    const bool ok = kj < len && qi < len && (!causal || kj <= qi);
+                    const bool ok = kj < len && qi < len && (!causal || kj <= qi)
+                    && (window == 0 || qi - kj < window);
                     const float p = ok ? expf(s[i][j] * scale - lc[j]) : 0.f;
                     pts[(rg + 16 * i) * LDP + cg + 8 * j] = p;
                     dsts[(rg + 16 * i) * LDP + cg + 8 * j] = p * (dp[i][j] - dc[j]);

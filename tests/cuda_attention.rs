@@ -391,24 +391,51 @@ fn errors_match_the_cpu_backend() {
     assert!(a.contains("head_dim 129"), "{a}");
 }
 
-/// The kernels have no sliding window: a window is refused by name (the CPU backend runs it)
-/// rather than ignored, which would let every query see keys outside its window.
+/// Sliding windows (Gemma 3's local layers) on the ragged spans (1 to 130 keys, across tiles):
+/// a window of one key, narrower than a tile, wider than a tile, and wider than every span; the
+/// kernels mask keys before the window as the CPU backend does, forward and backward, for every
+/// head size variant.
 #[test]
-fn sliding_window_is_refused_by_name() {
+fn sliding_windows_match_the_cpu_backend() {
+    let mut w = [0.0; 5];
+    let mut seed = 300;
+    for window in [1, 9, 70, 200] {
+        for (h, kvh, hd) in [(4, 2, 16), (2, 1, 64), (2, 2, 128)] {
+            seed += 1;
+            let s = AttnShape {
+                window: Some(window),
+                ..shape(h, kvh, hd, true)
+            };
+            let c = Case::new(s, &ragged(), seed, 1.5);
+            worst(&mut w, compare(&c, FWD_TOL, BWD_TOL));
+        }
+    }
+    eprintln!(
+        "max err o {:e} lse {:e} dq {:e} dk {:e} dv {:e}",
+        w[0], w[1], w[2], w[3], w[4]
+    );
+}
+
+/// The bf16 tensor-core kernels have no sliding window: a window there is refused by name rather
+/// than ignored (which would let every query see keys outside its window); so is a window
+/// without causal attention.
+#[test]
+fn sliding_window_without_a_kernel_is_refused_by_name() {
     let be = CudaBackend::for_tests().unwrap();
-    let s = AttnShape {
-        window: Some(4),
-        ..shape(2, 1, 8, true)
-    };
     let seqs = [sp(0, 6)];
     let (q, kv) = (be.zeros(6 * 16).unwrap(), be.zeros(6 * 8).unwrap());
     let (mut o, mut lse) = (be.zeros(6 * 16).unwrap(), be.zeros(6 * 2).unwrap());
+    let bf16 = AttnShape {
+        window: Some(4),
+        bf16: true,
+        ..shape(2, 1, 8, true)
+    };
     let err = be
-        .attention_forward(&mut o, &mut lse, &q, &kv, &kv, &seqs, s)
+        .attention_forward(&mut o, &mut lse, &q, &kv, &kv, &seqs, bf16)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("sliding-window") && err.contains("--backend cpu"),
+        err.contains("sliding-window") && err.contains("bf16"),
         "{err}"
     );
     let (mut dq, mut dk, mut dv) = (
@@ -418,9 +445,18 @@ fn sliding_window_is_refused_by_name() {
     );
     let err = be
         .attention_backward(
-            &mut dq, &mut dk, &mut dv, &o, &q, &kv, &kv, &o, &lse, &seqs, s,
+            &mut dq, &mut dk, &mut dv, &o, &q, &kv, &kv, &o, &lse, &seqs, bf16,
         )
         .unwrap_err()
         .to_string();
     assert!(err.contains("sliding-window"), "{err}");
+    let bidirectional = AttnShape {
+        window: Some(4),
+        ..shape(2, 1, 8, false)
+    };
+    let err = be
+        .attention_forward(&mut o, &mut lse, &q, &kv, &kv, &seqs, bidirectional)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs causal attention"), "{err}");
 }

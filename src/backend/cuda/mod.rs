@@ -847,14 +847,15 @@ pub fn select(choice: BackendChoice) -> Result<(Selected, String)> {
     }
 }
 
-/// The attention kernels have no sliding window yet: a model with local layers (Gemma 3) runs on
-/// the CPU backend until they do, and says so instead of attending to keys it should not see.
+/// The f32 attention kernels mask keys before a sliding window; the bf16 tensor-core kernels have
+/// no window yet: a model with local layers (Gemma 3) in bf16 says so instead of attending to
+/// keys it should not see.
 fn no_window(shape: AttnShape) -> Result<()> {
-    match shape.window {
-        None => Ok(()),
-        Some(w) => Err(Error::Backend(format!(
+    match (shape.window, shape.bf16) {
+        (Some(w), true) => Err(Error::Backend(format!(
             "sliding-window attention (window {w}, Gemma 3's local layers) is not implemented in \
-             the CUDA kernels yet: run this model with --backend cpu"
+             the bf16 tensor-core kernels yet: use precision = \"f32\" or --backend cpu"
         ))),
+        _ => Ok(()),
     }
 }

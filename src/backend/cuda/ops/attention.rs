@@ -150,6 +150,18 @@ pub(super) fn key_tiles(seqs: &[Span], tile: usize, causal: bool) -> Vec<i32> {
     work_table(seqs, tile, |len, k0| if causal { len - k0 } else { len })
 }
 
+/// The kernels' `window` argument: the sliding window in keys, 0 for none. A window needs causal
+/// attention (the tiles are the causal ones) and fits an i32.
+fn window_arg(shape: AttnShape) -> Result<i32> {
+    match shape.window {
+        None => Ok(0),
+        Some(w) if shape.causal && w > 0 => Ok(i32::try_from(w).unwrap_or(i32::MAX)),
+        Some(w) => Err(Error::Backend(format!(
+            "attention: a sliding window ({w} keys) needs causal attention and at least one key"
+        ))),
+    }
+}
+
 pub(super) fn tile_cfg(tiles: usize, y: usize, shared_bytes: u32) -> Result<LaunchCfg> {
     let x = u32::try_from(tiles)
         .map_err(|_| Error::Backend(format!("attention: {tiles} tiles exceed the CUDA grid")))?;
@@ -208,6 +220,7 @@ pub(crate) fn forward(
                 KArg::I32(shape.kv_heads as i32),
                 KArg::I32(hd as i32),
                 KArg::I32(causal as i32),
+                KArg::I32(window_arg(shape)?),
                 KArg::F32(shape.scale),
             ],
         )
@@ -263,6 +276,7 @@ pub(crate) fn backward(
         KArg::I32(hk),
         KArg::I32(hd as i32),
         KArg::I32(causal as i32),
+        KArg::I32(window_arg(shape)?),
         KArg::F32(shape.scale),
     ];
     let dq_meta = be.upload_pod(&dq_table)?;
