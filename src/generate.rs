@@ -86,8 +86,8 @@ struct KvCache {
 }
 
 impl<B: Backend> Generator<B> {
-    /// Loads a Llama-family decoder from a `.gguf` file or a checkpoint folder, with its
-    /// end-of-sequence token (the GGUF metadata's or config.json's).
+    /// Loads a Llama-family decoder (Llama, Qwen2, Qwen3, Gemma 3) from a `.gguf` file or a
+    /// checkpoint folder, with its end-of-sequence token (the GGUF metadata's or config.json's).
     pub fn load(backend: B, path: &Path) -> Result<Self> {
         let (model, tokenizer) = load_model_and_tokenizer(&backend, path)?;
         let eos = tokenizer.eos();
@@ -101,7 +101,7 @@ impl<B: Backend> Generator<B> {
             return Err(Error::Config {
                 path: path.into(),
                 reason: format!(
-                    "generate runs Llama-family decoders (RMSNorm, RoPE, SwiGLU); this is a {:?} model",
+                    "generate runs Llama-family decoders (RMSNorm, RoPE, a gated MLP: Llama, Qwen, Gemma 3); this is a {:?} model",
                     c.family
                 ),
             });
