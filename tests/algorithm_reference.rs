@@ -1461,3 +1461,19 @@ fn round_log_means_are_the_means_of_accepted_steps() {
     assert_eq!(log.clients.len(), 3);
     assert_eq!(log.mean_loss(), 4.0);
 }
+
+/// Every algorithm's optimizer takes the run's learning rate and weight decay, with AdamW's
+/// moments as docs/algorithms.md states them (beta1 0.9, beta2 0.999, eps 1e-8).
+#[test]
+fn the_optimizer_takes_the_runs_learning_rate_and_weight_decay() {
+    let model = tiny::model();
+    let h = Hyper {
+        lr: 3e-3,
+        weight_decay: 0.05,
+        ..hyper()
+    };
+    let fed = tiny::federation(&model, h, data(), vec![1, 2, 1, 3]);
+    let a = fed.adamw();
+    assert_eq!((a.lr, a.weight_decay), (3e-3, 0.05));
+    assert_eq!((a.beta1, a.beta2, a.eps), (0.9, 0.999, 1e-8));
+}
