@@ -9,6 +9,7 @@
 
 use crate::backend::{Activation, AttnShape, Backend};
 use crate::error::{Error, Result};
+use crate::model::chat::Message;
 use crate::model::config::{Family, MlpKind, NormKind, NormPlacement, PositionKind};
 use crate::model::tokenizer::LongText;
 use crate::model::weights::{Block, Linear};
@@ -162,19 +163,53 @@ impl<B: Backend> Generator<B> {
     /// Generates a continuation of `prompt`.
     pub fn generate(&self, prompt: &str, opts: GenerateOptions) -> Result<Generated> {
         let c = &self.model.config;
-        let tok = self
-            .tokenizer
+        let tok = self.tokenizer()?;
+        let ids = tok.encode(prompt, c.max_positions, LongText::Error)?.ids;
+        self.continue_prompt(tok, ids, opts)
+    }
+
+    /// Continues a conversation: `messages` rendered by the model's chat template with the
+    /// assistant's cue (as transformers' `apply_chat_template(..., add_generation_prompt=True)`),
+    /// tokenised without the tokenizer's added special tokens (the template writes them).
+    /// Errors when the model ships no chat template.
+    pub fn generate_chat(&self, messages: &[Message], opts: GenerateOptions) -> Result<Generated> {
+        let tok = self.tokenizer()?;
+        let chat = tok
+            .chat_template()
+            .ok_or_else(|| Error::Input("this model ships no chat template".into()))?;
+        let ids = tok.encode_continuation(&chat.render(messages, true)?)?;
+        if ids.len() > self.model.config.max_positions {
+            return Err(Error::Input(format!(
+                "the conversation has {} tokens, past the model's context of {}",
+                ids.len(),
+                self.model.config.max_positions
+            )));
+        }
+        self.continue_prompt(tok, ids, opts)
+    }
+
+    fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer
             .as_ref()
-            .ok_or_else(|| Error::Input("this generator has no tokenizer".into()))?;
-        let enc = tok.encode(prompt, c.max_positions, LongText::Error)?;
-        if enc.ids.is_empty() {
+            .ok_or_else(|| Error::Input("this generator has no tokenizer".into()))
+    }
+
+    /// Greedy or sampled continuation of the prompt tokens `prompt`.
+    fn continue_prompt(
+        &self,
+        tok: &Tokenizer,
+        prompt: Vec<u32>,
+        opts: GenerateOptions,
+    ) -> Result<Generated> {
+        let c = &self.model.config;
+        if prompt.is_empty() {
             return Err(Error::Input("the prompt has no tokens".into()));
         }
-        let budget = c.max_positions.saturating_sub(enc.ids.len());
+        let budget = c.max_positions.saturating_sub(prompt.len());
         let steps = opts.max_new_tokens.min(budget);
         let mut session = self.session();
         let mut rng = Rng::new(opts.seed);
-        let mut logits = session.feed(&enc.ids)?;
+        let mut logits = session.feed(&prompt)?;
         let mut out = Vec::with_capacity(steps);
         for _ in 0..steps {
             let next = pick(&logits, opts.temperature, &mut rng);
@@ -186,7 +221,7 @@ impl<B: Backend> Generator<B> {
         }
         let text = tok.decode(&out)?;
         Ok(Generated {
-            prompt_tokens: enc.ids,
+            prompt_tokens: prompt,
             tokens: out,
             text,
         })

@@ -10,6 +10,7 @@ mod common;
 use common::{fixture, root};
 use flexp::backend::cpu::Cpu;
 use flexp::generate::{GenerateOptions, Generator};
+use flexp::model::chat::Message;
 use flexp::model::load_model;
 use serde_json::Value;
 
@@ -164,4 +165,66 @@ fn the_cache_runs_qwen3_as_transformers() {
 #[test]
 fn the_cache_runs_gemma3_as_transformers() {
     cache_matches_transformers("gemma3");
+}
+
+/// A conversation through SmolLM2's chat template (a user turn, and a system + user turn):
+/// the rendered prompt's tokens and the greedy continuation are transformers'
+/// (`apply_chat_template(..., add_generation_prompt=True)` then `generate`;
+/// tests/fixtures/gguf/smollm2_chat.jsonl), and `flexp-run generate --chat` prints the same.
+#[test]
+fn chat_generation_is_transformers() {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let g = Generator::load(Cpu, &p).unwrap();
+    let text = std::fs::read_to_string(fixture("gguf/smollm2_chat.jsonl")).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 24,
+        temperature: 0.0,
+        seed: 0,
+    };
+    let mut first = None;
+    for line in text.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let messages: Vec<Message> = r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let out = g.generate_chat(&messages, opts).unwrap();
+        let ids_all = ids(&r["ids"]);
+        // The fixture's ids are the rendered prompt, then " rotten" and EOS (two tokens).
+        assert_eq!(out.prompt_tokens, ids_all[..ids_all.len() - 2]);
+        assert_eq!(out.tokens, ids(&r["greedy"]), "{messages:?}");
+        first.get_or_insert((messages, out));
+    }
+    let (messages, want) = first.unwrap();
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_flexp-run"))
+        .args([
+            "generate",
+            "--backend",
+            "cpu",
+            "--chat",
+            "--max-new-tokens",
+            "24",
+        ])
+        .arg("--model")
+        .arg(&p)
+        .arg("--prompt")
+        .arg(&messages[0].content)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let v: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(ids(&v["tokens"]), want.tokens);
+    // A model without a chat template says so.
+    let tiny = Generator::load(Cpu, &fixture("gguf/tiny_llama.gguf")).unwrap();
+    let e = tiny
+        .generate_chat(&[Message::new("user", "hi")], opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no chat template"), "{e}");
 }

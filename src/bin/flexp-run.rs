@@ -210,6 +210,10 @@ enum Command {
         /// Seed of the sampler.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The prompt is a user's message: render it with the model's chat template and
+        /// continue as the assistant.
+        #[arg(long)]
+        chat: bool,
     },
     /// Score texts with a causal language model: for each input line {"text": ...}, one JSON
     /// line {"tokens": [...], "mean_log_likelihood": ..., "top_k": [[id, logit], ...]} on
@@ -562,6 +566,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             max_new_tokens,
             temperature,
             seed,
+            chat,
         } => {
             let (be, line) = select(backend)?;
             eprintln!("{line}");
@@ -579,8 +584,8 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 .zip(client)
                 .map(|(run, k)| run.join("adapters").join(format!("client-{k}")));
             let out = match be {
-                Selected::Cpu(b) => generate(b, &model, adapters.as_deref(), &prompt, opts)?,
-                Selected::Cuda(b) => generate(b, &model, adapters.as_deref(), &prompt, opts)?,
+                Selected::Cpu(b) => generate(b, &model, adapters.as_deref(), &prompt, chat, opts)?,
+                Selected::Cuda(b) => generate(b, &model, adapters.as_deref(), &prompt, chat, opts)?,
             };
             println!("{out}");
             Ok(())
@@ -714,6 +719,7 @@ fn generate<B: Backend>(
     model: &Path,
     adapters: Option<&Path>,
     prompt: &str,
+    chat: bool,
     opts: flexp::generate::GenerateOptions,
 ) -> flexp::Result<serde_json::Value> {
     let mut g = flexp::generate::Generator::load(be, model)?;
@@ -721,7 +727,11 @@ fn generate<B: Backend>(
         g = g.with_peft_adapters(dir)?;
     }
     let t0 = std::time::Instant::now();
-    let out = g.generate(prompt, opts)?;
+    let out = if chat {
+        g.generate_chat(&[flexp::model::chat::Message::new("user", prompt)], opts)?
+    } else {
+        g.generate(prompt, opts)?
+    };
     eprintln!(
         "generated {} tokens in {:.2}s",
         out.tokens.len(),

@@ -49,7 +49,7 @@ def main():
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     model.eval()
-    write_chat(tok, os.path.join(os.path.dirname(out), "smollm2_chat.jsonl"))
+    write_chat(tok, model, os.path.join(os.path.dirname(out), "smollm2_chat.jsonl"))
     eos = tok.eos_token_id
     cases = list(CASES)
     for prompt in GREEDY_PROMPTS:
@@ -81,7 +81,7 @@ def main():
             }, ensure_ascii=False) + "\n")
 
 
-def write_chat(tok, out):
+def write_chat(tok, model, out):
     eos = tok.eos_token_id
     conversations = [
         [{"role": "user", "content": "Review: A dull film.\nVerdict (fresh or rotten):"}],
@@ -92,10 +92,16 @@ def write_chat(tok, out):
         for messages in conversations:
             rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            # Greedy continuation of the rendered prompt (up to 24 tokens, stopping at EOS): the
+            # reference of `flexp-run generate --chat`.
+            with torch.no_grad():
+                g = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
+                                   eos_token_id=eos, pad_token_id=eos)
+            greedy = g[0, len(ids):].tolist()
             response = " rotten"
             ids += tok(response, add_special_tokens=False)["input_ids"] + [eos]
             f.write(json.dumps({"messages": messages, "rendered": rendered, "response": response,
-                                "ids": ids}, ensure_ascii=False) + "\n")
+                                "ids": ids, "greedy": greedy}, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
