@@ -1477,3 +1477,19 @@ fn the_optimizer_takes_the_runs_learning_rate_and_weight_decay() {
     assert_eq!((a.lr, a.weight_decay), (3e-3, 0.05));
     assert_eq!((a.beta1, a.beta2, a.eps), (0.9, 0.999, 1e-8));
 }
+
+/// What the reports print from an evaluation: accuracy (or exact match) is correct / total,
+/// perplexity exp(NLL / targets), and both are NaN (shown as null) without examples.
+#[test]
+fn eval_stats_give_accuracy_and_perplexity() {
+    let s = flexp::algorithms::EvalStats {
+        correct: 3,
+        total: 4,
+        nll: 6.0,
+        targets: 3,
+    };
+    assert_eq!(s.accuracy(), 0.75);
+    assert!((s.perplexity() - 2f64.exp()).abs() < 1e-12);
+    let empty = flexp::algorithms::EvalStats::default();
+    assert!(empty.accuracy().is_nan() && empty.perplexity().is_nan());
+}

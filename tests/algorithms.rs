@@ -540,3 +540,59 @@ fn every_algorithm_learns_a_causal_lm_task() {
         assert!(em > 0.9, "{name}: exact match {em}");
     }
 }
+
+/// Evaluation splits its work into calls of at most 1,024 LM rows (a row of vocabulary logits
+/// each), and a single example with more targets than that still runs, alone: the statistics of
+/// examples evaluated together are the sums of their statistics evaluated one by one.
+#[test]
+fn evaluation_chunks_long_lm_examples_without_changing_results() {
+    let cfg = flexp::model::ModelConfig::from_json(&serde_json::json!({
+        "model_type": "llama", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 2048,
+        "tie_word_embeddings": true
+    }))
+    .unwrap();
+    let model = Model::random_with(&Cpu, cfg, &mut Rng::new(9), WeightPrecision::F32).unwrap();
+    let mut rng = Rng::new(4);
+    let example = |n: usize, rng: &mut Rng| {
+        let ids: Vec<u32> = (0..n).map(|_| rng.below(64) as u32).collect();
+        let targets = (0..n)
+            .map(|t| if t + 1 < n { ids[t + 1] as i64 } else { -1 })
+            .collect();
+        Example {
+            ids,
+            label: Label::Tokens(targets),
+        }
+    };
+    // 1,100 targets (more than one call holds), then two of 600 (one call each).
+    let examples = vec![
+        example(1101, &mut rng),
+        example(601, &mut rng),
+        example(601, &mut rng),
+    ];
+    let clients = vec![ClientData {
+        train: examples.clone(),
+        test: examples.clone(),
+    }];
+    let mut fed = tiny::federation(&model, hyper(), clients, vec![1]);
+    fed.head = TaskHead::LanguageModel;
+    let set = fed.new_set(0..1, true, &mut Rng::new(1)).unwrap();
+    let together = evaluate(&fed, &[algorithms::whole(&set)], &[&examples]).unwrap()[0];
+    let mut alone = flexp::algorithms::EvalStats::default();
+    for e in &examples {
+        let s = evaluate(&fed, &[algorithms::whole(&set)], &[std::slice::from_ref(e)]).unwrap()[0];
+        alone.correct += s.correct;
+        alone.total += s.total;
+        alone.targets += s.targets;
+        alone.nll += s.nll;
+    }
+    assert_eq!((together.total, together.targets), (3, 1100 + 600 + 600));
+    assert_eq!(
+        (together.correct, together.total, together.targets),
+        (alone.correct, alone.total, alone.targets)
+    );
+    assert!(
+        (together.nll - alone.nll).abs() < 1e-6 * alone.nll,
+        "{together:?} vs {alone:?}"
+    );
+}

@@ -151,6 +151,7 @@ fn lm_loss_and_exact_match_are_transformers() {
     let chains: Vec<_> = cases.iter().map(|_| whole(&set)).collect();
     let sets: Vec<&[Example]> = examples.iter().map(std::slice::from_ref).collect();
     let stats = evaluate(&fed, &chains, &sets).unwrap();
+    assert_eq!(stats.len(), cases.len(), "one result per chain");
     for ((c, s), e) in cases.iter().zip(&stats).zip(&examples) {
         let targets = c.labels.iter().skip(1).filter(|&&y| y >= 0).count();
         assert_eq!((s.total, s.targets), (1, targets), "{:?}", c.response);
