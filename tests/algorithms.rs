@@ -596,3 +596,79 @@ fn evaluation_chunks_long_lm_examples_without_changing_results() {
         "{together:?} vs {alone:?}"
     );
 }
+
+/// A full-model algorithm whose client's loss or gradients are not finite (its examples carry a
+/// token whose embedding is NaN) rejects that client's step, says why, and leaves every other
+/// client's adapters exactly as in a round without it, and the global adapters too where the
+/// round draws nothing after client 1's personal step (Ditto and pFedMe draw the global model's
+/// batches after it, from a random stream client 1 has advanced, so their global models differ
+/// for that reason alone).
+#[test]
+fn full_model_client_with_nan_loss_is_rejected_and_others_unaffected() {
+    let mut model = tiny_model();
+    let d = model.config.hidden;
+    let mut emb = Cpu.download(&model.word_emb).unwrap();
+    emb[POISON as usize * d..(POISON as usize + 1) * d].fill(f32::NAN);
+    model.word_emb = Cpu.upload(&emb).unwrap();
+    let mut fed = federation(
+        &model,
+        Hyper {
+            local_steps: 1,
+            ..hyper()
+        },
+    );
+    for e in &mut fed.clients[1].train {
+        e.ids[0] = POISON;
+    }
+    for kind in [
+        AlgorithmKind::FedAvg,
+        AlgorithmKind::Local,
+        AlgorithmKind::FedBip,
+        AlgorithmKind::Ditto,
+        AlgorithmKind::PFedMe,
+    ] {
+        let run = |participants: &[usize]| {
+            let mut rng = Rng::new(7);
+            let mut algo = algorithms::build(kind, &fed, &mut rng).unwrap();
+            let log = algo.round(&fed, participants, &mut rng).unwrap();
+            let state: Vec<(String, Vec<f32>)> = algo
+                .state()
+                .into_iter()
+                .filter(|(n, _)| {
+                    !n.starts_with("client1")
+                        && (n.starts_with("client")
+                            || !matches!(kind, AlgorithmKind::Ditto | AlgorithmKind::PFedMe))
+                })
+                .map(|(n, s)| {
+                    let v = s
+                        .tensors()
+                        .iter()
+                        .flat_map(|t| Cpu.download(t).unwrap())
+                        .collect();
+                    (n, v)
+                })
+                .collect();
+            (log, state)
+        };
+        let (clean_log, clean) = run(&[0, 2, 3]);
+        let (log, poisoned) = run(&[0, 2, 3, 1]);
+        assert!(
+            clean_log.rejected.is_empty(),
+            "{kind:?}: {:?}",
+            clean_log.rejected
+        );
+        assert!(
+            !log.rejected.is_empty()
+                && log
+                    .rejected
+                    .iter()
+                    .all(|(k, why)| *k == 1 && why.contains("non-finite")),
+            "{kind:?}: {:?}",
+            log.rejected
+        );
+        assert_eq!(poisoned.len(), clean.len());
+        for ((n, a), (_, b)) in poisoned.iter().zip(&clean) {
+            assert_eq!(a, b, "{kind:?}: {n} changed because of client 1");
+        }
+    }
+}
