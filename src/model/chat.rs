@@ -24,25 +24,26 @@ impl Message {
     }
 }
 
-/// A chat template with the special tokens it may name.
+/// A chat template with the special tokens it may name, parsed once.
 #[derive(Clone, Debug)]
 pub struct ChatTemplate {
     source: String,
     bos_token: String,
     eos_token: String,
+    /// The environment holding the parsed template: a run renders one prompt per example.
+    env: Environment<'static>,
 }
 
 impl ChatTemplate {
     /// The template `source`; `bos_token` and `eos_token` are the texts it sees under those
     /// names. Errors when the source does not parse.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
-        let t = ChatTemplate {
+        Ok(ChatTemplate {
             source: source.into(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
-        };
-        t.env()?;
-        Ok(t)
+            env: Self::env(source)?,
+        })
     }
 
     /// The template's Jinja source.
@@ -53,8 +54,7 @@ impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
     /// answer begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let env = self.env()?;
-        let t = env.get_template("chat").map_err(template_error)?;
+        let t = self.env.get_template("chat").map_err(template_error)?;
         t.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -66,7 +66,7 @@ impl ChatTemplate {
 
     /// The environment transformers renders in: blocks trimmed (`trim_blocks`,
     /// `lstrip_blocks`), Python's string methods, `raise_exception` and `tojson`.
-    fn env(&self) -> Result<Environment<'_>> {
+    fn env(source: &str) -> Result<Environment<'static>> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -77,7 +77,7 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_template("chat", &self.source)
+        env.add_template_owned("chat", source.to_string())
             .map_err(template_error)?;
         Ok(env)
     }
