@@ -123,7 +123,19 @@ fn required_sass(kernel: &str) -> &'static [&'static str] {
     }
 }
 
-/// The SASS check of one cubin: what `required_sass` asks for, and no local memory anywhere.
+/// SASS opcodes (prefixes) a kernel must not contain: the GGUF decoders compute each value with
+/// separately rounded multiplies and adds, as ggml's reference does, so a fused multiply-add
+/// (which NVRTC forms from `a * b + c` unless told otherwise) would break bit-exactness.
+fn forbidden_sass(kernel: &str) -> &'static [&'static str] {
+    if kernel.starts_with("gguf_decode") {
+        &["FFMA"]
+    } else {
+        &[]
+    }
+}
+
+/// The SASS check of one cubin: what `required_sass` asks for, nothing `forbidden_sass` forbids,
+/// and no local memory anywhere.
 fn check_sass(
     sass: &BTreeMap<String, Vec<String>>,
     names: &[String],
@@ -141,6 +153,11 @@ fn check_sass(
         for want in required_sass(n) {
             if !ops.iter().any(|o| o.starts_with(want)) {
                 bad.push(format!("{gpu} {n}: no {want} instruction in its SASS"));
+            }
+        }
+        for never in forbidden_sass(n) {
+            if let Some(o) = ops.iter().find(|o| o.starts_with(never)) {
+                bad.push(format!("{gpu} {n}: {o} in its SASS, which it must not use"));
             }
         }
         let local: Vec<&String> = ops

@@ -8,6 +8,7 @@ mod common;
 
 use common::{fixture, root};
 use flexp::backend::cpu::Cpu;
+use flexp::backend::Backend;
 use flexp::executor::{Executor, Output, SeqInput, SeqJob};
 use flexp::model::gguf::Gguf;
 use flexp::model::tokenizer::LongText;
@@ -261,14 +262,31 @@ fn tiny_gemma3_in_every_type_matches_transformers() {
 }
 
 fn tiny_matches_transformers(arch: &str) {
-    let be = Cpu;
+    tiny_matches_transformers_on(&Cpu, arch);
+}
+
+/// The tiny Llama and Qwen3 (q/k norms, heads of 128) with every projection kept in its blocks
+/// on the CUDA backend (kernels/gguf.cu decoding slabs for the f32 GEMM; the SIMT emulator here, the
+/// GPU under `FLEXP_CUDA_TESTS=gpu`), against the same transformers logits. Small decode slabs
+/// make every product run in several slabs.
+#[cfg(feature = "emulator")]
+#[test]
+fn tiny_models_in_every_type_match_transformers_on_the_cuda_backend() {
+    let be = flexp::backend::cuda::CudaBackend::for_tests()
+        .unwrap()
+        .with_decode_slab_values(4096);
+    tiny_matches_transformers_on(&be, "llama");
+    tiny_matches_transformers_on(&be, "qwen3");
+}
+
+fn tiny_matches_transformers_on<B: Backend>(be: &B, arch: &str) {
     let path = fixture(&format!("gguf/tiny_{arch}.gguf"));
     let r: Value = serde_json::from_slice(
         &std::fs::read(fixture(&format!("gguf/tiny_{arch}_reference.json"))).unwrap(),
     )
     .unwrap();
     let g = Gguf::open(&path).unwrap();
-    let m = g.load_model(&be).unwrap();
+    let m = g.load_model(be).unwrap();
     // Every projection kept its type (an F32 one is stored as an ordinary f32 weight).
     let types: Vec<String> = m
         .blocks
@@ -284,7 +302,10 @@ fn tiny_matches_transformers(arch: &str) {
                 &b.down,
             ]
         })
-        .map(|l| l.w.ggml_type().map_or("F32".to_string(), |t| t.to_string()))
+        .map(|l| {
+            be.weight_ggml_type(&l.w)
+                .map_or("F32".to_string(), |t| t.to_string())
+        })
         .collect();
     let want_types: Vec<String> = r["types"]
         .as_array()
@@ -298,8 +319,8 @@ fn tiny_matches_transformers(arch: &str) {
         })
         .collect();
     assert_eq!(types, want_types);
-    let exec = Executor::new(&be, &m);
-    let none = AdapterSet::<Cpu>::empty(LoraConfig::default_for(&m.config), m.config.layers);
+    let exec = Executor::new(be, &m);
+    let none = AdapterSet::<B>::empty(LoraConfig::default_for(&m.config), m.config.layers);
     let seqs: Vec<Vec<u32>> = r["sequences"]
         .as_array()
         .unwrap()

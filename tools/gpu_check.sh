@@ -24,7 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 pack=.gpu-check
 # The test binaries that take their backend from CudaBackend::for_tests().
-tests=(cuda_tensor_core_isa cuda_dense bf16 cuda_lora cuda_lora_sgmv cuda_attention cuda_attn_flash cuda_align cuda_round)
+tests=(cuda_tensor_core_isa cuda_dense bf16 cuda_lora cuda_lora_sgmv cuda_attention cuda_attn_flash cuda_align cuda_round cuda_gguf)
 
 prepare() {
   set -e
@@ -71,7 +71,7 @@ run_check() {
   local out=${OUT:-$root/gpu-check-out}
   mkdir -p "$out"
   [ -d "$pack/bin" ] || { echo "error: no $pack; run 'bash tools/gpu_check.sh prepare' first" >&2; exit 1; }
-  export FLEXP_CUDA_TESTS=gpu FLEXP_PTX_DIR="$root/$pack/ptx"
+  export FLEXP_CUDA_TESTS=gpu FLEXP_PTX_DIR="$root/$pack/ptx" FLEXP_REPO_ROOT="$root"
   local device
   device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
   echo "device: ${device:-unknown}"

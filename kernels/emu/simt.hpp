@@ -653,6 +653,11 @@ inline float rsqrtf(float x) {
     return ::emu::approx_ulp(static_cast<float>(1.0 / std::sqrt(static_cast<double>(x))), x);
 }
 inline float __frcp_rn(float x) { return 1.0f / x; }
+// Round-to-nearest arithmetic that the GPU compiler may not contract into an FMA; the host
+// build has no FMA contraction either (no -mfma, ISO C++), so these are the plain operations.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline unsigned __float_as_uint(float x) { return ::emu::from_bits<unsigned>(::emu::to_bits(x)); }
 inline int __float_as_int(float x) { return ::emu::from_bits<int>(::emu::to_bits(x)); }

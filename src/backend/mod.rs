@@ -284,6 +284,12 @@ pub trait Backend: Send + Sync {
             "this backend cannot keep weights quantized ({ty}); use the CPU backend for GGUF models"
         )))
     }
+    /// The GGML type of a weight kept in blocks ([`Backend::weight_quantized`]), `None` for a
+    /// weight stored in f32 or bf16.
+    fn weight_ggml_type(&self, w: &Self::Weight) -> Option<quant::GgmlType> {
+        let _ = w;
+        None
+    }
     /// `(rows, cols)` = `(out, in)` of a weight.
     fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
     /// The precision a weight is stored in.

@@ -7,9 +7,12 @@ pub mod tiny;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
-/// The repository root.
+/// The repository root: `FLEXP_REPO_ROOT` when set (tools/gpu_check.sh runs test binaries
+/// built here from another checkout), else the one the tests were built in.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("FLEXP_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// A fixture folder under tests/fixtures.

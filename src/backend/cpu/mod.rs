@@ -182,6 +182,9 @@ impl Backend for Cpu {
     ) -> Result<CpuWeight> {
         CpuWeight::quantized(ty, blocks, rows, cols)
     }
+    fn weight_ggml_type(&self, w: &CpuWeight) -> Option<super::quant::GgmlType> {
+        w.ggml_type()
+    }
     fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
         w.shape()
     }

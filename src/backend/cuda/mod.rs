@@ -144,6 +144,8 @@ pub struct CudaBackend {
     stream: StreamId,
     /// Streams created for [`Backend::fork`], reused across forks (shared by clones).
     lanes: Arc<std::sync::Mutex<Vec<StreamId>>>,
+    /// Values of one decoded slab of a weight kept in GGML blocks (kernels/gguf.cu).
+    decode_slab_values: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -164,7 +166,21 @@ impl CudaBackend {
             dev,
             stream: StreamId(0),
             lanes: Arc::default(),
+            decode_slab_values: ops::gguf::DEFAULT_SLAB_VALUES,
         }
+    }
+
+    /// The same backend decoding weights kept in GGML blocks `values` values at a time (at
+    /// least one row; 4 Mi values, 16 MiB of f32, by default). Smaller slabs use less device
+    /// memory per product and launch more, smaller GEMMs.
+    pub fn with_decode_slab_values(mut self, values: usize) -> Self {
+        self.decode_slab_values = values.max(1);
+        self
+    }
+
+    /// Values of one decoded slab of a weight kept in GGML blocks.
+    pub fn decode_slab_values(&self) -> usize {
+        self.decode_slab_values
     }
 
     /// The backend over the SIMT emulator (each operation runs when issued).
@@ -204,6 +220,7 @@ impl CudaBackend {
             dev: self.dev.clone(),
             stream,
             lanes: self.lanes.clone(),
+            decode_slab_values: self.decode_slab_values,
         }
     }
 
@@ -488,6 +505,18 @@ impl Backend for CudaBackend {
         precision: WeightPrecision,
     ) -> Result<CudaWeight> {
         ops::gemm::weight(self, data, rows, cols, precision)
+    }
+    fn weight_quantized(
+        &self,
+        ty: crate::backend::quant::GgmlType,
+        blocks: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaWeight> {
+        ops::gguf::weight(self, ty, blocks, rows, cols)
+    }
+    fn weight_ggml_type(&self, w: &CudaWeight) -> Option<crate::backend::quant::GgmlType> {
+        w.ggml_type()
     }
     fn weight_shape(&self, w: &CudaWeight) -> (usize, usize) {
         w.shape()

@@ -19,6 +19,7 @@ pub const KERNEL_FILES: &[(&str, &str)] = &[
     ),
     ("gemm.cu", include_str!("../../../kernels/gemm.cu")),
     ("gemm_tc.cu", include_str!("../../../kernels/gemm_tc.cu")),
+    ("gguf.cu", include_str!("../../../kernels/gguf.cu")),
     ("lora.cu", include_str!("../../../kernels/lora.cu")),
     (
         "lora_sgmv.cu",

@@ -7,6 +7,8 @@
 //! shapes keep every 16-byte row chunk aligned ([`tensor_core_fits`]), else on the SIMT twins.
 
 use super::super::{bytes_of, check_len, i32_of, CudaBackend, CudaBuf, DeviceMem, KArg, LaunchCfg};
+use super::gguf::{self, BlockLayout};
+use crate::backend::quant::GgmlType;
 use crate::backend::WeightPrecision;
 use crate::error::{Error, Result};
 
@@ -179,21 +181,31 @@ pub(crate) fn launch(
 }
 
 /// A frozen `[rows, cols]` = `[out, in]` weight on the device: f32, or bf16 (two bytes an
-/// element, rounded to nearest even on the host at upload), row-major either way.
+/// element, rounded to nearest even on the host at upload), row-major either way; or kept in
+/// GGML blocks as a GGUF file stores them (kernels/gguf.cu), with f32 products.
 pub struct CudaWeight {
     mem: DeviceMem,
     rows: usize,
     cols: usize,
     precision: WeightPrecision,
+    /// `Some` for a weight kept in GGML blocks: `mem` holds the blocks.
+    blocks: Option<BlockLayout>,
 }
 
 impl std::fmt::Debug for CudaWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "CudaWeight({}x{}, {}, {:?})",
-            self.rows, self.cols, self.precision, self.mem
-        )
+        match self.blocks {
+            Some(b) => write!(
+                f,
+                "CudaWeight({}x{}, {} blocks, {:?})",
+                self.rows, self.cols, b.ty, self.mem
+            ),
+            None => write!(
+                f,
+                "CudaWeight({}x{}, {}, {:?})",
+                self.rows, self.cols, self.precision, self.mem
+            ),
+        }
     }
 }
 
@@ -202,13 +214,37 @@ impl CudaWeight {
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
-    /// The storage precision.
+    /// The precision of the products (f32 for a weight kept in GGML blocks: slabs are decoded
+    /// to f32).
     pub fn precision(&self) -> WeightPrecision {
         self.precision
+    }
+    /// The GGML type of a weight kept in blocks, `None` for f32 and bf16 storage.
+    pub fn ggml_type(&self) -> Option<GgmlType> {
+        self.blocks.map(|b| b.ty)
     }
     /// Bytes of device memory held.
     pub fn bytes(&self) -> usize {
         self.mem.bytes()
+    }
+    /// The allocation behind the weight.
+    pub(crate) fn mem(&self) -> &DeviceMem {
+        &self.mem
+    }
+    /// A weight whose `mem` holds `rows` rows of GGML blocks laid out as `layout` says.
+    pub(crate) fn from_blocks(
+        mem: DeviceMem,
+        rows: usize,
+        cols: usize,
+        layout: BlockLayout,
+    ) -> Self {
+        CudaWeight {
+            mem,
+            rows,
+            cols,
+            precision: WeightPrecision::F32,
+            blocks: Some(layout),
+        }
     }
 }
 
@@ -242,10 +278,14 @@ pub(crate) fn weight(
         rows,
         cols,
         precision,
+        blocks: None,
     })
 }
 
 pub(crate) fn weight_to_host(be: &CudaBackend, w: &CudaWeight) -> Result<Vec<f32>> {
+    if let Some(layout) = w.blocks {
+        return gguf::to_host(be, w, layout);
+    }
     let n = w.rows * w.cols;
     if n == 0 {
         return Ok(Vec::new());
@@ -297,6 +337,9 @@ fn weight_product(
             be.zero_mem(&c.mem, bytes_of("matmul output", m * n, 4)?)?;
         }
         return Ok(());
+    }
+    if let Some(layout) = w.blocks {
+        return gguf::product(be, c, a, w, layout, m, transposed, accumulate);
     }
     match w.precision {
         WeightPrecision::F32 => launch(

@@ -6,6 +6,7 @@ pub(super) mod attention;
 pub(super) mod attn_flash;
 pub(super) mod elementwise;
 pub(super) mod gemm;
+pub(super) mod gguf;
 pub(super) mod lora;
 pub(super) mod loss;
 pub(super) mod norm;
