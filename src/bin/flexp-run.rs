@@ -96,6 +96,21 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Write the data split of a configuration as files, one per client (client-K.csv, with a
+    /// `flexp_split` column of train/test), the global test set (global_test.csv) and
+    /// partition.json (class names, row counts): exactly the split `train` uses for that
+    /// configuration and seed, for deployments where each client holds only its own data.
+    Partition {
+        /// Experiment configuration (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a configuration key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The folder to write the files into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run a grid of runs (e.g. algorithms x partitions x seeds) from one sweep file, one after
     /// another, resumable (run it again to finish), then compare them: the mean over seeds with
     /// 95% confidence intervals and paired t-tests against a reference (out/sweep.md).
@@ -459,6 +474,26 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 pct(&s["global_acc_mean"]),
                 pct(&s["global_model_acc"]),
                 out.dir.join("report.md").display()
+            );
+            Ok(())
+        }
+        Command::Partition { config, set, out } => {
+            let cfg = load_raw(config.as_deref(), &set)?.resolve()?;
+            let manifest = flexp::run::partition::write_partition(&cfg, &out, &mut LogProgress)?;
+            let counts: Vec<String> = manifest["files"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .map(|c| format!("{}+{}", c["train"], c["test"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "wrote {} client files (train+test rows: {}) and global_test.csv ({} rows) to {}",
+                counts.len(),
+                counts.join(", "),
+                manifest["global_test"]["rows"],
+                out.display()
             );
             Ok(())
         }

@@ -175,14 +175,13 @@ pub fn task_head(cfg: &RunConfig) -> Result<TaskHead> {
     Ok(TaskHead::Classes(ds.num_classes()))
 }
 
-/// Loads, filters, caps, partitions, splits and tokenises the data.
-pub fn prepare<B: Backend>(
+/// The data of a run as the simulation splits it: loaded, filtered to `data.labels`, capped at
+/// `max_examples`, partitioned over the clients and split into train and test, all seeded by
+/// the run's seed. `flexp-run partition` writes the same split as files.
+pub fn split_data(
     cfg: &RunConfig,
-    be: &B,
-    model: &Model<B>,
-    tok: &Tokenizer,
     progress: &mut dyn Progress,
-) -> Result<Prepared> {
+) -> Result<(Dataset, Vec<data::ClientSplit>)> {
     require_data_path(cfg)?;
     let (mut ds, skipped) = Dataset::load_skipping_empty(&data_spec(cfg))?;
     if !skipped.is_empty() {
@@ -214,6 +213,34 @@ pub fn prepare<B: Backend>(
     }
     let parts = data::partition(&ds, &cfg.partition, cfg.clients, &mut rng)?;
     let splits = data::split_clients(&ds, &parts, cfg.test_fraction, &mut rng);
+    if let Some(k) = splits.iter().position(|c| c.train.is_empty()) {
+        return Err(Error::Input(format!(
+            "client {k} has no training examples; use fewer clients or more data"
+        )));
+    }
+    // Personalized accuracy is each client's own test split: a client without one would turn the
+    // headline mean and spread into NaN, so the split is refused before any training.
+    if let Some(k) = splits.iter().position(|c| c.test.is_empty()) {
+        return Err(Error::Input(format!(
+            "client {k} has no test examples (it holds {} examples; test_fraction = {}): every \
+             client needs at least one to report personalized accuracy; raise `test_fraction`, \
+             use fewer clients or more data",
+            splits[k].train.len(),
+            cfg.test_fraction
+        )));
+    }
+    Ok((ds, splits))
+}
+
+/// Loads, filters, caps, partitions, splits and tokenises the data.
+pub fn prepare<B: Backend>(
+    cfg: &RunConfig,
+    be: &B,
+    model: &Model<B>,
+    tok: &Tokenizer,
+    progress: &mut dyn Progress,
+) -> Result<Prepared> {
+    let (ds, splits) = split_data(cfg, progress)?;
     let max_len = cfg.seq_len.min(model.config.max_positions);
     let (examples, truncated) = encode(cfg, &ds, tok, max_len)?;
     if truncated > 0 {
@@ -229,22 +256,6 @@ pub fn prepare<B: Backend>(
             test: s.test.iter().map(|&i| ex(i)).collect(),
         })
         .collect();
-    if let Some(k) = clients.iter().position(|c| c.train.is_empty()) {
-        return Err(Error::Input(format!(
-            "client {k} has no training examples; use fewer clients or more data"
-        )));
-    }
-    // Personalized accuracy is each client's own test split: a client without one would turn the
-    // headline mean and spread into NaN, so the split is refused before any training.
-    if let Some(k) = clients.iter().position(|c| c.test.is_empty()) {
-        return Err(Error::Input(format!(
-            "client {k} has no test examples (it holds {} examples; test_fraction = {}): every \
-             client needs at least one to report personalized accuracy; raise `test_fraction`, \
-             use fewer clients or more data",
-            clients[k].train.len(),
-            cfg.test_fraction
-        )));
-    }
     let global_test = data::global_test(&splits).into_iter().map(ex).collect();
     let classes = ds.label_names.clone();
     let head = match cfg.task {
