@@ -10,9 +10,26 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
+    compile_protocol();
     if std::env::var_os("CARGO_FEATURE_EMULATOR").is_none() {
         return;
     }
+    build_emulator();
+}
+
+/// proto/flexp.proto to Rust (prost messages, tonic client and server) without a system protoc.
+fn compile_protocol() {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(["proto/flexp.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/flexp.proto: {e}"));
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generating the protocol code: {e}"));
+}
+
+fn build_emulator() {
     let kernels = Path::new("kernels");
     let mut files: Vec<_> = std::fs::read_dir(kernels)
         .expect("kernels/ is part of the crate")

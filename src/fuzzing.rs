@@ -44,3 +44,25 @@ pub fn gguf_tokenizer(bytes: &[u8]) {
 pub fn safetensors(bytes: &[u8]) {
     let _ = read_all_tensors(bytes.to_vec(), Path::new("fuzz.safetensors"));
 }
+
+/// A message from a peer of the deployment: the bytes as a protobuf `ClientMessage` and as a
+/// `ServerMessage`, and any tensor frames they carry reassembled under a 1 MiB limit.
+pub fn wire(bytes: &[u8]) {
+    use crate::net::proto::{client_message, server_message, ClientMessage, ServerMessage};
+    use crate::net::wire::{decode, Limits};
+    use prost::Message;
+    let limits = Limits {
+        max_message_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    if let Ok(m) = ClientMessage::decode(bytes) {
+        if let Some(client_message::Body::Activations(a)) = m.body {
+            let _ = decode(&a.frames, &limits);
+        }
+    }
+    if let Ok(m) = ServerMessage::decode(bytes) {
+        if let Some(server_message::Body::Gradients(g)) = m.body {
+            let _ = decode(&g.frames, &limits);
+        }
+    }
+}

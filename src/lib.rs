@@ -26,6 +26,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod generate;
 pub mod model;
+pub mod net;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -49,6 +49,14 @@ fn the_safetensors_corpus_replays_without_a_panic() {
 }
 
 #[test]
+fn the_wire_corpus_replays_without_a_panic() {
+    for (name, bytes) in files("wire") {
+        eprintln!("wire: {name}");
+        flexp::fuzzing::wire(&bytes);
+    }
+}
+
+#[test]
 fn the_seeds_are_files_the_parsers_accept() {
     let p = Path::new("seed");
     let seed = std::fs::read(root().join("fuzz/corpus/gguf_tokenizer/bpe.gguf")).unwrap();
@@ -64,4 +72,18 @@ fn the_seeds_are_files_the_parsers_accept() {
         std::fs::read(root().join("fuzz/corpus/safetensors/peft_adapter.safetensors")).unwrap();
     let t = flexp::model::checkpoint::read_all_tensors(st, p).unwrap();
     assert_eq!(t.len(), 14);
+    // The wire seeds are well-formed messages whose frames reassemble.
+    use flexp::net::proto::{client_message, ClientMessage};
+    use prost::Message;
+    for (name, shapes) in [("activations_f32", 2), ("activations_bf16", 2)] {
+        let bytes = std::fs::read(root().join(format!("fuzz/corpus/wire/{name}.bin"))).unwrap();
+        let Some(client_message::Body::Activations(a)) =
+            ClientMessage::decode(&bytes[..]).unwrap().body
+        else {
+            panic!("{name}: not an Activations message");
+        };
+        let t = flexp::net::wire::decode(&a.frames, &Default::default()).unwrap();
+        assert_eq!(t.len(), shapes, "{name}");
+        assert_eq!(t[0].shape, vec![2, 12]);
+    }
 }

@@ -15,6 +15,7 @@ fn rank(module: &str) -> Option<u8> {
         "executor" | "data" | "federated" => 3,
         "algorithms" | "embed" | "score" | "generate" => 4,
         "run" | "report" => 5,
+        "net" => 6,
         _ => return None,
     })
 }

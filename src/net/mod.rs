@@ -1,0 +1,13 @@
+//! The deployment: a FlexP-SFL server and its clients as separate processes, over gRPC with
+//! mutual TLS (proto/flexp.proto).
+//!
+//! - [`proto`]: the generated messages and service.
+//! - [`wire`]: tensors as checksummed, size-limited frames, and their strict reassembly.
+
+pub mod wire;
+
+/// The protocol's messages and the `SplitTraining` service, generated from proto/flexp.proto.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("flexp.v1");
+}
