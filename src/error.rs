@@ -74,6 +74,9 @@ pub enum Error {
     /// A backend failure (device errors; shape violations detected by a backend).
     #[error("backend: {0}")]
     Backend(String),
+    /// A deployment's network failed or a peer refused (connection, TLS, protocol).
+    #[error("network: {0}")]
+    Net(String),
 }
 
 impl Error {

@@ -7,6 +7,16 @@ use std::path::Path;
 /// Writes `data` to `path` atomically: a temporary file in the same folder, synced, then renamed
 /// over the target, so a crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, false)
+}
+
+/// [`write_atomic`] for a secret (a private key): on Unix the file is readable and writable by
+/// its owner only from the moment it is created.
+pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, true)
+}
+
+fn write_atomic_mode(path: &Path, data: &[u8], private: bool) -> Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -20,7 +30,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = options.open(&tmp).map_err(|e| Error::io(&tmp, e))?;
     if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
         drop(f);
         let _ = std::fs::remove_file(&tmp);

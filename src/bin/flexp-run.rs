@@ -96,6 +96,18 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Write trial certificates for a deployment: a CA (ca.pem), the server's (server.pem,
+    /// server.key; valid for localhost, 127.0.0.1 and flexp-server) and one per client
+    /// (client-K.pem, client-K.key; valid for the name client-K). Real deployments bring their own
+    /// PKI with the same names.
+    Certs {
+        /// The folder to write them into (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// How many client certificates (client-0 .. client-N-1).
+        #[arg(long)]
+        clients: u32,
+    },
     /// Write the data split of a configuration as files, one per client (client-K.csv, with a
     /// `flexp_split` column of train/test), the global test set (global_test.csv) and
     /// partition.json (class names, row counts): exactly the split `train` uses for that
@@ -474,6 +486,15 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 pct(&s["global_acc_mean"]),
                 pct(&s["global_model_acc"]),
                 out.dir.join("report.md").display()
+            );
+            Ok(())
+        }
+        Command::Certs { out, clients } => {
+            flexp::net::certs::write_trial_certs(&out, clients)?;
+            eprintln!(
+                "wrote ca.pem, server.pem/.key and client-0..{} .pem/.key to {}",
+                clients.saturating_sub(1),
+                out.display()
             );
             Ok(())
         }

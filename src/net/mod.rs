@@ -3,7 +3,13 @@
 //!
 //! - [`proto`]: the generated messages and service.
 //! - [`wire`]: tensors as checksummed, size-limited frames, and their strict reassembly.
+//! - [`certs`]: trial certificates; [`tls`]: mutual-TLS settings and the client identity check.
+//! - [`session`]: the server's handshake and message routing; [`client`]: a client's connection.
 
+pub mod certs;
+pub mod client;
+pub mod session;
+pub mod tls;
 pub mod wire;
 
 /// The protocol's messages and the `SplitTraining` service, generated from proto/flexp.proto.

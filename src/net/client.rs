@@ -1,0 +1,73 @@
+//! A client's connection to the server: the TLS channel, the session stream, and the handshake.
+
+use super::proto::split_training_client::SplitTrainingClient;
+use super::proto::{client_message, server_message, ClientMessage, Hello, ServerMessage, Welcome};
+use crate::error::{Error, Result};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::Streaming;
+
+/// An open session: what the server said at the handshake, and both directions of the stream.
+pub struct Session {
+    /// The server's greeting.
+    pub welcome: Welcome,
+    /// Messages towards the server.
+    pub outbound: mpsc::Sender<ClientMessage>,
+    /// Messages from the server.
+    pub inbound: Streaming<ServerMessage>,
+}
+
+fn status(what: &str, s: tonic::Status) -> Error {
+    Error::Net(format!("{what}: {} ({:?})", s.message(), s.code()))
+}
+
+/// Connects to `addr` (`host:port`) over mutual TLS, opens a session and says `hello`; returns
+/// once the server has welcomed the client. `max_message_bytes` bounds each message the client
+/// accepts.
+pub async fn connect(
+    addr: &str,
+    tls: ClientTlsConfig,
+    hello: Hello,
+    timeout: Duration,
+    max_message_bytes: usize,
+) -> Result<Session> {
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .map_err(|e| Error::Input(format!("server address {addr:?}: {e}")))?
+        .tls_config(tls)
+        .map_err(|e| Error::Net(format!("TLS settings: {e}")))?
+        .connect_timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| Error::Net(format!("connecting to {addr}: {e} ({e:?})")))?;
+    let mut client = SplitTrainingClient::new(channel)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let (outbound, rx) = mpsc::channel(16);
+    outbound
+        .send(ClientMessage {
+            body: Some(client_message::Body::Hello(hello)),
+        })
+        .await
+        .map_err(|_| Error::Net("session closed before Hello".into()))?;
+    let mut inbound = tokio::time::timeout(timeout, client.session(ReceiverStream::new(rx)))
+        .await
+        .map_err(|_| Error::Net(format!("no answer from {addr} within {timeout:?}")))?
+        .map_err(|s| status("the server refused the session", s))?
+        .into_inner();
+    let first = tokio::time::timeout(timeout, inbound.message())
+        .await
+        .map_err(|_| Error::Net(format!("no Welcome from {addr} within {timeout:?}")))?
+        .map_err(|s| status("the server refused the session", s))?;
+    match first.and_then(|m| m.body) {
+        Some(server_message::Body::Welcome(welcome)) => Ok(Session {
+            welcome,
+            outbound,
+            inbound,
+        }),
+        other => Err(Error::Net(format!(
+            "the server answered Hello with {other:?} instead of Welcome"
+        ))),
+    }
+}
