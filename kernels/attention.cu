@@ -21,7 +21,8 @@
 // the resident tile (16*RM rows), KC/QC = columns per thread of the streamed score tile (8*KC).
 // Dynamic shared memory sizes are computed by the host (src/backend/cuda/ops/attention.rs) with
 // the same formulas as the carving below. All are under the 48 KiB default except
-// attn_bwd_dkdv_d128 for hd >= 116 (53.9 KiB at hd = 128), which needs the launcher to raise
+// attn_bwd_dkdv_d128 for hd >= 116 (53.9 KiB at hd = 128) and attn_bwd_dkdv_d256 for hd >= 245
+// (50.5 KiB at hd = 256), which need the launcher to raise
 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES.
 //
 // Determinism: no atomics. dK/dV of a kv head sum over the query heads of its group inside one
@@ -31,8 +32,12 @@
 #define ATTN_THREADS 128
 #define ATTN_WARPS (ATTN_THREADS / 32)
 // Four resident blocks per SM (16 warps) caps registers at 128/thread; every variant's shared
-// memory (at most 54 KiB) also allows four per SM.
+// memory (at most 54 KiB) also allows four per SM on sm_80 and later.
 #define ATTN_MIN_BLOCKS 4
+// The hd <= 256 kernels carve 42-51 KiB, so at most three blocks fit an sm_80 SM's 164 KiB
+// anyway; asking for three lifts their register cap to 168, which the dQ kernel's 32 output
+// columns per thread need (at four it spilled).
+#define ATTN_MIN_BLOCKS_D256 3
 
 __device__ __forceinline__ float attn_neg_inf() {
     return __uint_as_float(0xff800000u);
@@ -227,6 +232,10 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS) attn
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS) attn_fwd_d128(ATTN_FWD_PARAMS) {
     attn_fwd_body<16, 4, 2>(ATTN_FWD_ARGS);
 }
+// hd <= 256 (Gemma 3): 32 queries x 8 keys (42.3 KiB at hd = 256).
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS_D256) attn_fwd_d256(ATTN_FWD_PARAMS) {
+    attn_fwd_body<32, 2, 1>(ATTN_FWD_ARGS);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Backward, dQ (launched first): one block per (query tile of 16*RM rows, head). It computes
@@ -393,6 +402,11 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
     attn_bwd_dq_d128(ATTN_DQ_PARAMS) {
     attn_dq_body<16, 2, 2>(ATTN_DQ_ARGS);
 }
+// hd <= 256: 16 queries x 8 keys (41.7 KiB at hd = 256).
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS_D256)
+    attn_bwd_dq_d256(ATTN_DQ_PARAMS) {
+    attn_dq_body<32, 1, 1>(ATTN_DQ_ARGS);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Backward, dK and dV: one block per (key tile of 16*RK keys, kv head). K and V stay resident;
@@ -556,13 +570,21 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS)
     attn_bwd_dkdv_d128(ATTN_DKDV_PARAMS) {
     attn_dkdv_body<16, 2, 2>(ATTN_DKDV_ARGS);
 }
+// hd <= 256: 16 keys x 8 queries; 50.5 KiB of dynamic shared memory at hd = 256 (opt-in).
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS, ATTN_MIN_BLOCKS_D256)
+    attn_bwd_dkdv_d256(ATTN_DKDV_PARAMS) {
+    attn_dkdv_body<32, 1, 1>(ATTN_DKDV_ARGS);
+}
 
 EMU_REGISTER(attn_fwd_d32)
 EMU_REGISTER(attn_fwd_d64)
 EMU_REGISTER(attn_fwd_d128)
+EMU_REGISTER(attn_fwd_d256)
 EMU_REGISTER(attn_bwd_dq_d32)
 EMU_REGISTER(attn_bwd_dq_d64)
 EMU_REGISTER(attn_bwd_dq_d128)
+EMU_REGISTER(attn_bwd_dq_d256)
 EMU_REGISTER(attn_bwd_dkdv_d32)
 EMU_REGISTER(attn_bwd_dkdv_d64)
 EMU_REGISTER(attn_bwd_dkdv_d128)
+EMU_REGISTER(attn_bwd_dkdv_d256)

@@ -200,12 +200,19 @@ fn ragged_sequences_head_dims_16_and_64() {
 
 #[test]
 fn largest_head_dims() {
-    // The hd <= 128 kernels (and 40, 96: within a range but not its maximum).
+    // The hd <= 128 and hd <= 256 kernels (and 40, 96, 160: within a range but not its
+    // maximum). 256 is Gemma 3's head size.
     let mut w = [0.0; 5];
     let seqs = [sp(0, 1), sp(1, 33), sp(34, 70)];
     let mut seed = 200;
     for causal in [true, false] {
-        for (h, kvh, hd) in [(2, 1, 128), (2, 2, 96), (2, 1, 40)] {
+        for (h, kvh, hd) in [
+            (2, 1, 128),
+            (2, 2, 96),
+            (2, 1, 40),
+            (2, 1, 256),
+            (2, 2, 160),
+        ] {
             seed += 1;
             let c = Case::new(shape(h, kvh, hd, causal), &seqs, seed, 0.7);
             worst(&mut w, compare(&c, FWD_TOL, BWD_TOL));
@@ -381,14 +388,14 @@ fn errors_match_the_cpu_backend() {
         .to_string();
     assert_eq!(a, b);
     // A head dimension no kernel is instantiated for is an error, not a wrong result.
-    let c = Case::new(shape(1, 1, 129, true), &[sp(0, 2)], 1, 1.0);
+    let c = Case::new(shape(1, 1, 257, true), &[sp(0, 2)], 1, 1.0);
     let (q, k, v) = (up(&c.q), up(&c.k), up(&c.v));
     let (mut o, mut lse) = (up(&c.q), up(&[0.0; 2]));
     let a = gpu
         .attention_forward(&mut o, &mut lse, &q, &k, &v, &c.seqs, c.s)
         .unwrap_err()
         .to_string();
-    assert!(a.contains("head_dim 129"), "{a}");
+    assert!(a.contains("head_dim 257"), "{a}");
 }
 
 /// Sliding windows (Gemma 3's local layers) on the ragged spans (1 to 130 keys, across tiles):
@@ -400,7 +407,7 @@ fn sliding_windows_match_the_cpu_backend() {
     let mut w = [0.0; 5];
     let mut seed = 300;
     for window in [1, 9, 70, 200] {
-        for (h, kvh, hd) in [(4, 2, 16), (2, 1, 64), (2, 2, 128)] {
+        for (h, kvh, hd) in [(4, 2, 16), (2, 1, 64), (2, 2, 128), (2, 1, 256)] {
             seed += 1;
             let s = AttnShape {
                 window: Some(window),

@@ -265,8 +265,8 @@ fn tiny_matches_transformers(arch: &str) {
     tiny_matches_transformers_on(&Cpu, arch);
 }
 
-/// The tiny Llama and Qwen3 (q/k norms, heads of 128) with every projection kept in its blocks
-/// on the CUDA backend (kernels/gguf.cu decoding slabs for the f32 GEMM; the SIMT emulator here, the
+/// The tiny Llama, Qwen3 (q/k norms, heads of 128) and Gemma 3 (heads of 256, a sliding
+/// window) with every projection kept in its blocks on the CUDA backend (kernels/gguf.cu decoding slabs for the f32 GEMM; the SIMT emulator here, the
 /// GPU under `FLEXP_CUDA_TESTS=gpu`), against the same transformers logits. Small decode slabs
 /// make every product run in several slabs.
 #[cfg(feature = "emulator")]
@@ -277,6 +277,7 @@ fn tiny_models_in_every_type_match_transformers_on_the_cuda_backend() {
         .with_decode_slab_values(4096);
     tiny_matches_transformers_on(&be, "llama");
     tiny_matches_transformers_on(&be, "qwen3");
+    tiny_matches_transformers_on(&be, "gemma3");
 }
 
 fn tiny_matches_transformers_on<B: Backend>(be: &B, arch: &str) {

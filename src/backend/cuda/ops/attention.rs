@@ -34,7 +34,7 @@ struct Variant {
     dkdv_tile: (usize, usize),
 }
 
-const VARIANTS: [Variant; 3] = [
+const VARIANTS: [Variant; 4] = [
     Variant {
         max_hd: 32,
         fwd: "attn_fwd_d32",
@@ -61,6 +61,16 @@ const VARIANTS: [Variant; 3] = [
         dq_tile: (32, 16),
         dkdv: "attn_bwd_dkdv_d128",
         dkdv_tile: (32, 16),
+    },
+    // Gemma 3's heads.
+    Variant {
+        max_hd: 256,
+        fwd: "attn_fwd_d256",
+        fwd_tile: (32, 8),
+        dq: "attn_bwd_dq_d256",
+        dq_tile: (16, 8),
+        dkdv: "attn_bwd_dkdv_d256",
+        dkdv_tile: (16, 8),
     },
 ];
 
