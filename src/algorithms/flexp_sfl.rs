@@ -179,7 +179,8 @@ struct Step<'a, 'e> {
     batches: &'a [Vec<&'e Example>],
 }
 
-/// Step 1's outcome: every active client's forward over its blocks 0..s_k, packed in one call.
+/// Step 1's outcome on the clients' side: every active client's forward over its blocks
+/// 0..s_k, packed in one call, kept for the client backward of step 5.
 struct ClientPass<'p, B: Backend> {
     /// P_k of each active client, indexed like `active` (the jobs' adapter index).
     sets: Vec<&'p AdapterSet<B>>,
@@ -187,10 +188,26 @@ struct ClientPass<'p, B: Backend> {
     jobs: Vec<SeqJob>,
     /// For each job, its client's index in `active`.
     owner: Vec<usize>,
-    /// h_k of each job: the activations the client sends up at the cut.
-    smashed: Vec<Vec<f32>>,
-    /// The forward's tape, for the client backward of step 5.
+    /// The forward's tape.
     tape: Tape<B>,
+}
+
+/// What the clients send up at a local step, and all the server sees of them: each sequence's
+/// activations at its client's cut with its labelled output. A deployment sends this over the
+/// network; the simulation hands it over in memory.
+struct Upload {
+    /// The active clients, in participant order.
+    active: Vec<usize>,
+    /// Sequences in each active client's batch (each one's loss is weighted 1/batch).
+    batch_len: Vec<usize>,
+    /// Per sequence, in the clients' order: its client's index in `active`.
+    owner: Vec<usize>,
+    /// Per sequence: the client's cut s_k, where the server continues.
+    cut: Vec<usize>,
+    /// Per sequence: h_k, the activations at the cut.
+    smashed: Vec<Vec<f32>>,
+    /// Per sequence: its labelled output (its class, or its next-token targets).
+    outputs: Vec<Output>,
 }
 
 impl<B: Backend> FlexpSfl<B> {
@@ -231,13 +248,13 @@ impl<B: Backend> FlexpSfl<B> {
             batches: &batches,
         };
         // 1. Client forward: h_k = F_{0..s_k}(x; P_k).
-        let pass = client_forward(fed, &self.personal.sets, &self.splits, &step)?;
+        let (pass, up) = client_forward(fed, &self.personal.sets, &self.splits, &step)?;
         // 2. Alignment target: h'_k = F_{0..s_k}(x; Ĝ).
         let target = snapshot
             .map(|g| alignment_target(fed, g, &pass.jobs))
             .transpose()?;
         // 3.-4. Server sweep over every client's server segment, then the G update.
-        let mut rejected = reject_non_finite_cut(&pass, active, log);
+        let mut rejected = reject_non_finite_cut(&up, log);
         let reply = server::sweep(
             ServerState {
                 global: &mut self.global,
@@ -246,13 +263,12 @@ impl<B: Backend> FlexpSfl<B> {
                 tail: self.tail,
             },
             fed,
-            &step,
-            &pass,
+            &up,
             &mut rejected,
             log,
         )?;
         // 5. Client backward with the alignment loss.
-        let mut grads = client_backward(fed, pass, target.as_deref(), &reply.dh, &step, &rejected)?;
+        let mut grads = client_backward(fed, pass, &up, target.as_deref(), &reply.dh, &rejected)?;
         // U-shaped: the tail and head gradients the clients computed during the server sweep.
         add_tail_gradients(fed.backend, &mut grads, reply.tail_grads)?;
         // P_k ← AdamW(P_k, g), and what the step cost each client.
@@ -317,16 +333,17 @@ impl<B: Backend> FlexpSfl<B> {
 }
 
 /// Step 1: every active client's batch through its blocks 0..s_k with P_k, in one packed
-/// executor call that keeps the tape for step 5.
+/// executor call that keeps the tape for step 5; and what the clients send up.
 fn client_forward<'p, B: Backend>(
     fed: &Federation<'_, B>,
     personal: &'p [AdapterSet<B>],
     splits: &[usize],
     step: &Step<'_, '_>,
-) -> Result<ClientPass<'p, B>> {
+) -> Result<(ClientPass<'p, B>, Upload)> {
     let sets: Vec<&AdapterSet<B>> = step.active.iter().map(|&k| &personal[k]).collect();
     let mut jobs = Vec::new();
     let mut owner = Vec::new();
+    let mut outputs = Vec::new();
     for (i, b) in step.batches.iter().enumerate() {
         for e in b {
             jobs.push(SeqJob::new(
@@ -336,6 +353,7 @@ fn client_forward<'p, B: Backend>(
                 Output::Hidden,
             ));
             owner.push(i);
+            outputs.push(e.output(true));
         }
     }
     let (out, tape) = fed.exec().forward(&sets, &jobs, true)?;
@@ -344,13 +362,23 @@ fn client_forward<'p, B: Backend>(
         .into_iter()
         .map(|r| r.hidden.unwrap_or_default())
         .collect();
-    Ok(ClientPass {
-        sets,
-        jobs,
-        owner,
+    let up = Upload {
+        active: step.active.to_vec(),
+        batch_len: step.batches.iter().map(Vec::len).collect(),
+        owner: owner.clone(),
+        cut: jobs.iter().map(|j| j.blocks.end).collect(),
         smashed,
-        tape,
-    })
+        outputs,
+    };
+    Ok((
+        ClientPass {
+            sets,
+            jobs,
+            owner,
+            tape,
+        },
+        up,
+    ))
 }
 
 /// Step 2: h' = F_{0..s_k}(x; Ĝ) for every client job, the same blocks run with the round's
@@ -377,18 +405,14 @@ fn alignment_target<B: Backend>(
 
 /// Rejects every client whose activations at the cut are not finite, before anything reaches
 /// the server; returns the rejection flags indexed like `active`.
-fn reject_non_finite_cut<B: Backend>(
-    pass: &ClientPass<'_, B>,
-    active: &[usize],
-    log: &mut RoundLog,
-) -> Vec<bool> {
-    let mut rejected = vec![false; active.len()];
-    for (j, hv) in pass.smashed.iter().enumerate() {
-        let i = pass.owner[j];
+fn reject_non_finite_cut(up: &Upload, log: &mut RoundLog) -> Vec<bool> {
+    let mut rejected = vec![false; up.active.len()];
+    for (j, hv) in up.smashed.iter().enumerate() {
+        let i = up.owner[j];
         if !finite(hv) && !rejected[i] {
             rejected[i] = true;
             log.rejected
-                .push((active[i], "non-finite activations at the cut".into()));
+                .push((up.active[i], "non-finite activations at the cut".into()));
         }
     }
     rejected
@@ -399,9 +423,9 @@ fn reject_non_finite_cut<B: Backend>(
 fn cut_output_gradients<B: Backend>(
     fed: &Federation<'_, B>,
     pass: &ClientPass<'_, B>,
+    up: &Upload,
     target: Option<&[Vec<f32>]>,
     dh: &[Option<Vec<f32>>],
-    step: &Step<'_, '_>,
     rejected: &[bool],
 ) -> (SeqGrads, SeqGrads) {
     let d = fed.model.config.hidden;
@@ -414,8 +438,8 @@ fn cut_output_gradients<B: Backend>(
         }
         out_ce[j] = dh[j].clone();
         if let Some(gr) = target {
-            let (_, g) = kl_alignment_grad(&pass.smashed[j], &gr[j], d);
-            let n = step.batches[i].len() as f32;
+            let (_, g) = kl_alignment_grad(&up.smashed[j], &gr[j], d);
+            let n = up.batch_len[i] as f32;
             // The per-sequence KL means are averaged over the client's batch.
             out_al[j] = Some(g.into_iter().map(|v| v / n).collect());
         }
@@ -429,15 +453,15 @@ fn cut_output_gradients<B: Backend>(
 fn client_backward<B: Backend>(
     fed: &Federation<'_, B>,
     pass: ClientPass<'_, B>,
+    up: &Upload,
     target: Option<&[Vec<f32>]>,
     dh: &[Option<Vec<f32>>],
-    step: &Step<'_, '_>,
     rejected: &[bool],
 ) -> Result<Vec<AdapterSet<B>>> {
     let be = fed.backend;
     let exec = fed.exec();
     let h = &fed.hyper;
-    let (mut out_ce, out_al) = cut_output_gradients(fed, &pass, target, dh, step, rejected);
+    let (mut out_ce, out_al) = cut_output_gradients(fed, &pass, up, target, dh, rejected);
     let mut g_ce: Vec<AdapterSet<B>> = pass
         .sets
         .iter()

@@ -3,7 +3,7 @@
 //! client's G-gradient in its own gradient slot; U-shaped, the clients' tails finish the forward
 //! in between. Then the G update from the aggregated slots.
 
-use super::{finite, ClientPass, SeqGrads, Step};
+use super::{finite, SeqGrads, Upload};
 use crate::algorithms::common::{check_finite, seq_tokens, Federation, RoundLog};
 use crate::algorithms::{flat, ServerAgg, ServerUpdate};
 use crate::backend::Backend;
@@ -27,14 +27,10 @@ pub(super) struct ServerReply<B: Backend> {
     pub(super) tail_grads: Vec<Option<AdapterSet<B>>>,
 }
 
-/// What every part of the server's step reads: the run, the step's clients and their
-/// forward, and each client job's labelled output.
+/// What every part of the server's step reads: the run, and what the step's clients sent up.
 struct Sweep<'a, 'f, B: Backend> {
     fed: &'a Federation<'f, B>,
-    step: &'a Step<'a, 'a>,
-    pass: &'a ClientPass<'a, B>,
-    /// The labelled output of each client job (its class, or its next-token targets).
-    outputs: Vec<Output>,
+    up: &'a Upload,
 }
 
 /// Clients whose server segments run in one sweep and whose G-gradients make one G update.
@@ -61,22 +57,16 @@ struct GroupGrads<B: Backend> {
 pub(super) fn sweep<B: Backend>(
     mut st: ServerState<'_, B>,
     fed: &Federation<'_, B>,
-    step: &Step<'_, '_>,
-    pass: &ClientPass<'_, B>,
+    up: &Upload,
     rejected: &mut [bool],
     log: &mut RoundLog,
 ) -> Result<ServerReply<B>> {
     let mut reply = ServerReply {
-        dh: vec![None; pass.jobs.len()],
-        tail_grads: (0..step.active.len()).map(|_| None).collect(),
+        dh: vec![None; up.owner.len()],
+        tail_grads: (0..up.active.len()).map(|_| None).collect(),
     };
-    let cx = Sweep {
-        fed,
-        step,
-        pass,
-        outputs: job_outputs(step, pass),
-    };
-    for members in update_groups(fed.hyper.server_update, step.active.len()) {
+    let cx = Sweep { fed, up };
+    for members in update_groups(fed.hyper.server_update, up.active.len()) {
         let members: Vec<usize> = members.into_iter().filter(|&i| !rejected[i]).collect();
         if members.is_empty() {
             continue;
@@ -96,7 +86,7 @@ pub(super) fn sweep<B: Backend>(
         let accepted = judge_members(&cx, &group, &result, rejected, &mut reply, log)?;
         // d loss / d h goes back down to the clients still accepted.
         for (&j, dx) in group.which.iter().zip(result.dx) {
-            if !rejected[pass.owner[j]] {
+            if !rejected[up.owner[j]] {
                 reply.dh[j] = dx;
             }
         }
@@ -104,20 +94,6 @@ pub(super) fn sweep<B: Backend>(
         update_global(&mut st, fed, &accepted, &result.grads)?;
     }
     Ok(reply)
-}
-
-/// The labelled output of each client job (its sequence's example in its client's batch).
-fn job_outputs<B: Backend>(step: &Step<'_, '_>, pass: &ClientPass<'_, B>) -> Vec<Output> {
-    // Position of each client job within its client's batch.
-    let mut seen = vec![0usize; step.active.len()];
-    pass.owner
-        .iter()
-        .map(|&i| {
-            let output = step.batches[i][seen[i]].output(true);
-            seen[i] += 1;
-            output
-        })
-        .collect()
 }
 
 /// The update groups over the `active` indices: sync mode all clients at once, sequential mode
@@ -137,29 +113,28 @@ fn group_jobs<B: Backend>(
     st: &ServerState<'_, B>,
     members: Vec<usize>,
 ) -> Group {
-    let (pass, step) = (cx.pass, cx.step);
+    let up = cx.up;
     let l = cx.fed.layers();
     let u = st.tail;
     let mut jobs = Vec::new();
     let mut which = Vec::new();
-    for (j, cj) in pass.jobs.iter().enumerate() {
-        let i = pass.owner[j];
+    for (j, &i) in up.owner.iter().enumerate() {
         let Some(slot) = members.iter().position(|&m| m == i) else {
             continue;
         };
         let output = if u > 0 {
             Output::Hidden
         } else {
-            cx.outputs[j].clone()
+            up.outputs[j].clone()
         };
         let mut job = SeqJob::new(
-            SeqInput::Hidden(pass.smashed[j].clone()),
-            cj.blocks.end..l - u,
+            SeqInput::Hidden(up.smashed[j].clone()),
+            up.cut[j]..l - u,
             0,
             output,
         );
         job.grad_slot = slot;
-        job.loss_weight = 1.0 / step.batches[i].len() as f32;
+        job.loss_weight = 1.0 / up.batch_len[i] as f32;
         jobs.push(job);
         which.push(j);
     }
@@ -240,7 +215,7 @@ fn tail_jobs<B: Backend>(
                 SeqInput::Hidden(r.hidden.clone().unwrap_or_default()),
                 l - st.tail..l,
                 sj.grad_slot,
-                cx.outputs[j].clone(),
+                cx.up.outputs[j].clone(),
             );
             t.loss_weight = sj.loss_weight;
             t
@@ -251,11 +226,11 @@ fn tail_jobs<B: Backend>(
         return Some(tjobs);
     }
     for (t, &j) in tjobs.iter().zip(&group.which) {
-        let i = cx.pass.owner[j];
+        let i = cx.up.owner[j];
         if bad(t) && !rejected[i] {
             rejected[i] = true;
             log.rejected
-                .push((cx.step.active[i], "non-finite server output".into()));
+                .push((cx.up.active[i], "non-finite server output".into()));
         }
     }
     None
@@ -275,7 +250,7 @@ fn client_tails<B: Backend>(
     let tsets: Vec<&AdapterSet<B>> = group
         .members
         .iter()
-        .map(|&i| &st.personal[cx.step.active[i]])
+        .map(|&i| &st.personal[cx.up.active[i]])
         .collect();
     let (tout, ttape) = exec.forward(&tsets, tjobs, true)?;
     let ttape = ttape.ok_or_else(|| Error::Backend("no tape".into()))?;
@@ -322,7 +297,7 @@ fn judge_members<B: Backend>(
 ) -> Result<Vec<usize>> {
     let mut accepted = Vec::new();
     for (slot, &i) in group.members.iter().enumerate() {
-        let k = cx.step.active[i];
+        let k = cx.up.active[i];
         let bad_dx = group
             .jobs
             .iter()
