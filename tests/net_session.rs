@@ -45,15 +45,12 @@ async fn start(
     tokio::sync::oneshot::Sender<()>,
 ) {
     let (events, rx) = mpsc::unbounded_channel();
-    let hub = Hub::new(
-        3,
-        Welcome {
-            protocol: Protocol::V1 as i32,
-            config_toml: "rounds = 2\n".into(),
-            round: 0,
-        },
-        events,
-    );
+    let welcome = Welcome {
+        protocol: Protocol::V1 as i32,
+        config_toml: "rounds = 2\n".into(),
+        ..Welcome::default()
+    };
+    let hub = Hub::new(vec![welcome; 3], events);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -246,15 +246,10 @@ impl<'a, B: Backend> Federation<'a, B> {
     /// A batch of up to `batch_size` distinct training examples of client `k`.
     pub fn sample_batch(&self, k: usize, rng: &mut Rng) -> Vec<&Example> {
         let train = &self.clients[k].train;
-        let n = train.len();
-        let b = self.hyper.batch_size.min(n);
-        // Partial Fisher-Yates: the first b entries of a random permutation.
-        let mut idx: Vec<usize> = (0..n).collect();
-        for i in 0..b {
-            let j = i + rng.below(n - i);
-            idx.swap(i, j);
-        }
-        idx[..b].iter().map(|&i| &train[i]).collect()
+        sample_batch_indices(train.len(), self.hyper.batch_size, rng)
+            .into_iter()
+            .map(|i| &train[i])
+            .collect()
     }
 
     /// Bytes of `set`'s tensors (what sending it costs).
@@ -358,6 +353,21 @@ impl<'a, B: Backend> Federation<'a, B> {
     ) -> Result<()> {
         opt.update(self.backend, params, grads, self.adamw())
     }
+}
+
+/// The indices of a batch of `batch_size` (at most `n`) distinct examples out of `n`, as
+/// [`Federation::sample_batch`] draws them: a deployment's server draws a client's batch with
+/// this from the client's example count alone.
+pub fn sample_batch_indices(n: usize, batch_size: usize, rng: &mut Rng) -> Vec<usize> {
+    let b = batch_size.min(n);
+    // Partial Fisher-Yates: the first b entries of a random permutation.
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in 0..b {
+        let j = i + rng.below(n - i);
+        idx.swap(i, j);
+    }
+    idx.truncate(b);
+    idx
 }
 
 /// Tokens of a job's input.

@@ -2,6 +2,7 @@
 //! on its last u blocks and a personal head); the server trains global adapters G on the rest
 //! for all clients in one packed sweep; alignment keeps P_k good on global representations.
 
+pub(crate) mod remote;
 mod server;
 
 use super::common::{check_finite, whole, Chain, Example, Federation, PersonalSets, RoundLog};
@@ -195,19 +196,19 @@ struct ClientPass<'p, B: Backend> {
 /// What the clients send up at a local step, and all the server sees of them: each sequence's
 /// activations at its client's cut with its labelled output. A deployment sends this over the
 /// network; the simulation hands it over in memory.
-struct Upload {
+pub(crate) struct Upload {
     /// The active clients, in participant order.
-    active: Vec<usize>,
+    pub(crate) active: Vec<usize>,
     /// Sequences in each active client's batch (each one's loss is weighted 1/batch).
-    batch_len: Vec<usize>,
+    pub(crate) batch_len: Vec<usize>,
     /// Per sequence, in the clients' order: its client's index in `active`.
-    owner: Vec<usize>,
+    pub(crate) owner: Vec<usize>,
     /// Per sequence: the client's cut s_k, where the server continues.
-    cut: Vec<usize>,
+    pub(crate) cut: Vec<usize>,
     /// Per sequence: h_k, the activations at the cut.
-    smashed: Vec<Vec<f32>>,
+    pub(crate) smashed: Vec<Vec<f32>>,
     /// Per sequence: its labelled output (its class, or its next-token targets).
-    outputs: Vec<Output>,
+    pub(crate) outputs: Vec<Output>,
 }
 
 impl<B: Backend> FlexpSfl<B> {
@@ -314,12 +315,25 @@ impl<B: Backend> FlexpSfl<B> {
         batch: &[&Example],
         log: &mut RoundLog,
     ) {
-        let u = self.tail;
         let tokens: usize = batch.iter().map(|e| e.ids.len()).sum();
+        let targets: usize = batch.iter().map(|e| e.targets()).sum();
+        self.charge(fed, k, tokens, targets, log);
+    }
+
+    /// [`FlexpSfl::charge_step`] from the step's token and target counts.
+    fn charge(
+        &self,
+        fed: &Federation<'_, B>,
+        k: usize,
+        tokens: usize,
+        targets: usize,
+        log: &mut RoundLog,
+    ) {
+        let u = self.tail;
         let s = self.splits[k];
         let act_bytes = 4.0 * (tokens * fed.model.config.hidden) as f64;
         let c = log.client(k);
-        c.bytes_up += act_bytes + 8.0 * batch.iter().map(|e| e.targets()).sum::<usize>() as f64;
+        c.bytes_up += act_bytes + 8.0 * targets as f64;
         c.bytes_down += act_bytes;
         if u > 0 {
             // The server's output goes down, its gradient comes back up.

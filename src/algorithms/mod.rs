@@ -15,8 +15,8 @@ pub mod pfedme;
 pub mod splitfed;
 
 pub use common::{
-    evaluate, whole, Chain, ClientCost, ClientData, EvalStats, Example, Federation, Label,
-    RoundLog, StepOut,
+    evaluate, sample_batch_indices, whole, Chain, ClientCost, ClientData, EvalStats, Example,
+    Federation, Label, RoundLog, StepOut,
 };
 
 use crate::backend::Backend;

@@ -96,6 +96,63 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Run the FlexP-SFL server of a deployment: clients connect over mutual TLS (`client`),
+    /// the server draws the rounds, packs the clients' activations into one sweep, and writes
+    /// metrics.jsonl and report.json into the run folder.
+    Serve {
+        /// Experiment configuration (TOML); the clients take it from the server.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a configuration key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Address to listen on, e.g. 0.0.0.0:7443.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Certificate folder: server.pem, server.key and the clients' CA as ca.pem.
+        #[arg(long)]
+        tls: PathBuf,
+        /// The run folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Element type of tensors on the wire: f32 (exact) or bf16 (half the bytes).
+        #[arg(long, default_value = "f32")]
+        wire: String,
+        /// Seconds to wait for a client's answer in a step before going on without it.
+        #[arg(long, default_value_t = 60.0)]
+        step_deadline: f64,
+        /// Seconds to wait for every client to connect before the first round.
+        #[arg(long, default_value_t = 300.0)]
+        join_timeout: f64,
+    },
+    /// Run one client of a deployment: it holds only its rows (client-K.csv from `partition`),
+    /// its client-side blocks and personal adapters, and trains with the server over mutual TLS.
+    Client {
+        /// The server's host:port.
+        #[arg(long)]
+        connect: String,
+        /// Certificate folder: client-K.pem, client-K.key and the server's CA as ca.pem.
+        #[arg(long)]
+        tls: PathBuf,
+        /// This client's id K (its certificate must name client-K).
+        #[arg(long)]
+        id: u32,
+        /// Its rows (client-K.csv).
+        #[arg(long)]
+        data: PathBuf,
+        /// The model, when it is not at the path the server's configuration names.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The name the server's certificate must be valid for.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// Element type of tensors on the wire: f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        wire: String,
+        /// Seconds to wait for the server (connecting, and between messages).
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
     /// Write trial certificates for a deployment: a CA (ca.pem), the server's (server.pem,
     /// server.key; valid for localhost, 127.0.0.1 and flexp-server) and one per client
     /// (client-K.pem, client-K.key; valid for the name client-K). Real deployments bring their own
@@ -378,6 +435,17 @@ impl Progress for BarProgress {
 /// The bundled example's configuration, which `flexp-run` with no command runs.
 const EXAMPLE_CONFIG: &str = "examples/rotten_tomatoes.toml";
 
+/// A duration from a positive, finite number of seconds given on the command line.
+fn seconds(flag: &str, s: f64) -> flexp::Result<std::time::Duration> {
+    if s.is_finite() && s > 0.0 && s < 1e9 {
+        Ok(std::time::Duration::from_secs_f64(s))
+    } else {
+        Err(flexp::Error::Input(format!(
+            "{flag} {s}: expected a positive number of seconds"
+        )))
+    }
+}
+
 fn load_raw(config: Option<&Path>, set: &[String]) -> flexp::Result<RawConfig> {
     let mut raw = match config {
         Some(p) if p == Path::new(EXAMPLE_CONFIG) && !p.exists() => {
@@ -487,6 +555,75 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 pct(&s["global_model_acc"]),
                 out.dir.join("report.md").display()
             );
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            set,
+            listen,
+            tls,
+            out,
+            wire,
+            step_deadline,
+            join_timeout,
+        } => {
+            let raw = load_raw(config.as_deref(), &set)?;
+            let cfg = raw.resolve()?;
+            let opts = flexp::net::serve::ServeOptions {
+                listen,
+                tls,
+                out,
+                wire: flexp::net::wire::WireDType::parse(&wire)?,
+                step_deadline: seconds("--step-deadline", step_deadline)?,
+                join_timeout: seconds("--join-timeout", join_timeout)?,
+                limits: Default::default(),
+            };
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            let text = raw.resolved_toml();
+            let report = match be {
+                Selected::Cpu(b) => {
+                    flexp::net::serve::serve(&b, &cfg, &text, &opts, &mut LogProgress)?
+                }
+                Selected::Cuda(b) => {
+                    flexp::net::serve::serve(&b, &cfg, &text, &opts, &mut LogProgress)?
+                }
+            };
+            println!(
+                "{} rounds, final training loss {}; report: {}",
+                report["summary"]["rounds"],
+                report["summary"]["final_train_loss"],
+                opts.out.join("report.json").display()
+            );
+            Ok(())
+        }
+        Command::Client {
+            connect,
+            tls,
+            id,
+            data,
+            model,
+            server_name,
+            wire,
+            timeout,
+        } => {
+            let opts = flexp::net::worker::ClientOptions {
+                connect,
+                server_name,
+                tls,
+                id,
+                data,
+                model,
+                wire: flexp::net::wire::WireDType::parse(&wire)?,
+                timeout: seconds("--timeout", timeout)?,
+                limits: Default::default(),
+            };
+            let (be, line) = select(backend)?;
+            eprintln!("{line}");
+            match be {
+                Selected::Cpu(b) => flexp::net::worker::run_client(&b, &opts, &mut LogProgress)?,
+                Selected::Cuda(b) => flexp::net::worker::run_client(&b, &opts, &mut LogProgress)?,
+            }
             Ok(())
         }
         Command::Certs { out, clients } => {

@@ -24,8 +24,9 @@ fn status(what: &str, s: tonic::Status) -> Error {
 }
 
 /// Connects to `addr` (`host:port`) over mutual TLS, opens a session and says `hello`; returns
-/// once the server has welcomed the client. `max_message_bytes` bounds each message the client
-/// accepts.
+/// once the server has welcomed the client. A server that refuses the TCP connection (not
+/// listening yet) is retried with exponential backoff until `timeout`. `max_message_bytes`
+/// bounds each message the client accepts.
 pub async fn connect(
     addr: &str,
     tls: ClientTlsConfig,
@@ -33,14 +34,28 @@ pub async fn connect(
     timeout: Duration,
     max_message_bytes: usize,
 ) -> Result<Session> {
-    let channel = Channel::from_shared(format!("https://{addr}"))
+    let endpoint = Channel::from_shared(format!("https://{addr}"))
         .map_err(|e| Error::Input(format!("server address {addr:?}: {e}")))?
         .tls_config(tls)
         .map_err(|e| Error::Net(format!("TLS settings: {e}")))?
-        .connect_timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| Error::Net(format!("connecting to {addr}: {e} ({e:?})")))?;
+        .connect_timeout(timeout);
+    // A server that is not listening yet (still loading, or restarting) is retried with
+    // backoff until `timeout`; a refusal at the TLS or session level is final.
+    let give_up = tokio::time::Instant::now() + timeout;
+    let mut wait = Duration::from_millis(100);
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(e) => {
+                let refused = format!("{e:?}").contains("ConnectionRefused");
+                if !refused || tokio::time::Instant::now() + wait > give_up {
+                    return Err(Error::Net(format!("connecting to {addr}: {e} ({e:?})")));
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
     let mut client = SplitTrainingClient::new(channel)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);

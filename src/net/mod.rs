@@ -8,9 +8,12 @@
 
 pub mod certs;
 pub mod client;
+pub mod exchange;
+pub mod serve;
 pub mod session;
 pub mod tls;
 pub mod wire;
+pub mod worker;
 
 /// The protocol's messages and the `SplitTraining` service, generated from proto/flexp.proto.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

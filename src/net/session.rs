@@ -52,7 +52,8 @@ type Outbox = mpsc::Sender<Result<ServerMessage, Status>>;
 /// State shared by every session and the training loop.
 pub struct Hub {
     clients: u32,
-    welcome: Welcome,
+    /// What each client is told at the handshake (its cut, its initial adapters).
+    welcome: Vec<Welcome>,
     /// The sender towards each client's current session.
     outboxes: Mutex<Vec<Option<Outbox>>>,
     /// A counter per client, bumped by each new session, so a replaced session's end does not
@@ -62,8 +63,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub for `clients` clients, greeting each with `welcome`; events go to `events`.
-    pub fn new(clients: u32, welcome: Welcome, events: mpsc::UnboundedSender<Event>) -> Arc<Hub> {
+    /// A hub for `welcome.len()` clients, greeting client K with `welcome[K]`; events go to
+    /// `events`.
+    pub fn new(welcome: Vec<Welcome>, events: mpsc::UnboundedSender<Event>) -> Arc<Hub> {
+        let clients = welcome.len() as u32;
         Arc::new(Hub {
             clients,
             welcome,
@@ -144,7 +147,7 @@ impl SplitTraining for Service {
         let (tx, rx) = mpsc::channel(OUTBOX);
         tx.send(Ok(ServerMessage {
             body: Some(super::proto::server_message::Body::Welcome(
-                self.hub.welcome.clone(),
+                self.hub.welcome[k as usize].clone(),
             )),
         }))
         .await

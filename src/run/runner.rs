@@ -124,7 +124,7 @@ pub fn plan(
     Ok((cost, plan, profiles))
 }
 
-fn lora_config(cfg: &RunConfig) -> LoraConfig {
+pub(crate) fn lora_config(cfg: &RunConfig) -> LoraConfig {
     LoraConfig {
         rank: cfg.lora_rank,
         alpha: cfg.lora_alpha,
@@ -276,7 +276,7 @@ pub fn prepare<B: Backend>(
 }
 
 /// Every example of `ds` tokenised for the run's task, and how many were truncated.
-fn encode(
+pub(crate) fn encode(
     cfg: &RunConfig,
     ds: &Dataset,
     tok: &Tokenizer,
@@ -871,7 +871,7 @@ fn build_report(
 }
 
 /// Bytes one block's projection weights hold on the backend (the mean over blocks).
-fn be_bytes_per_block<B: Backend>(be: &B, model: &Model<B>) -> f64 {
+pub(crate) fn be_bytes_per_block<B: Backend>(be: &B, model: &Model<B>) -> f64 {
     model.block_weight_bytes(be) as f64 / model.layers().max(1) as f64
 }
 

@@ -1,0 +1,610 @@
+//! `flexp-run serve`: the FlexP-SFL server of a deployment. It holds the global adapters G and
+//! their optimizer, draws each round's participants and each client's batch indices with the
+//! run's seeded generator (so the deployment draws what the simulation draws), packs the
+//! activations of every client that answered into one server sweep, and sends each its
+//! gradients. Clients hold their data and personal adapters; the server never sees either.
+//!
+//! A client that does not answer a step within `step_deadline` is dropped from the rest of the
+//! round (the others go on); it takes part again when a later round samples it and it is
+//! connected. A client whose message is malformed (bad frames, NaN/Inf values, wrong shapes) is
+//! rejected for the step with the reason in the log, and no other client's state is touched.
+
+use super::exchange::{self, FRAME_BYTES};
+use super::proto::split_training_server::SplitTrainingServer;
+use super::proto::{
+    client_message, server_message, Finished, Header, Protocol, Rejected, RoundStart,
+    ServerMessage, StepRequest, Welcome,
+};
+use super::session::{Event, Hub, Service};
+use super::tls::server_config;
+use super::wire::{encode, Limits, WireDType};
+use crate::algorithms::flexp_sfl::remote::UploadParts;
+use crate::algorithms::flexp_sfl::FlexpSfl;
+use crate::algorithms::{sample_batch_indices, AlgorithmKind, ClientData, Federation, RoundLog};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::federated::TaskHead;
+use crate::fsutil::{lock_dir, write_atomic};
+use crate::model::{is_gguf, load_model_and_tokenizer_with};
+use crate::rng::Rng;
+use crate::run::runner::{
+    be_bytes_per_block, lora_config, plan, pooling_of, sample_participants, split_data, task_head,
+    Progress,
+};
+use crate::run::RunConfig;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The certificate folder (server.pem, server.key, ca.pem).
+    pub tls: PathBuf,
+    /// The run folder.
+    pub out: PathBuf,
+    /// Element type of tensors on the wire.
+    pub wire: WireDType,
+    /// How long to wait for a client's answer in a step.
+    pub step_deadline: Duration,
+    /// How long to wait for every client to connect before the first round.
+    pub join_timeout: Duration,
+    /// What one message may carry.
+    pub limits: Limits,
+}
+
+/// Per-client measurements of the deployment.
+#[derive(Clone, Debug, Default)]
+struct ClientStats {
+    rounds_completed: usize,
+    bytes_sent: u64,
+    bytes_received: u64,
+    step_latency: Vec<f64>,
+}
+
+/// Runs the server until `cfg.rounds` rounds are done; writes `metrics.jsonl` (one line per
+/// round: training loss, rejected steps, traffic) and `report.json` into the run folder.
+pub fn serve<B: Backend + 'static>(
+    be: &B,
+    cfg: &RunConfig,
+    config_toml: &str,
+    opts: &ServeOptions,
+    progress: &mut dyn Progress,
+) -> Result<Value> {
+    if cfg.algorithm != AlgorithmKind::FlexpSfl {
+        return Err(Error::Input(format!(
+            "a deployment runs flexp-sfl; `algorithm = \"{}\"` runs in the simulation only",
+            cfg.algorithm.name()
+        )));
+    }
+    let (ds, splits) = split_data(cfg, progress)?;
+    let classes = ds.label_names.clone();
+    let train_counts: Vec<usize> = splits.iter().map(|s| s.train.len()).collect();
+    let (model, _tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
+    let head = task_head(cfg)?;
+    let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, &model));
+    let (cost, split_plan, _) = plan(cfg, &model.config, projection_bytes, head)?;
+    let fed = Federation {
+        backend: be,
+        model: &model,
+        lora: lora_config(cfg),
+        head: cost.head(),
+        pooling: pooling_of(&model.config),
+        clients: vec![ClientData::default(); cfg.clients],
+        splits: split_plan.splits.clone(),
+        hyper: cfg.hyper.clone(),
+        cost: cost.clone(),
+        on_step: None,
+    };
+    // The generator and the initial adapters exactly as the simulation draws them.
+    let mut rng = Rng::new(cfg.seed);
+    let mut algo = FlexpSfl::new(&fed, &mut rng)?;
+    algo.check_deployable()?;
+    let n_classes = match head {
+        TaskHead::Classes(c) => c,
+        TaskHead::LanguageModel => 0,
+    };
+
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let _lock = lock_dir(&opts.out)?;
+    if opts.out.join("report.json").exists() {
+        return Err(Error::Input(format!(
+            "{} already holds a run; choose another folder",
+            opts.out.display()
+        )));
+    }
+    write_atomic(&opts.out.join("config.toml"), config_toml.as_bytes())?;
+
+    let mut welcomes = Vec::with_capacity(cfg.clients);
+    for k in 0..cfg.clients {
+        let init = algo.initial_personal(be, k)?;
+        welcomes.push(Welcome {
+            protocol: Protocol::V1 as i32,
+            config_toml: config_toml.to_string(),
+            round: 0,
+            classes: classes.clone(),
+            cut: algo.cut(k) as u32,
+            personal: encode(&[(&[init.len()], &init)], WireDType::F32, FRAME_BYTES)?,
+        });
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Net(format!("starting the runtime: {e}")))?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let hub = Hub::new(welcomes, events_tx);
+    let tls = server_config(&opts.tls)?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(opts.listen))
+        .map_err(|e| Error::Net(format!("listening on {}: {e}", opts.listen)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Net(e.to_string()))?;
+    let max = opts.limits.max_message_bytes + (1 << 20);
+    let service = SplitTrainingServer::new(Service::new(hub.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| Error::Net(format!("TLS settings: {e}")))?
+        .add_service(service);
+    let serving = rt.spawn(async move {
+        server
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+    });
+    progress.message(&format!(
+        "serving {} clients on {bound} (flexp-sfl, {} rounds)",
+        cfg.clients, cfg.rounds
+    ));
+
+    let mut st = State {
+        connected: vec![false; cfg.clients],
+        stats: vec![ClientStats::default(); cfg.clients],
+        pending: Vec::new(),
+    };
+    // Wait for every client before the first round, so a full deployment samples as the
+    // simulation does.
+    let deadline = Instant::now() + opts.join_timeout;
+    while st.connected.iter().any(|c| !c) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rt.block_on(async { tokio::time::timeout(left, events.recv()).await }) {
+            Ok(Some(ev)) => st.absorb(ev, &train_counts, progress),
+            _ => {
+                let missing: Vec<usize> = (0..cfg.clients).filter(|&k| !st.connected[k]).collect();
+                return Err(Error::Net(format!(
+                    "clients {missing:?} did not connect within {:?}",
+                    opts.join_timeout
+                )));
+            }
+        }
+    }
+
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut lines: Vec<Value> = Vec::new();
+    let mut rejected_total = 0usize;
+    for round in 0..cfg.rounds {
+        let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
+        let mut log = RoundLog::default();
+        let snapshot = algo.round_snapshot(&fed, &participants, &mut log)?;
+        let mut cx = RoundCx {
+            rt: &rt,
+            hub: &hub,
+            events: &mut events,
+            st: &mut st,
+            opts,
+            round: round as u64,
+            hidden: model.config.hidden,
+            classes: n_classes,
+            train_counts: &train_counts,
+        };
+        let mut excluded = vec![false; cfg.clients];
+        for &k in &participants {
+            let frames = match &snapshot {
+                Some(g) => encode(&[(&[g.len()], g)], opts.wire, FRAME_BYTES)?,
+                None => Vec::new(),
+            };
+            let msg = ServerMessage {
+                body: Some(server_message::Body::Round(RoundStart {
+                    header: Some(cx.header(k, 0)),
+                    snapshot: frames,
+                })),
+            };
+            if !cx.send(k, msg) {
+                excluded[k] = true;
+                log.rejected.push((k, "not connected".into()));
+            }
+        }
+        for step in 0..cfg.hyper.local_steps {
+            let active: Vec<usize> = participants
+                .iter()
+                .copied()
+                .filter(|&k| !excluded[k])
+                .collect();
+            if active.is_empty() {
+                break;
+            }
+            run_step(
+                &mut cx,
+                &mut algo,
+                &fed,
+                &mut rng,
+                &active,
+                step as u64,
+                &mut excluded,
+                &mut log,
+            )?;
+        }
+        for &k in &participants {
+            if !excluded[k] {
+                cx.st.stats[k].rounds_completed += 1;
+            }
+        }
+        rejected_total += log.rejected.len();
+        for (k, why) in &log.rejected {
+            progress.message(&format!(
+                "round {}: client {k} step rejected: {why}",
+                round + 1
+            ));
+        }
+        let line = json!({
+            "round": round + 1,
+            "train_loss": finite_or_null(log.mean_loss()),
+            "rejected": rejected_total,
+            "participants": participants,
+            "bytes_sent_total": st.stats.iter().map(|s| s.bytes_sent).sum::<u64>(),
+            "bytes_received_total": st.stats.iter().map(|s| s.bytes_received).sum::<u64>(),
+        });
+        append_line(&metrics_path, &line)?;
+        progress.round(round + 1, cfg.rounds, log.mean_loss(), None);
+        lines.push(line);
+    }
+    for k in 0..cfg.clients {
+        let msg = ServerMessage {
+            body: Some(server_message::Body::Finished(Finished {
+                rounds: cfg.rounds as u64,
+            })),
+        };
+        rt.block_on(hub.send(k as u32, msg));
+    }
+    let report = json!({
+        "deployment": {
+            "listen": bound.to_string(),
+            "wire": format!("{:?}", opts.wire).to_lowercase(),
+            "step_deadline_s": opts.step_deadline.as_secs_f64(),
+        },
+        "summary": {
+            "rounds": cfg.rounds,
+            "final_train_loss": lines.last().map(|l| l["train_loss"].clone()).unwrap_or(Value::Null),
+            "rejected": rejected_total,
+        },
+        "clients": st.stats.iter().enumerate().map(|(k, s)| json!({
+            "client": k,
+            "split": algo.cut(k),
+            "rounds_completed": s.rounds_completed,
+            "bytes_sent": s.bytes_sent,
+            "bytes_received": s.bytes_received,
+            "step_latency_s_mean": if s.step_latency.is_empty() { Value::Null } else {
+                json!(s.step_latency.iter().sum::<f64>() / s.step_latency.len() as f64)
+            },
+        })).collect::<Vec<_>>(),
+    });
+    write_atomic(
+        &opts.out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Backend(e.to_string()))?
+            .as_bytes(),
+    )?;
+    // Give the Finished messages a moment to leave before the listener closes.
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+    let _ = stop.send(());
+    let _ = rt.block_on(serving);
+    Ok(report)
+}
+
+fn finite_or_null(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+fn append_line(path: &Path, v: &Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+}
+
+/// What the server knows of its clients between events.
+struct State {
+    connected: Vec<bool>,
+    stats: Vec<ClientStats>,
+    /// Messages that arrived while the server waited for another kind.
+    pending: Vec<(u32, client_message::Body)>,
+}
+
+impl State {
+    fn absorb(&mut self, ev: Event, train_counts: &[usize], progress: &mut dyn Progress) {
+        match ev {
+            Event::Joined { client, hello } => {
+                let k = client as usize;
+                if hello.train_examples != train_counts[k] as u64 {
+                    progress.message(&format!(
+                        "client {k} holds {} training rows, the partition gives it {}: its batches \
+                         will not match the simulation's",
+                        hello.train_examples, train_counts[k]
+                    ));
+                }
+                self.connected[k] = true;
+                progress.message(&format!("client {k} connected"));
+            }
+            Event::Left { client } => {
+                self.connected[client as usize] = false;
+                progress.message(&format!("client {client} disconnected"));
+            }
+            Event::Message { client, message } => {
+                if let Some(body) = message.body {
+                    self.stats[client as usize].bytes_received += body_len(&body) as u64;
+                    self.pending.push((client, body));
+                }
+            }
+        }
+    }
+}
+
+fn body_len(b: &client_message::Body) -> usize {
+    use prost::Message;
+    match b {
+        client_message::Body::Hello(m) => m.encoded_len(),
+        client_message::Body::Activations(m) => m.encoded_len(),
+        client_message::Body::Done(m) => m.encoded_len(),
+    }
+}
+
+/// One round's context.
+struct RoundCx<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    hub: &'a Hub,
+    events: &'a mut mpsc::UnboundedReceiver<Event>,
+    st: &'a mut State,
+    opts: &'a ServeOptions,
+    round: u64,
+    hidden: usize,
+    classes: usize,
+    train_counts: &'a [usize],
+}
+
+impl RoundCx<'_> {
+    fn header(&self, k: usize, step: u64) -> Header {
+        Header {
+            client: k as u32,
+            round: self.round,
+            step,
+            seq: 0,
+        }
+    }
+
+    fn send(&mut self, k: usize, msg: ServerMessage) -> bool {
+        use prost::Message;
+        let n = msg.encoded_len() as u64;
+        let ok = self.rt.block_on(self.hub.send(k as u32, msg));
+        if ok {
+            self.st.stats[k].bytes_sent += n;
+        }
+        ok
+    }
+
+    /// Waits until `want` holds a message from each client it lists (or the deadline passes);
+    /// messages of other clients or kinds stay pending. Returns what arrived, by client.
+    fn gather<T>(
+        &mut self,
+        want: &[usize],
+        pick: impl Fn(&client_message::Body, u64, u64) -> bool,
+        take: impl Fn(client_message::Body) -> Option<T>,
+        step: u64,
+        progress: &mut dyn Progress,
+    ) -> Vec<Option<T>> {
+        let deadline = Instant::now() + self.opts.step_deadline;
+        let mut got: Vec<Option<T>> = want.iter().map(|_| None).collect();
+        loop {
+            // Serve what is pending first.
+            let mut i = 0;
+            while i < self.st.pending.len() {
+                let (c, body) = &self.st.pending[i];
+                if let Some(slot) = want.iter().position(|&k| k as u32 == *c) {
+                    if got[slot].is_none() && pick(body, self.round, step) {
+                        let (_, body) = self.st.pending.remove(i);
+                        got[slot] = take(body);
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            if got.iter().all(Option::is_some) {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .rt
+                .block_on(async { tokio::time::timeout(left, self.events.recv()).await })
+            {
+                Ok(Some(ev)) => {
+                    let left = matches!(ev, Event::Left { .. });
+                    self.st.absorb(ev, self.train_counts, progress);
+                    // A client that left will not answer: stop waiting for it.
+                    if left
+                        && want
+                            .iter()
+                            .zip(&got)
+                            .all(|(&k, g)| g.is_some() || !self.st.connected[k])
+                    {
+                        return got;
+                    }
+                }
+                _ => return got,
+            }
+        }
+    }
+}
+
+fn same_step(h: &Option<Header>, round: u64, step: u64) -> bool {
+    h.as_ref()
+        .is_some_and(|h| h.round == round && h.step == step)
+}
+
+/// One local step over the `active` clients (the simulation's `local_step`, with the clients
+/// across the network).
+#[allow(clippy::too_many_arguments)]
+fn run_step<B: Backend>(
+    cx: &mut RoundCx<'_>,
+    algo: &mut FlexpSfl<B>,
+    fed: &Federation<'_, B>,
+    rng: &mut Rng,
+    active: &[usize],
+    step: u64,
+    excluded: &mut [bool],
+    log: &mut RoundLog,
+) -> Result<()> {
+    fed.step_started(step as usize + 1);
+    // Batches drawn in client order from the run's generator, as the simulation draws them.
+    let batches: Vec<Vec<usize>> = active
+        .iter()
+        .map(|&k| sample_batch_indices(cx.train_counts[k], fed.hyper.batch_size, rng))
+        .collect();
+    let t0 = Instant::now();
+    for (i, &k) in active.iter().enumerate() {
+        let msg = ServerMessage {
+            body: Some(server_message::Body::Step(StepRequest {
+                header: Some(cx.header(k, step)),
+                batch: batches[i].iter().map(|&b| b as u32).collect(),
+            })),
+        };
+        cx.send(k, msg);
+    }
+    let mut progress = crate::run::LogProgress;
+    let arrived = cx.gather(
+        active,
+        |b, r, s| matches!(b, client_message::Body::Activations(a) if same_step(&a.header, r, s)),
+        |b| match b {
+            client_message::Body::Activations(a) => Some(a),
+            _ => None,
+        },
+        step,
+        &mut progress,
+    );
+    // The clients whose activations arrived and decode, in `active` order.
+    let mut members = Vec::new();
+    let mut up = UploadParts::default();
+    for (i, a) in arrived.into_iter().enumerate() {
+        let k = active[i];
+        let Some(a) = a else {
+            excluded[k] = true;
+            log.rejected.push((
+                k,
+                format!("no activations within {:?}", cx.opts.step_deadline),
+            ));
+            continue;
+        };
+        cx.st.stats[k].step_latency.push(t0.elapsed().as_secs_f64());
+        match exchange::read_activations(
+            &a,
+            &cx.opts.limits,
+            cx.hidden,
+            batches[i].len(),
+            cx.classes,
+        ) {
+            Ok((smashed, outputs)) => {
+                up.push(k, algo.cut(k), smashed, outputs);
+                members.push(k);
+            }
+            Err(e) => {
+                excluded[k] = true;
+                log.rejected
+                    .push((k, format!("malformed activations: {e}")));
+                let msg = ServerMessage {
+                    body: Some(server_message::Body::Rejected(Rejected {
+                        header: Some(cx.header(k, step)),
+                        reason: e.to_string(),
+                    })),
+                };
+                cx.send(k, msg);
+            }
+        }
+    }
+    if members.is_empty() {
+        return Ok(());
+    }
+    let tokens: Vec<usize> = up.tokens(cx.hidden);
+    let targets: Vec<usize> = up.targets();
+    let upload = up.finish();
+    let (rejected, dh) = algo.server_step(fed, &upload, log)?;
+    let mut sent = Vec::new();
+    for (i, &k) in members.iter().enumerate() {
+        let msg = if rejected[i] {
+            excluded[k] = true;
+            server_message::Body::Rejected(Rejected {
+                header: Some(cx.header(k, step)),
+                reason: "rejected by the server step".into(),
+            })
+        } else {
+            let grads: Vec<Vec<f32>> = upload
+                .owner
+                .iter()
+                .zip(&dh)
+                .filter(|(&o, _)| o == i)
+                .map(|(_, g)| g.clone().unwrap_or_default())
+                .collect();
+            sent.push(i);
+            server_message::Body::Gradients(exchange::gradients(
+                cx.header(k, step),
+                &grads,
+                cx.hidden,
+                cx.opts.wire,
+            )?)
+        };
+        cx.send(k, ServerMessage { body: Some(msg) });
+    }
+    let want: Vec<usize> = sent.iter().map(|&i| members[i]).collect();
+    let done = cx.gather(
+        &want,
+        |b, r, s| matches!(b, client_message::Body::Done(d) if same_step(&d.header, r, s)),
+        |b| match b {
+            client_message::Body::Done(d) => Some(d),
+            _ => None,
+        },
+        step,
+        &mut progress,
+    );
+    for (&i, d) in sent.iter().zip(done) {
+        let k = members[i];
+        match d {
+            Some(d) if d.applied => algo.charge_remote(fed, k, tokens[i], targets[i], log),
+            Some(d) => {
+                excluded[k] = true;
+                log.rejected.push((k, d.reason));
+            }
+            None => {
+                excluded[k] = true;
+                log.rejected
+                    .push((k, "no answer after its gradients".into()));
+            }
+        }
+    }
+    Ok(())
+}

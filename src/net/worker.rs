@@ -1,0 +1,323 @@
+//! `flexp-run client`: one client of a deployment. It holds only its own rows (a `client-K.csv`
+//! from `flexp-run partition`), its blocks 0..cut and its personal adapters; it connects to the
+//! server over mutual TLS, takes the run's configuration from the server's Welcome, and for each
+//! step the server asks for runs its forward to the cut, sends the activations up, and with the
+//! gradients that come back runs its backward (with the alignment term) and updates its adapters.
+
+use super::client::{connect, Session};
+use super::exchange;
+use super::proto::{
+    client_message, server_message, ClientMessage, Hello, Protocol, ServerMessage, StepDone,
+};
+use super::tls::client_config;
+use super::wire::{decode, Limits, WireDType};
+use crate::algorithms::flexp_sfl::remote::ClientHalf;
+use crate::algorithms::{ClientData, Example, Federation};
+use crate::backend::Backend;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::federated::TaskHead;
+use crate::model::{is_gguf, load_model_and_tokenizer_with};
+use crate::run::partition::SPLIT_COLUMN;
+use crate::run::runner::{be_bytes_per_block, encode, lora_config, plan, pooling_of, Progress};
+use crate::run::{RawConfig, RunConfig, Task};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How a client runs.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The server's `host:port`.
+    pub connect: String,
+    /// The name the server's certificate must be valid for.
+    pub server_name: String,
+    /// The certificate folder (client-K.pem, client-K.key, ca.pem).
+    pub tls: PathBuf,
+    /// This client's id K.
+    pub id: u32,
+    /// Its rows (`client-K.csv`).
+    pub data: PathBuf,
+    /// The model, when it is not where the server's configuration says.
+    pub model: Option<PathBuf>,
+    /// Element type of the tensors it sends.
+    pub wire: WireDType,
+    /// How long to wait for the server (connecting, and between messages).
+    pub timeout: Duration,
+    /// What one message may carry.
+    pub limits: Limits,
+}
+
+/// One row of the client's file.
+struct Row {
+    text: String,
+    label: Option<String>,
+    response: Option<String>,
+    train: bool,
+}
+
+/// Reads the client's file: the text column and, as configured, the label and response
+/// columns, with the split column saying train or test.
+fn read_rows(path: &Path, cfg: Option<&RunConfig>) -> Result<Vec<Row>> {
+    let bad = |why: String| Error::Input(format!("{}: {why}", path.display()));
+    let mut r = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
+    let header: Vec<String> = r
+        .headers()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| bad(format!("no column `{name}` (columns: {header:?})")))
+    };
+    let split = col(SPLIT_COLUMN)?;
+    let text = cfg.map(|c| col(&c.text_column)).transpose()?;
+    let label = match cfg {
+        Some(c) if !c.label_column.is_empty() => Some(col(&c.label_column)?),
+        _ => None,
+    };
+    let response = match cfg.map(|c| &c.task) {
+        Some(Task::CausalLm {
+            response_column, ..
+        }) => Some(col(response_column)?),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    for (line, rec) in r.records().enumerate() {
+        let rec = rec.map_err(|e| bad(e.to_string()))?;
+        let get = |i: usize| rec.get(i).unwrap_or("").to_string();
+        let train = match rec.get(split) {
+            Some("train") => true,
+            Some("test") => false,
+            other => {
+                return Err(bad(format!(
+                    "row {}: `{SPLIT_COLUMN}` is {other:?}, not train or test",
+                    line + 2
+                )))
+            }
+        };
+        rows.push(Row {
+            text: text.map(get).unwrap_or_default(),
+            label: label.map(get),
+            response: response.map(get),
+            train,
+        });
+    }
+    Ok(rows)
+}
+
+/// This client's examples, tokenised as the simulation tokenises them, with class ids from the
+/// server's class list.
+fn client_data(
+    cfg: &RunConfig,
+    rows: &[Row],
+    classes: &[String],
+    tok: &crate::model::Tokenizer,
+    max_len: usize,
+) -> Result<ClientData> {
+    let labels = rows
+        .iter()
+        .map(|r| match &r.label {
+            Some(l) => classes.iter().position(|c| c == l.trim()).ok_or_else(|| {
+                Error::Input(format!(
+                    "label {l:?} is not one of the run's classes {classes:?}"
+                ))
+            }),
+            None => Ok(0),
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let ds = Dataset {
+        texts: rows.iter().map(|r| r.text.clone()).collect(),
+        labels,
+        label_names: if classes.is_empty() {
+            vec![String::new()]
+        } else {
+            classes.to_vec()
+        },
+        groups: None,
+        responses: rows
+            .iter()
+            .map(|r| r.response.clone())
+            .collect::<Option<Vec<String>>>(),
+    };
+    let (examples, _) = encode(cfg, &ds, tok, max_len)?;
+    let mut data = ClientData::default();
+    for (e, r) in examples.into_iter().zip(rows) {
+        if r.train {
+            data.train.push(e);
+        } else {
+            data.test.push(e);
+        }
+    }
+    Ok(data)
+}
+
+/// Runs client `opts.id` until the server says the run is finished.
+pub fn run_client<B: Backend>(
+    be: &B,
+    opts: &ClientOptions,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let counts = read_rows(&opts.data, None)?;
+    let train_n = counts.iter().filter(|r| r.train).count();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Net(format!("starting the runtime: {e}")))?;
+    let tls = client_config(&opts.tls, opts.id, &opts.server_name)?;
+    let hello = Hello {
+        protocol: Protocol::V1 as i32,
+        client: opts.id,
+        train_examples: train_n as u64,
+        test_examples: (counts.len() - train_n) as u64,
+    };
+    let max = opts.limits.max_message_bytes + (1 << 20);
+    let mut session = rt.block_on(connect(&opts.connect, tls, hello, opts.timeout, max))?;
+    let welcome = session.welcome.clone();
+    let mut cfg = RawConfig::from_toml(&welcome.config_toml)?.resolve()?;
+    if let Some(m) = &opts.model {
+        cfg.model = m.clone();
+    }
+    progress.message(&format!(
+        "client {}: connected to {}, cut {}, loading {}",
+        opts.id,
+        opts.connect,
+        welcome.cut,
+        cfg.model.display()
+    ));
+    let (model, tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
+    let rows = read_rows(&opts.data, Some(&cfg))?;
+    let max_len = cfg.seq_len.min(model.config.max_positions);
+    let mine = client_data(&cfg, &rows, &welcome.classes, &tok, max_len)?;
+    let head = if matches!(cfg.task, Task::CausalLm { .. }) {
+        TaskHead::LanguageModel
+    } else {
+        TaskHead::Classes(welcome.classes.len())
+    };
+    let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, &model));
+    let (cost, _, _) = plan(&cfg, &model.config, projection_bytes, head)?;
+    let k = opts.id as usize;
+    let mut clients = vec![ClientData::default(); cfg.clients];
+    if k >= clients.len() {
+        return Err(Error::Input(format!(
+            "client id {k} is not in a run of {} clients",
+            cfg.clients
+        )));
+    }
+    clients[k] = mine;
+    let fed = Federation {
+        backend: be,
+        model: &model,
+        lora: lora_config(&cfg),
+        head: cost.head(),
+        pooling: pooling_of(&model.config),
+        clients,
+        splits: vec![welcome.cut as usize; cfg.clients],
+        hyper: cfg.hyper.clone(),
+        cost,
+        on_step: None,
+    };
+    let initial = decode(&welcome.personal, &opts.limits)?;
+    let initial = initial
+        .first()
+        .ok_or_else(|| Error::Input("the Welcome carried no personal adapters".into()))?;
+    let mut half = ClientHalf::new(&fed, welcome.cut as usize, &initial.data)?;
+    let hidden = model.config.hidden;
+    loop {
+        let Some(msg) = next(&rt, &mut session, opts.timeout)? else {
+            return Err(Error::Net(
+                "the server closed the session before the run finished".into(),
+            ));
+        };
+        match msg {
+            server_message::Body::Round(r) => {
+                let snap = decode(&r.snapshot, &opts.limits)?;
+                half.set_snapshot(&fed, snap.first().map(|t| t.data.as_slice()))?;
+            }
+            server_message::Body::Step(req) => {
+                let header = req.header.unwrap_or_default();
+                let train = &fed.clients[k].train;
+                let batch: Vec<&Example> = req
+                    .batch
+                    .iter()
+                    .map(|&i| {
+                        train.get(i as usize).ok_or_else(|| {
+                            Error::Input(format!(
+                                "the server asked for training row {i} of {}",
+                                train.len()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                let outcome = half.step(&fed, &batch, |up| {
+                    let a =
+                        exchange::activations(header, &up.smashed, &up.outputs, hidden, opts.wire)?;
+                    send(&rt, &session, client_message::Body::Activations(a))?;
+                    match next(&rt, &mut session, opts.timeout)? {
+                        Some(server_message::Body::Gradients(g)) => Ok(Some(
+                            exchange::read_gradients(&g, &opts.limits, &up.smashed)?
+                                .into_iter()
+                                .map(Some)
+                                .collect(),
+                        )),
+                        Some(server_message::Body::Rejected(r)) => {
+                            progress.message(&format!("client {k}: step rejected: {}", r.reason));
+                            Ok(None)
+                        }
+                        other => Err(Error::Net(format!(
+                            "expected gradients from the server, got {other:?}"
+                        ))),
+                    }
+                })?;
+                let done = StepDone {
+                    header: Some(header),
+                    applied: outcome.is_none(),
+                    reason: outcome.unwrap_or_default(),
+                };
+                send(&rt, &session, client_message::Body::Done(done))?;
+            }
+            server_message::Body::Finished(f) => {
+                progress.message(&format!(
+                    "client {k}: the run finished after {} rounds",
+                    f.rounds
+                ));
+                return Ok(());
+            }
+            server_message::Body::Rejected(r) => {
+                progress.message(&format!("client {k}: rejected: {}", r.reason));
+            }
+            other => {
+                return Err(Error::Net(format!(
+                    "unexpected message from the server: {other:?}"
+                )));
+            }
+        }
+    }
+}
+
+fn send(rt: &tokio::runtime::Runtime, s: &Session, body: client_message::Body) -> Result<()> {
+    rt.block_on(s.outbound.send(ClientMessage { body: Some(body) }))
+        .map_err(|_| Error::Net("the session to the server is closed".into()))
+}
+
+/// The server's next message; `None` when it closed the stream.
+fn next(
+    rt: &tokio::runtime::Runtime,
+    s: &mut Session,
+    timeout: Duration,
+) -> Result<Option<server_message::Body>> {
+    match rt.block_on(async { tokio::time::timeout(timeout, s.inbound.message()).await }) {
+        Err(_) => Err(Error::Net(format!(
+            "no message from the server within {timeout:?}"
+        ))),
+        Ok(Err(st)) => Err(Error::Net(format!(
+            "the server ended the session: {}",
+            st.message()
+        ))),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(ServerMessage { body }))) => Ok(body),
+    }
+}

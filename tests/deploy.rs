@@ -1,0 +1,262 @@
+//! The deployment on 127.0.0.1 as a user runs it: `flexp-run certs`, `partition`, `serve` and
+//! one `client` process per client, each started here and stopped by its PID. With every
+//! client up, the server's per-round training loss equals `flexp-run train`'s on the same
+//! configuration and seed (f32 on the wire): the same participants, batches, initial adapters,
+//! alignment snapshots and updates, computed across processes. A client killed mid-run leaves
+//! the server finishing, with that client's `rounds_completed` below the others'.
+
+mod common;
+
+use common::root;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flexp-deploy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flexp-run")
+}
+
+/// Kills a spawned process (by PID) when dropped, so a failing test leaves nothing running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for a process to exit within `limit`; its exit status.
+fn wait(p: &mut Proc, limit: Duration, what: &str, log: &Path) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{what} still running after {limit:?}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_ok(args: &[String]) {
+    let o = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "flexp-run {args:?}:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn data(dir: &Path) -> PathBuf {
+    let mut w = csv::Writer::from_path(dir.join("data.csv")).unwrap();
+    w.write_record(["review", "label"]).unwrap();
+    let words = [
+        ("pos", ["great", "wonderful", "brilliant", "moving"]),
+        ("neg", ["awful", "boring", "terrible", "dull"]),
+    ];
+    for i in 0..48 {
+        let (label, w8) = &words[i % 2];
+        let text = format!("a {} film, truly {}", w8[i % 4], w8[(i / 2) % 4]);
+        w.write_record([text.as_str(), label]).unwrap();
+    }
+    w.flush().unwrap();
+    dir.join("data.csv")
+}
+
+/// The run's settings, shared by the simulation and the deployment.
+fn sets(data: &Path, extra: &[&str]) -> Vec<String> {
+    let m = root().join("models/all-MiniLM-L6-v2");
+    assert!(
+        m.join("model.safetensors").exists(),
+        "run `bash tools/fetch_minilm.sh` first"
+    );
+    let mut v = vec![
+        format!("model=\"{}\"", m.display()),
+        format!("data.path=\"{}\"", data.display()),
+        "data.text_column=\"review\"".into(),
+        "data.label_column=\"label\"".into(),
+        "partition=\"iid\"".into(),
+        "clients=3".into(),
+        "rounds=3".into(),
+        "local_steps=2".into(),
+        "batch_size=4".into(),
+        "seq_len=16".into(),
+        "lora.rank=2".into(),
+        "split=[1, 2, 4]".into(),
+        "eval_every=1".into(),
+        "seed=5".into(),
+        "test_fraction=0.25".into(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.into_iter()
+        .flat_map(|s| ["--set".to_string(), s])
+        .collect()
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the server and the clients of a deployment of `sets` in `dir`; returns the server and
+/// the clients' processes with their log files.
+fn deploy(dir: &Path, sets: &[String], clients: u32) -> (Proc, PathBuf, Vec<(Proc, PathBuf)>) {
+    let tls = dir.join("tls");
+    let parts = dir.join("parts");
+    run_ok(
+        &[
+            "--quiet",
+            "certs",
+            "--clients",
+            &clients.to_string(),
+            "--out",
+            tls.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let mut p = vec!["--quiet".to_string(), "partition".into()];
+    p.extend(sets.iter().cloned());
+    p.extend(["--out".into(), parts.display().to_string()]);
+    run_ok(&p);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut s = vec![
+        "--quiet".to_string(),
+        "--threads".into(),
+        "1".into(),
+        "serve".into(),
+    ];
+    s.extend(sets.iter().cloned());
+    s.extend([
+        "--listen".into(),
+        addr.clone(),
+        "--tls".into(),
+        tls.display().to_string(),
+        "--out".into(),
+        dir.join("run").display().to_string(),
+        "--step-deadline".into(),
+        "20".into(),
+        "--join-timeout".into(),
+        "60".into(),
+    ]);
+    let server_log = dir.join("server.log");
+    let server = spawn(&s, &server_log);
+    let mut cs = Vec::new();
+    for k in 0..clients {
+        let log = dir.join(format!("client-{k}.log"));
+        let args: Vec<String> = [
+            "--quiet",
+            "--threads",
+            "1",
+            "client",
+            "--connect",
+            &addr,
+            "--tls",
+            tls.to_str().unwrap(),
+            "--id",
+            &k.to_string(),
+            "--data",
+            parts.join(format!("client-{k}.csv")).to_str().unwrap(),
+            "--timeout",
+            "60",
+        ]
+        .map(String::from)
+        .to_vec();
+        cs.push((spawn(&args, &log), log));
+    }
+    (server, server_log, cs)
+}
+
+#[test]
+fn a_loopback_deployment_trains_exactly_as_the_simulation() {
+    let dir = tmp("equal");
+    let data = data(&dir);
+    let sets = sets(&data, &["align=\"proj\""]);
+    // The simulation.
+    let mut t = vec!["--quiet".to_string(), "train".into()];
+    t.extend(sets.iter().cloned());
+    t.extend([
+        "--set".into(),
+        format!("out=\"{}\"", dir.join("sim").display()),
+    ]);
+    run_ok(&t);
+    let sim = lines(&dir.join("sim/metrics.jsonl"));
+    // The deployment.
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3);
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    assert!(
+        status.success(),
+        "server:\n{}",
+        std::fs::read_to_string(&server_log).unwrap()
+    );
+    for (c, log) in clients.iter_mut() {
+        let s = wait(c, Duration::from_secs(30), "a client", log);
+        assert!(
+            s.success(),
+            "client:\n{}",
+            std::fs::read_to_string(&*log).unwrap()
+        );
+    }
+    let dep = lines(&dir.join("run/metrics.jsonl"));
+    assert_eq!(dep.len(), sim.len(), "one line per round");
+    for (d, s) in dep.iter().zip(&sim) {
+        let (a, b) = (
+            d["train_loss"].as_f64().unwrap(),
+            s["train_loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "round {}: deployment loss {a} vs simulation {b}",
+            s["round"]
+        );
+        eprintln!("round {}: {a} vs {b}", s["round"]);
+        assert_eq!(d["rejected"], s["rejected"]);
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
+            .unwrap();
+    for c in report["clients"].as_array().unwrap() {
+        assert_eq!(c["rounds_completed"], 3, "{c}");
+        assert!(c["bytes_sent"].as_u64().unwrap() > 0 && c["bytes_received"].as_u64().unwrap() > 0);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
