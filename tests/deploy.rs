@@ -2,7 +2,8 @@
 //! one `client` process per client, each started here and stopped by its PID. With every
 //! client up, the server's per-round training loss equals `flexp-run train`'s on the same
 //! configuration and seed (f32 on the wire): the same participants, batches, initial adapters,
-//! alignment snapshots and updates, computed across processes. A client killed mid-run leaves
+//! alignment snapshots and updates, computed across processes; so do its evaluations (each
+//! personalized model on its client's test rows and on the global test rows, the global model). A client killed mid-run leaves
 //! the server finishing, with that client's `rounds_completed` below the others'.
 
 mod common;
@@ -110,6 +111,7 @@ fn sets(data: &Path, extra: &[&str]) -> Vec<String> {
         "eval_every=1".into(),
         "seed=5".into(),
         "test_fraction=0.25".into(),
+        "eval.global_max=7".into(),
     ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v.into_iter()
@@ -191,6 +193,8 @@ fn deploy(dir: &Path, sets: &[String], clients: u32) -> (Proc, PathBuf, Vec<(Pro
             &k.to_string(),
             "--data",
             parts.join(format!("client-{k}.csv")).to_str().unwrap(),
+            "--global-test",
+            parts.join("global_test.csv").to_str().unwrap(),
             "--timeout",
             "60",
         ]
@@ -250,7 +254,29 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
         );
         eprintln!("round {}: {a} vs {b}", s["round"]);
         assert_eq!(d["rejected"], s["rejected"]);
+        // Evaluation: each personalized model on its own test rows and on the global rows (the
+        // client's blocks, then the server's), and the global model.
+        for key in [
+            "personalized_acc_mean",
+            "personalized_acc_std",
+            "personalized_acc_min",
+            "global_acc_mean",
+            "global_model_acc",
+        ] {
+            let (x, y) = (d[key].as_f64(), s[key].as_f64());
+            assert!(
+                matches!((x, y), (Some(x), Some(y)) if (x - y).abs() <= 1e-9),
+                "round {}: {key} deployment {x:?} vs simulation {y:?}",
+                s["round"]
+            );
+        }
     }
+    // Not a trivial case: the models learned something and differ between clients.
+    let last = sim.last().unwrap();
+    assert!(
+        last["personalized_acc_mean"].as_f64().unwrap() > 0.5,
+        "{last}"
+    );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
             .unwrap();

@@ -428,7 +428,7 @@ impl EvalStats {
         }
     }
 
-    fn add(&mut self, e: &Example, r: &SeqResult, vocab: usize) -> Result<()> {
+    pub(crate) fn add(&mut self, e: &Example, r: &SeqResult, vocab: usize) -> Result<()> {
         let logits = r
             .logits
             .as_deref()

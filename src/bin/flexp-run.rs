@@ -140,6 +140,10 @@ enum Command {
         /// Its rows (client-K.csv).
         #[arg(long)]
         data: PathBuf,
+        /// The global test set (global_test.csv from `partition`): the personalized model is
+        /// evaluated on it too (global_acc_mean).
+        #[arg(long)]
+        global_test: Option<PathBuf>,
         /// The model, when it is not at the path the server's configuration names.
         #[arg(long)]
         model: Option<PathBuf>,
@@ -602,6 +606,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             tls,
             id,
             data,
+            global_test,
             model,
             server_name,
             wire,
@@ -613,6 +618,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 tls,
                 id,
                 data,
+                global_test,
                 model,
                 wire: flexp::net::wire::WireDType::parse(&wire)?,
                 timeout: seconds("--timeout", timeout)?,

@@ -12,7 +12,7 @@
 use super::exchange::{self, FRAME_BYTES};
 use super::proto::split_training_server::SplitTrainingServer;
 use super::proto::{
-    client_message, server_message, Finished, Header, Protocol, Rejected, RoundStart,
+    client_message, server_message, EvalRequest, Finished, Header, Protocol, Rejected, RoundStart,
     ServerMessage, StepRequest, Welcome,
 };
 use super::session::{Event, Hub, Service};
@@ -20,16 +20,21 @@ use super::tls::server_config;
 use super::wire::{encode, Limits, WireDType};
 use crate::algorithms::flexp_sfl::remote::UploadParts;
 use crate::algorithms::flexp_sfl::FlexpSfl;
-use crate::algorithms::{sample_batch_indices, AlgorithmKind, ClientData, Federation, RoundLog};
+use crate::algorithms::Algorithm;
+use crate::algorithms::{
+    evaluate, sample_batch_indices, AlgorithmKind, ClientData, EvalStats, Example, Federation,
+    RoundLog,
+};
 use crate::backend::Backend;
+use crate::data::{global_test, shuffle};
 use crate::error::{Error, Result};
 use crate::federated::TaskHead;
 use crate::fsutil::{lock_dir, write_atomic};
 use crate::model::{is_gguf, load_model_and_tokenizer_with};
 use crate::rng::Rng;
 use crate::run::runner::{
-    be_bytes_per_block, lora_config, plan, pooling_of, sample_participants, split_data, task_head,
-    Progress,
+    be_bytes_per_block, encode as encode_examples, lora_config, mean_std_min, plan, pooling_of,
+    sample_participants, split_data, task_head, Progress,
 };
 use crate::run::RunConfig;
 use serde_json::{json, Value};
@@ -84,7 +89,23 @@ pub fn serve<B: Backend + 'static>(
     let (ds, splits) = split_data(cfg, progress)?;
     let classes = ds.label_names.clone();
     let train_counts: Vec<usize> = splits.iter().map(|s| s.train.len()).collect();
-    let (model, _tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
+    let (model, tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
+    // The global evaluation set as the simulation picks it: its rows' positions in
+    // global_test.csv (which the clients hold), and its examples for the global model.
+    let (examples, _) =
+        encode_examples(cfg, &ds, &tok, cfg.seq_len.min(model.config.max_positions))?;
+    let global_idx = global_test(&splits);
+    let mut global_rows: Vec<usize> = (0..global_idx.len()).collect();
+    if cfg.global_eval_max > 0 && global_idx.len() > cfg.global_eval_max {
+        let mut r = Rng::new(cfg.seed ^ 0xE7A1);
+        shuffle(&mut global_rows, &mut r);
+        global_rows.truncate(cfg.global_eval_max);
+        global_rows.sort_unstable();
+    }
+    let global_eval: Vec<Example> = global_rows
+        .iter()
+        .map(|&p| examples[global_idx[p]].clone())
+        .collect();
     let head = task_head(cfg)?;
     let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, &model));
     let (cost, split_plan, _) = plan(cfg, &model.config, projection_bytes, head)?;
@@ -252,20 +273,32 @@ pub fn serve<B: Backend + 'static>(
             }
         }
         rejected_total += log.rejected.len();
+        let r = round + 1;
+        let eval = if r % cfg.eval_every == 0 || r == cfg.rounds {
+            Some(evaluate_round(
+                &mut cx,
+                &algo,
+                &fed,
+                &global_rows,
+                &global_eval,
+            )?)
+        } else {
+            None
+        };
         for (k, why) in &log.rejected {
-            progress.message(&format!(
-                "round {}: client {k} step rejected: {why}",
-                round + 1
-            ));
+            progress.message(&format!("round {r}: client {k} step rejected: {why}"));
         }
-        let line = json!({
-            "round": round + 1,
+        let mut line = json!({
+            "round": r,
             "train_loss": finite_or_null(log.mean_loss()),
             "rejected": rejected_total,
             "participants": participants,
             "bytes_sent_total": st.stats.iter().map(|s| s.bytes_sent).sum::<u64>(),
             "bytes_received_total": st.stats.iter().map(|s| s.bytes_received).sum::<u64>(),
         });
+        if let (Some(ev), Value::Object(o)) = (&eval, &mut line) {
+            o.extend(ev.fields());
+        }
         append_line(&metrics_path, &line)?;
         progress.round(round + 1, cfg.rounds, log.mean_loss(), None);
         lines.push(line);
@@ -374,6 +407,7 @@ fn body_len(b: &client_message::Body) -> usize {
         client_message::Body::Hello(m) => m.encoded_len(),
         client_message::Body::Activations(m) => m.encoded_len(),
         client_message::Body::Done(m) => m.encoded_len(),
+        client_message::Body::Eval(m) => m.encoded_len(),
     }
 }
 
@@ -607,4 +641,133 @@ fn run_step<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// One evaluation of the deployment: each client's personalized model on its own test rows and
+/// on the global evaluation rows (the client runs its blocks, the server finishes with G), and
+/// the global model on the global evaluation rows (on the server). `None`: the client did not
+/// answer, or held no such rows.
+struct Evaluation {
+    personal: Vec<Option<EvalStats>>,
+    global_of_personal: Vec<Option<EvalStats>>,
+    global_model: EvalStats,
+    lm: bool,
+}
+
+impl Evaluation {
+    /// The metrics line's fields, named as the simulation names them.
+    fn fields(&self) -> serde_json::Map<String, Value> {
+        let acc = |v: &[Option<EvalStats>]| -> Vec<f64> {
+            v.iter()
+                .map(|e| e.map_or(f64::NAN, |e| e.accuracy()))
+                .collect()
+        };
+        let (pm, ps, pmin) = mean_std_min(&acc(&self.personal));
+        let (gm, _, _) = mean_std_min(&acc(&self.global_of_personal));
+        let mut m = serde_json::Map::new();
+        m.insert("personalized_acc_mean".into(), finite_or_null(pm));
+        m.insert("personalized_acc_std".into(), finite_or_null(ps));
+        m.insert("personalized_acc_min".into(), finite_or_null(pmin));
+        m.insert("global_acc_mean".into(), finite_or_null(gm));
+        m.insert(
+            "global_model_acc".into(),
+            finite_or_null(self.global_model.accuracy()),
+        );
+        m.insert(
+            "personalized_acc".into(),
+            Value::Array(
+                acc(&self.personal)
+                    .into_iter()
+                    .map(finite_or_null)
+                    .collect(),
+            ),
+        );
+        if self.lm {
+            let ppl: Vec<f64> = self
+                .personal
+                .iter()
+                .map(|e| e.map_or(f64::NAN, |e| e.perplexity()))
+                .collect();
+            m.insert(
+                "personalized_ppl".into(),
+                Value::Array(ppl.into_iter().map(finite_or_null).collect()),
+            );
+            m.insert(
+                "global_model_ppl".into(),
+                finite_or_null(self.global_model.perplexity()),
+            );
+        }
+        m
+    }
+}
+
+/// The step number evaluation messages carry (no local step has it).
+const EVAL_STEP: u64 = u64::MAX;
+
+fn evaluate_round<B: Backend>(
+    cx: &mut RoundCx<'_>,
+    algo: &FlexpSfl<B>,
+    fed: &Federation<'_, B>,
+    global_rows: &[usize],
+    global_eval: &[Example],
+) -> Result<Evaluation> {
+    let n = cx.st.connected.len();
+    let all: Vec<usize> = (0..n).collect();
+    for &k in &all {
+        let msg = ServerMessage {
+            body: Some(server_message::Body::Eval(EvalRequest {
+                header: Some(cx.header(k, EVAL_STEP)),
+                global_rows: global_rows.iter().map(|&r| r as u32).collect(),
+            })),
+        };
+        cx.send(k, msg);
+    }
+    let mut progress = crate::run::LogProgress;
+    let got = cx.gather(
+        &all,
+        |b, r, s| matches!(b, client_message::Body::Eval(e) if same_step(&e.header, r, s)),
+        |b| match b {
+            client_message::Body::Eval(e) => Some(e),
+            _ => None,
+        },
+        EVAL_STEP,
+        &mut progress,
+    );
+    let mut personal = vec![None; n];
+    let mut global_of_personal = vec![None; n];
+    for (k, e) in got.into_iter().enumerate() {
+        let Some(e) = e else { continue };
+        let score = |a: &Option<super::proto::Activations>| -> Result<Option<EvalStats>> {
+            let Some(a) = a.as_ref().filter(|a| !a.targets.is_empty()) else {
+                return Ok(None);
+            };
+            let (h, o) = exchange::read_activations(
+                a,
+                &cx.opts.limits,
+                cx.hidden,
+                a.targets.len(),
+                cx.classes,
+            )?;
+            algo.evaluate_from_cut(fed, algo.cut(k), h, o).map(Some)
+        };
+        match score(&e.own).and_then(|p| Ok((p, score(&e.global)?))) {
+            Ok((p, g)) => {
+                personal[k] = p;
+                global_of_personal[k] = g;
+            }
+            Err(err) => progress.message(&format!("client {k}: evaluation refused: {err}")),
+        }
+    }
+    let global_model = algo
+        .global()
+        .map(|g| evaluate(fed, &[g], &[global_eval]))
+        .transpose()?
+        .and_then(|v| v.first().copied())
+        .unwrap_or_default();
+    Ok(Evaluation {
+        personal,
+        global_of_personal,
+        global_model,
+        lm: cx.classes == 0,
+    })
 }

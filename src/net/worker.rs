@@ -37,6 +37,8 @@ pub struct ClientOptions {
     pub id: u32,
     /// Its rows (`client-K.csv`).
     pub data: PathBuf,
+    /// The global test set (`global_test.csv`), to evaluate the personalized model on it.
+    pub global_test: Option<PathBuf>,
     /// The model, when it is not where the server's configuration says.
     pub model: Option<PathBuf>,
     /// Element type of the tensors it sends.
@@ -56,8 +58,9 @@ struct Row {
 }
 
 /// Reads the client's file: the text column and, as configured, the label and response
-/// columns, with the split column saying train or test.
-fn read_rows(path: &Path, cfg: Option<&RunConfig>) -> Result<Vec<Row>> {
+/// columns, with the split column saying train or test (a file without one, the global test
+/// set, is all test rows when `split_optional`).
+fn read_rows(path: &Path, cfg: Option<&RunConfig>, split_optional: bool) -> Result<Vec<Row>> {
     let bad = |why: String| Error::Input(format!("{}: {why}", path.display()));
     let mut r = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
     let header: Vec<String> = r
@@ -72,7 +75,11 @@ fn read_rows(path: &Path, cfg: Option<&RunConfig>) -> Result<Vec<Row>> {
             .position(|h| h == name)
             .ok_or_else(|| bad(format!("no column `{name}` (columns: {header:?})")))
     };
-    let split = col(SPLIT_COLUMN)?;
+    let split = match col(SPLIT_COLUMN) {
+        Ok(c) => Some(c),
+        Err(_) if split_optional => None,
+        Err(e) => return Err(e),
+    };
     let text = cfg.map(|c| col(&c.text_column)).transpose()?;
     let label = match cfg {
         Some(c) if !c.label_column.is_empty() => Some(col(&c.label_column)?),
@@ -88,10 +95,11 @@ fn read_rows(path: &Path, cfg: Option<&RunConfig>) -> Result<Vec<Row>> {
     for (line, rec) in r.records().enumerate() {
         let rec = rec.map_err(|e| bad(e.to_string()))?;
         let get = |i: usize| rec.get(i).unwrap_or("").to_string();
-        let train = match rec.get(split) {
-            Some("train") => true,
-            Some("test") => false,
-            other => {
+        let train = match split.map(|c| rec.get(c)) {
+            None => false,
+            Some(Some("train")) => true,
+            Some(Some("test")) => false,
+            Some(other) => {
                 return Err(bad(format!(
                     "row {}: `{SPLIT_COLUMN}` is {other:?}, not train or test",
                     line + 2
@@ -160,7 +168,7 @@ pub fn run_client<B: Backend>(
     opts: &ClientOptions,
     progress: &mut dyn Progress,
 ) -> Result<()> {
-    let counts = read_rows(&opts.data, None)?;
+    let counts = read_rows(&opts.data, None, false)?;
     let train_n = counts.iter().filter(|r| r.train).count();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -189,9 +197,16 @@ pub fn run_client<B: Backend>(
         cfg.model.display()
     ));
     let (model, tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
-    let rows = read_rows(&opts.data, Some(&cfg))?;
+    let rows = read_rows(&opts.data, Some(&cfg), false)?;
     let max_len = cfg.seq_len.min(model.config.max_positions);
     let mine = client_data(&cfg, &rows, &welcome.classes, &tok, max_len)?;
+    let global = match &opts.global_test {
+        Some(p) => {
+            let rows = read_rows(p, Some(&cfg), true)?;
+            client_data(&cfg, &rows, &welcome.classes, &tok, max_len)?.test
+        }
+        None => Vec::new(),
+    };
     let head = if matches!(cfg.task, Task::CausalLm { .. }) {
         TaskHead::LanguageModel
     } else {
@@ -278,6 +293,39 @@ pub fn run_client<B: Backend>(
                     reason: outcome.unwrap_or_default(),
                 };
                 send(&rt, &session, client_message::Body::Done(done))?;
+            }
+            server_message::Body::Eval(req) => {
+                let header = req.header.unwrap_or_default();
+                let picked: Vec<Example> = if global.is_empty() {
+                    Vec::new()
+                } else {
+                    req.global_rows
+                        .iter()
+                        .map(|&i| {
+                            global.get(i as usize).cloned().ok_or_else(|| {
+                                Error::Input(format!(
+                                    "the server asked for global test row {i} of {}",
+                                    global.len()
+                                ))
+                            })
+                        })
+                        .collect::<Result<_>>()?
+                };
+                let part = |examples: &[Example]| -> Result<Option<super::proto::Activations>> {
+                    if examples.is_empty() {
+                        return Ok(None);
+                    }
+                    let (h, o) = half.forward_to_cut(&fed, examples)?;
+                    exchange::activations(header, &h, &o, hidden, opts.wire).map(Some)
+                };
+                let own = part(&fed.clients[k].test)?;
+                let global_part = part(&picked)?;
+                let e = super::proto::EvalActivations {
+                    header: Some(header),
+                    own,
+                    global: global_part,
+                };
+                send(&rt, &session, client_message::Body::Eval(e))?;
             }
             server_message::Body::Finished(f) => {
                 progress.message(&format!(

@@ -355,7 +355,7 @@ struct Totals {
     flops: f64,
 }
 
-fn mean_std_min(v: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn mean_std_min(v: &[f64]) -> (f64, f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN);
     }

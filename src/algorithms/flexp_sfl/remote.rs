@@ -8,11 +8,11 @@ use super::{
     alignment_target, client_backward, client_forward, reject_non_finite_cut, server, FlexpSfl,
     SeqGrads, Step, Upload,
 };
-use crate::algorithms::common::{check_finite, Example, Federation, RoundLog};
+use crate::algorithms::common::{check_finite, EvalStats, Example, Federation, Label, RoundLog};
 use crate::algorithms::flat;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::executor::{AdamWState, Output};
+use crate::executor::{AdamWState, Output, SeqInput, SeqJob};
 use crate::model::AdapterSet;
 use crate::rng::Rng;
 use server::ServerState;
@@ -89,7 +89,53 @@ impl<B: Backend> FlexpSfl<B> {
     pub(crate) fn cut(&self, k: usize) -> usize {
         self.splits[k]
     }
+
+    /// The server's part of evaluating a personalized model: each sequence's activations at
+    /// the cut through blocks cut..L with G to the labelled output, scored as the simulation's
+    /// `evaluate` scores it.
+    pub(crate) fn evaluate_from_cut(
+        &self,
+        fed: &Federation<'_, B>,
+        cut: usize,
+        hidden: Vec<Vec<f32>>,
+        outputs: Vec<Output>,
+    ) -> Result<EvalStats> {
+        let l = fed.layers();
+        let vocab = fed.model.config.vocab_size;
+        let mut stats = EvalStats::default();
+        let items: Vec<(Vec<f32>, Output)> = hidden.into_iter().zip(outputs).collect();
+        for chunk in items.chunks(EVAL_SEQS_PER_CALL) {
+            let jobs: Vec<SeqJob> = chunk
+                .iter()
+                .map(|(h, o)| SeqJob::new(SeqInput::Hidden(h.clone()), cut..l, 0, o.clone()))
+                .collect();
+            let (out, _) = fed.exec().forward(&[&self.global], &jobs, false)?;
+            for (r, (_, o)) in out.iter().zip(chunk) {
+                let label = match o {
+                    Output::Class { label: Some(c) } => Label::Class(*c),
+                    Output::Lm { labels: Some(t) } => Label::Tokens(t.clone()),
+                    _ => {
+                        return Err(Error::Input(
+                            "an evaluation sequence without a target".into(),
+                        ))
+                    }
+                };
+                stats.add(
+                    &Example {
+                        ids: Vec::new(),
+                        label,
+                    },
+                    r,
+                    vocab,
+                )?;
+            }
+        }
+        Ok(stats)
+    }
 }
+
+/// Sequences per executor call in a deployment's evaluation.
+const EVAL_SEQS_PER_CALL: usize = 64;
 
 /// One client's half: its personal adapters P_k on blocks 0..cut, their optimizer, and the
 /// round's alignment snapshot.
@@ -144,6 +190,32 @@ impl<B: Backend> ClientHalf<B> {
             .map(|v| set_from_flat(fed, 0..fed.layers(), true, v, "alignment snapshot"))
             .transpose()?;
         Ok(())
+    }
+
+    /// `examples` through blocks 0..cut with P_k: the activations the client sends up to be
+    /// evaluated, with each one's labelled output.
+    pub(crate) fn forward_to_cut(
+        &self,
+        fed: &Federation<'_, B>,
+        examples: &[Example],
+    ) -> Result<(Vec<Vec<f32>>, Vec<Output>)> {
+        let mut hidden = Vec::with_capacity(examples.len());
+        for chunk in examples.chunks(EVAL_SEQS_PER_CALL) {
+            let jobs: Vec<SeqJob> = chunk
+                .iter()
+                .map(|e| {
+                    SeqJob::new(
+                        SeqInput::tokens(e.ids.clone()),
+                        0..self.cut,
+                        0,
+                        Output::Hidden,
+                    )
+                })
+                .collect();
+            let (out, _) = fed.exec().forward(&[&self.set], &jobs, false)?;
+            hidden.extend(out.into_iter().map(|r| r.hidden.unwrap_or_default()));
+        }
+        Ok((hidden, examples.iter().map(|e| e.output(true)).collect()))
     }
 
     /// One local step on `batch`: the forward to the cut; `exchange` sends what goes up and
