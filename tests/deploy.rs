@@ -286,3 +286,111 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_killed_client_and_refused_identities_leave_the_server_serving() {
+    let dir = tmp("faults");
+    let data = data(&dir);
+    let sets = sets(&data, &["rounds=6", "align=\"none\""]);
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3);
+    let port = wait_for_port(&server_log);
+    let tls = dir.join("tls");
+    // A certificate from a CA the server does not trust.
+    let other = dir.join("other-ca");
+    run_ok(
+        &[
+            "--quiet",
+            "certs",
+            "--clients",
+            "3",
+            "--out",
+            other.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    // Client 0's certificate and key, presented by a process claiming to be client 1.
+    let borrowed = dir.join("borrowed");
+    std::fs::create_dir_all(&borrowed).unwrap();
+    std::fs::copy(tls.join("ca.pem"), borrowed.join("ca.pem")).unwrap();
+    std::fs::copy(tls.join("client-0.pem"), borrowed.join("client-1.pem")).unwrap();
+    std::fs::copy(tls.join("client-0.key"), borrowed.join("client-1.key")).unwrap();
+    for (folder, words) in [(&other, "network"), (&borrowed, "not valid for client-1")] {
+        let o = Command::new(bin())
+            .args(["--quiet", "client", "--connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--id", "1", "--timeout", "20", "--tls"])
+            .arg(folder)
+            .arg("--data")
+            .arg(dir.join("parts/client-1.csv"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(words),
+            "{}: {err}",
+            folder.display()
+        );
+    }
+    // Kill client 2 once two rounds are done.
+    let metrics = dir.join("run/metrics.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no progress:\n{}",
+            std::fs::read_to_string(&server_log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(clients.remove(2));
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(status.success(), "server:\n{log}");
+    for (c, l) in clients.iter_mut() {
+        assert!(wait(c, Duration::from_secs(30), "a client", l).success());
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
+            .unwrap();
+    let done: Vec<u64> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rounds_completed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(&done[..2], &[6, 6], "{report}");
+    assert!(done[2] < 6 && done[2] >= 2, "{report}");
+    let lines = lines(&metrics);
+    assert_eq!(lines.len(), 6);
+    let last = lines.last().unwrap();
+    assert_eq!(last["clients_evaluated"], 2, "{last}");
+    assert!(last["personalized_acc_mean"].as_f64().is_some(), "{last}");
+    assert!(log.contains("client 2 disconnected"), "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The port the server says it listens on.
+fn wait_for_port(log: &Path) -> u16 {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(p) = text
+            .lines()
+            .find_map(|l| l.split("on 127.0.0.1:").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+        {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "server did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -456,6 +456,12 @@ impl RoundCx<'_> {
     ) -> Vec<Option<T>> {
         let deadline = Instant::now() + self.opts.step_deadline;
         let mut got: Vec<Option<T>> = want.iter().map(|_| None).collect();
+        // A client that is gone will not answer: do not wait for it.
+        let waiting = |got: &[Option<T>], st: &State| {
+            want.iter()
+                .zip(got)
+                .any(|(&k, g)| g.is_none() && st.connected[k])
+        };
         loop {
             // Serve what is pending first.
             let mut i = 0;
@@ -470,7 +476,7 @@ impl RoundCx<'_> {
                 }
                 i += 1;
             }
-            if got.iter().all(Option::is_some) {
+            if !waiting(&got, self.st) {
                 return got;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -478,19 +484,7 @@ impl RoundCx<'_> {
                 .rt
                 .block_on(async { tokio::time::timeout(left, self.events.recv()).await })
             {
-                Ok(Some(ev)) => {
-                    let left = matches!(ev, Event::Left { .. });
-                    self.st.absorb(ev, self.train_counts, progress);
-                    // A client that left will not answer: stop waiting for it.
-                    if left
-                        && want
-                            .iter()
-                            .zip(&got)
-                            .all(|(&k, g)| g.is_some() || !self.st.connected[k])
-                    {
-                        return got;
-                    }
-                }
+                Ok(Some(ev)) => self.st.absorb(ev, self.train_counts, progress),
                 _ => return got,
             }
         }
@@ -549,10 +543,12 @@ fn run_step<B: Backend>(
         let k = active[i];
         let Some(a) = a else {
             excluded[k] = true;
-            log.rejected.push((
-                k,
-                format!("no activations within {:?}", cx.opts.step_deadline),
-            ));
+            let why = if cx.st.connected[k] {
+                format!("no activations within {:?}", cx.opts.step_deadline)
+            } else {
+                "disconnected".to_string()
+            };
+            log.rejected.push((k, why));
             continue;
         };
         cx.st.stats[k].step_latency.push(t0.elapsed().as_secs_f64());
@@ -662,9 +658,18 @@ impl Evaluation {
                 .map(|e| e.map_or(f64::NAN, |e| e.accuracy()))
                 .collect()
         };
-        let (pm, ps, pmin) = mean_std_min(&acc(&self.personal));
-        let (gm, _, _) = mean_std_min(&acc(&self.global_of_personal));
+        // Means and spreads over the clients that answered (a dropped client has no model to
+        // evaluate); how many did is recorded beside them.
+        let answered = |v: &[Option<EvalStats>]| -> Vec<f64> {
+            v.iter().flatten().map(|e| e.accuracy()).collect()
+        };
+        let (pm, ps, pmin) = mean_std_min(&answered(&self.personal));
+        let (gm, _, _) = mean_std_min(&answered(&self.global_of_personal));
         let mut m = serde_json::Map::new();
+        m.insert(
+            "clients_evaluated".into(),
+            json!(self.personal.iter().flatten().count()),
+        );
         m.insert("personalized_acc_mean".into(), finite_or_null(pm));
         m.insert("personalized_acc_std".into(), finite_or_null(ps));
         m.insert("personalized_acc_min".into(), finite_or_null(pmin));
