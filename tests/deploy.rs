@@ -35,11 +35,12 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(args: &[String], log: &Path) -> Proc {
+fn spawn(args: &[String], log: &Path, env: &[(&str, &str)]) -> Proc {
     let f = std::fs::File::create(log).unwrap();
     Proc(
         Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
@@ -137,7 +138,12 @@ fn free_port() -> u16 {
 
 /// Starts the server and the clients of a deployment of `sets` in `dir`; returns the server and
 /// the clients' processes with their log files.
-fn deploy(dir: &Path, sets: &[String], clients: u32) -> (Proc, PathBuf, Vec<(Proc, PathBuf)>) {
+fn deploy(
+    dir: &Path,
+    sets: &[String],
+    clients: u32,
+    env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
+) -> (Proc, PathBuf, Vec<(Proc, PathBuf)>) {
     let tls = dir.join("tls");
     let parts = dir.join("parts");
     run_ok(
@@ -176,7 +182,7 @@ fn deploy(dir: &Path, sets: &[String], clients: u32) -> (Proc, PathBuf, Vec<(Pro
         "60".into(),
     ]);
     let server_log = dir.join("server.log");
-    let server = spawn(&s, &server_log);
+    let server = spawn(&s, &server_log, &[]);
     let mut cs = Vec::new();
     for k in 0..clients {
         let log = dir.join(format!("client-{k}.log"));
@@ -200,7 +206,7 @@ fn deploy(dir: &Path, sets: &[String], clients: u32) -> (Proc, PathBuf, Vec<(Pro
         ]
         .map(String::from)
         .to_vec();
-        cs.push((spawn(&args, &log), log));
+        cs.push((spawn(&args, &log, &env_of(k)), log));
     }
     (server, server_log, cs)
 }
@@ -220,7 +226,7 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
     run_ok(&t);
     let sim = lines(&dir.join("sim/metrics.jsonl"));
     // The deployment.
-    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3);
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |_| vec![]);
     let status = wait(
         &mut server,
         Duration::from_secs(240),
@@ -292,7 +298,7 @@ fn a_killed_client_and_refused_identities_leave_the_server_serving() {
     let dir = tmp("faults");
     let data = data(&dir);
     let sets = sets(&data, &["rounds=6", "align=\"none\""]);
-    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3);
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |_| vec![]);
     let port = wait_for_port(&server_log);
     let tls = dir.join("tls");
     // A certificate from a CA the server does not trust.
@@ -393,4 +399,56 @@ fn wait_for_port(log: &Path) -> u16 {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A client that sends a NaN among its activations (fault injection) is rejected for that step
+/// by name and sits out the rest of that round; the server and the other clients go on, and it
+/// takes part again in the next round.
+#[test]
+fn a_nan_payload_is_rejected_and_harms_no_one_else() {
+    let dir = tmp("nan");
+    let data = data(&dir);
+    let sets = sets(&data, &["align=\"none\""]);
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |k| {
+        if k == 1 {
+            vec![("FLEXP_FAULT_NAN_ROUND", "1")]
+        } else {
+            vec![]
+        }
+    });
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(status.success(), "server:\n{log}");
+    for (c, l) in clients.iter_mut() {
+        assert!(
+            wait(c, Duration::from_secs(30), "a client", l).success(),
+            "{}",
+            std::fs::read_to_string(&*l).unwrap()
+        );
+    }
+    assert!(
+        log.contains("round 2: client 1 step rejected: malformed activations")
+            && log.contains("not finite"),
+        "{log}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
+            .unwrap();
+    let done: Vec<u64> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rounds_completed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, vec![3, 2, 3], "{report}");
+    let lines = lines(&dir.join("run/metrics.jsonl"));
+    assert_eq!(lines[0]["rejected"], 0);
+    assert_eq!(lines[1]["rejected"], 1);
+    assert!(lines[2]["train_loss"].as_f64().unwrap().is_finite());
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -217,6 +217,8 @@ pub fn serve<B: Backend + 'static>(
     let mut rejected_total = 0usize;
     for round in 0..cfg.rounds {
         let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
+        // Answers that came too late for an earlier round are dropped.
+        st.pending.clear();
         let mut log = RoundLog::default();
         let snapshot = algo.round_snapshot(&fed, &participants, &mut log)?;
         let mut cx = RoundCx {

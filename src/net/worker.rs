@@ -267,9 +267,14 @@ pub fn run_client<B: Backend>(
                         })
                     })
                     .collect::<Result<_>>()?;
+                let mut server_rejected = false;
                 let outcome = half.step(&fed, &batch, |up| {
+                    let mut smashed = std::borrow::Cow::Borrowed(&up.smashed);
+                    if fault_nan_round() == Some(header.round) && header.step == 0 {
+                        smashed.to_mut()[0][0] = f32::NAN;
+                    }
                     let a =
-                        exchange::activations(header, &up.smashed, &up.outputs, hidden, opts.wire)?;
+                        exchange::activations(header, &smashed, &up.outputs, hidden, opts.wire)?;
                     send(&rt, &session, client_message::Body::Activations(a))?;
                     match next(&rt, &mut session, opts.timeout)? {
                         Some(server_message::Body::Gradients(g)) => Ok(Some(
@@ -280,6 +285,7 @@ pub fn run_client<B: Backend>(
                         )),
                         Some(server_message::Body::Rejected(r)) => {
                             progress.message(&format!("client {k}: step rejected: {}", r.reason));
+                            server_rejected = true;
                             Ok(None)
                         }
                         other => Err(Error::Net(format!(
@@ -287,12 +293,15 @@ pub fn run_client<B: Backend>(
                         ))),
                     }
                 })?;
-                let done = StepDone {
-                    header: Some(header),
-                    applied: outcome.is_none(),
-                    reason: outcome.unwrap_or_default(),
-                };
-                send(&rt, &session, client_message::Body::Done(done))?;
+                // The server already knows about a step it rejected.
+                if !server_rejected {
+                    let done = StepDone {
+                        header: Some(header),
+                        applied: outcome.is_none(),
+                        reason: outcome.unwrap_or_default(),
+                    };
+                    send(&rt, &session, client_message::Body::Done(done))?;
+                }
             }
             server_message::Body::Eval(req) => {
                 let header = req.header.unwrap_or_default();
@@ -368,4 +377,13 @@ fn next(
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(ServerMessage { body }))) => Ok(body),
     }
+}
+
+/// Fault injection for the deployment tests (docs/testing.md): with `FLEXP_FAULT_NAN_ROUND=R`
+/// a client sends a NaN among its activations in the first step of round R (0-based), as a
+/// broken or malicious client would.
+fn fault_nan_round() -> Option<u64> {
+    std::env::var("FLEXP_FAULT_NAN_ROUND")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
 }
