@@ -144,6 +144,17 @@ fn deploy(
     clients: u32,
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
 ) -> (Proc, PathBuf, Vec<(Proc, PathBuf)>) {
+    deploy_with(dir, sets, clients, env_of, &[]).0
+}
+
+/// [`deploy`] with the server's environment; also returns the server's arguments.
+fn deploy_with(
+    dir: &Path,
+    sets: &[String],
+    clients: u32,
+    env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
+    server_env: &[(&str, &str)],
+) -> ((Proc, PathBuf, Vec<(Proc, PathBuf)>), Vec<String>) {
     let tls = dir.join("tls");
     let parts = dir.join("parts");
     run_ok(
@@ -182,7 +193,7 @@ fn deploy(
         "60".into(),
     ]);
     let server_log = dir.join("server.log");
-    let server = spawn(&s, &server_log, &[]);
+    let server = spawn(&s, &server_log, server_env);
     let mut cs = Vec::new();
     for k in 0..clients {
         let log = dir.join(format!("client-{k}.log"));
@@ -208,7 +219,7 @@ fn deploy(
         .to_vec();
         cs.push((spawn(&args, &log, &env_of(k)), log));
     }
-    (server, server_log, cs)
+    ((server, server_log, cs), s)
 }
 
 #[test]
@@ -450,5 +461,89 @@ fn a_nan_payload_is_rejected_and_harms_no_one_else() {
     assert_eq!(lines[0]["rejected"], 0);
     assert_eq!(lines[1]["rejected"], 1);
     assert!(lines[2]["train_loss"].as_f64().unwrap().is_finite());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The server killed right after round 2's checkpoint (as a crash would) and restarted with
+/// `--resume` on the same address: the clients reconnect by themselves, roll back to where the
+/// checkpoint left them, and the run ends with exactly the metrics of an uninterrupted one.
+#[test]
+fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
+    let dir = tmp("resume");
+    let data = data(&dir);
+    let sets = sets(&data, &["rounds=4", "align=\"proj\""]);
+    let mut t = vec!["--quiet".to_string(), "train".into()];
+    t.extend(sets.iter().cloned());
+    t.extend([
+        "--set".into(),
+        format!("out=\"{}\"", dir.join("sim").display()),
+    ]);
+    run_ok(&t);
+    let sim = lines(&dir.join("sim/metrics.jsonl"));
+    let ((mut server, server_log, mut clients), args) = deploy_with(
+        &dir,
+        &sets,
+        3,
+        |_| vec![],
+        &[("FLEXP_ABORT_AFTER_CHECKPOINT", "2")],
+    );
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    assert!(
+        !status.success(),
+        "the server should have died after round 2"
+    );
+    assert_eq!(lines(&dir.join("run/metrics.jsonl")).len(), 2);
+    // The same command with --resume (its settings come from the run folder).
+    let mut again: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--set" {
+            it.next();
+        } else {
+            again.push(a.clone());
+        }
+    }
+    again.push("--resume".into());
+    let log2 = dir.join("server-resumed.log");
+    let mut server = spawn(&again, &log2, &[]);
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the resumed server",
+        &log2,
+    );
+    let log = std::fs::read_to_string(&log2).unwrap();
+    assert!(status.success(), "resumed server:\n{log}");
+    assert!(log.contains("resuming after round 2"), "{log}");
+    for (c, l) in clients.iter_mut() {
+        let s = wait(c, Duration::from_secs(60), "a client", l);
+        let text = std::fs::read_to_string(&*l).unwrap();
+        assert!(
+            s.success() && text.contains("reconnected"),
+            "client:\n{text}"
+        );
+    }
+    let dep = lines(&dir.join("run/metrics.jsonl"));
+    assert_eq!(dep.len(), 4);
+    for (d, s) in dep.iter().zip(&sim) {
+        for key in [
+            "train_loss",
+            "personalized_acc_mean",
+            "global_acc_mean",
+            "global_model_acc",
+        ] {
+            let (x, y) = (d[key].as_f64().unwrap(), s[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+                "round {}: {key} {x} vs {y}",
+                s["round"]
+            );
+        }
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

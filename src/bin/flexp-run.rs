@@ -124,6 +124,11 @@ enum Command {
         /// Seconds to wait for every client to connect before the first round.
         #[arg(long, default_value_t = 300.0)]
         join_timeout: f64,
+        /// Continue the run in --out from its last checkpoint (with its own config.toml unless
+        /// --config is given, which must then resolve to the same settings); clients reconnect
+        /// by themselves.
+        #[arg(long)]
+        resume: bool,
     },
     /// Run one client of a deployment: it holds only its rows (client-K.csv from `partition`),
     /// its client-side blocks and personal adapters, and trains with the server over mutual TLS.
@@ -570,8 +575,19 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             wire,
             step_deadline,
             join_timeout,
+            resume,
         } => {
-            let raw = load_raw(config.as_deref(), &set)?;
+            // Resuming with the run folder's own settings, its recorded text is the config.
+            let recorded = (resume && config.is_none() && set.is_empty())
+                .then(|| {
+                    let p = out.join("config.toml");
+                    std::fs::read_to_string(&p).map_err(|e| flexp::Error::io(&p, e))
+                })
+                .transpose()?;
+            let raw = match &recorded {
+                Some(text) => RawConfig::from_toml(text)?,
+                None => load_raw(config.as_deref(), &set)?,
+            };
             let cfg = raw.resolve()?;
             let opts = flexp::net::serve::ServeOptions {
                 listen,
@@ -581,10 +597,11 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 step_deadline: seconds("--step-deadline", step_deadline)?,
                 join_timeout: seconds("--join-timeout", join_timeout)?,
                 limits: Default::default(),
+                resume,
             };
             let (be, line) = select(backend)?;
             eprintln!("{line}");
-            let text = raw.resolved_toml();
+            let text = recorded.unwrap_or_else(|| raw.resolved_toml());
             let report = match be {
                 Selected::Cpu(b) => {
                     flexp::net::serve::serve(&b, &cfg, &text, &opts, &mut LogProgress)?

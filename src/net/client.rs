@@ -24,8 +24,8 @@ fn status(what: &str, s: tonic::Status) -> Error {
 }
 
 /// Connects to `addr` (`host:port`) over mutual TLS, opens a session and says `hello`; returns
-/// once the server has welcomed the client. A server that refuses the TCP connection (not
-/// listening yet) is retried with exponential backoff until `timeout`. `max_message_bytes`
+/// once the server has welcomed the client. A server that refuses or resets the TCP connection
+/// (not listening yet, or restarting) is retried with exponential backoff until `timeout`. `max_message_bytes`
 /// bounds each message the client accepts.
 pub async fn connect(
     addr: &str,
@@ -47,8 +47,18 @@ pub async fn connect(
         match endpoint.connect().await {
             Ok(c) => break c,
             Err(e) => {
-                let refused = format!("{e:?}").contains("ConnectionRefused");
-                if !refused || tokio::time::Instant::now() + wait > give_up {
+                let debug = format!("{e:?}");
+                // The server not listening (yet, or any more): worth waiting for. A TLS or
+                // certificate failure is not.
+                let transient = [
+                    "ConnectionRefused",
+                    "ConnectionReset",
+                    "ConnectionAborted",
+                    "BrokenPipe",
+                ]
+                .iter()
+                .any(|k| debug.contains(k));
+                if !transient || tokio::time::Instant::now() + wait > give_up {
                     return Err(Error::Net(format!("connecting to {addr}: {e} ({e:?})")));
                 }
                 tokio::time::sleep(wait).await;

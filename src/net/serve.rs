@@ -32,9 +32,10 @@ use crate::federated::TaskHead;
 use crate::fsutil::{lock_dir, write_atomic};
 use crate::model::{is_gguf, load_model_and_tokenizer_with};
 use crate::rng::Rng;
+use crate::run::checkpoint::{self, Meta};
 use crate::run::runner::{
-    be_bytes_per_block, encode as encode_examples, lora_config, mean_std_min, plan, pooling_of,
-    sample_participants, split_data, task_head, Progress,
+    abort_if_asked, be_bytes_per_block, encode as encode_examples, lora_config, mean_std_min, plan,
+    pooling_of, sample_participants, split_data, task_head, Progress,
 };
 use crate::run::RunConfig;
 use serde_json::{json, Value};
@@ -60,10 +61,12 @@ pub struct ServeOptions {
     pub join_timeout: Duration,
     /// What one message may carry.
     pub limits: Limits,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
 }
 
 /// Per-client measurements of the deployment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct ClientStats {
     rounds_completed: usize,
     bytes_sent: u64,
@@ -132,12 +135,28 @@ pub fn serve<B: Backend + 'static>(
 
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = lock_dir(&opts.out)?;
-    if opts.out.join("report.json").exists() {
+    let ckpt = opts.out.join("checkpoint");
+    let metrics_path = opts.out.join("metrics.jsonl");
+    let mut start_round = 0;
+    let mut lines: Vec<Value> = Vec::new();
+    let mut rejected_total = 0usize;
+    let mut stats = vec![ClientStats::default(); cfg.clients];
+    if opts.resume {
+        let resumed = resume(&opts.out, config_toml, be, &mut algo)?;
+        rng = Rng::new(resumed.meta.rng_state);
+        start_round = resumed.meta.round;
+        rejected_total = resumed.meta.rejected;
+        lines = resumed.lines;
+        stats = resumed.stats;
+        progress.message(&format!("resuming after round {start_round}"));
+    } else if opts.out.join("report.json").exists() || ckpt.exists() {
         return Err(Error::Input(format!(
-            "{} already holds a run; choose another folder",
+            "{} already holds a run; choose another folder, or pass --resume",
             opts.out.display()
         )));
     }
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    write_atomic(&metrics_path, text.as_bytes())?;
     write_atomic(&opts.out.join("config.toml"), config_toml.as_bytes())?;
 
     let mut welcomes = Vec::with_capacity(cfg.clients);
@@ -146,7 +165,7 @@ pub fn serve<B: Backend + 'static>(
         welcomes.push(Welcome {
             protocol: Protocol::V1 as i32,
             config_toml: config_toml.to_string(),
-            round: 0,
+            round: start_round as u64,
             classes: classes.clone(),
             cut: algo.cut(k) as u32,
             personal: encode(&[(&[init.len()], &init)], WireDType::F32, FRAME_BYTES)?,
@@ -192,7 +211,7 @@ pub fn serve<B: Backend + 'static>(
 
     let mut st = State {
         connected: vec![false; cfg.clients],
-        stats: vec![ClientStats::default(); cfg.clients],
+        stats,
         pending: Vec::new(),
     };
     // Wait for every client before the first round, so a full deployment samples as the
@@ -212,10 +231,7 @@ pub fn serve<B: Backend + 'static>(
         }
     }
 
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let mut lines: Vec<Value> = Vec::new();
-    let mut rejected_total = 0usize;
-    for round in 0..cfg.rounds {
+    for round in start_round..cfg.rounds {
         let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
         // Answers that came too late for an earlier round are dropped.
         st.pending.clear();
@@ -304,6 +320,28 @@ pub fn serve<B: Backend + 'static>(
         append_line(&metrics_path, &line)?;
         progress.round(round + 1, cfg.rounds, log.mean_loss(), None);
         lines.push(line);
+        if cfg.checkpoint_every > 0 && (r % cfg.checkpoint_every == 0 || r == cfg.rounds) {
+            // The deployment's own counters first, named by round: a crash between the two
+            // writes leaves meta.json at the previous round, whose file is still there.
+            let deploy =
+                serde_json::to_vec(&st.stats).map_err(|e| Error::Backend(e.to_string()))?;
+            std::fs::create_dir_all(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
+            write_atomic(&ckpt.join(format!("deploy-{r}.json")), &deploy)?;
+            let meta = Meta {
+                round: r,
+                rng_state: rng.state(),
+                counters: checkpoint::counters(&mut algo),
+                metrics_lines: lines.len(),
+                rejected: rejected_total,
+                ..Meta::default()
+            };
+            checkpoint::save(&ckpt, be, &mut algo, &meta)?;
+            let _ = std::fs::remove_file(ckpt.join(format!(
+                "deploy-{}.json",
+                r.saturating_sub(cfg.checkpoint_every)
+            )));
+            abort_if_asked(r);
+        }
     }
     for k in 0..cfg.clients {
         let msg = ServerMessage {
@@ -777,4 +815,54 @@ fn evaluate_round<B: Backend>(
         global_model,
         lm: cx.classes == 0,
     })
+}
+
+/// What a resumed server takes from its run folder.
+struct Resumed {
+    meta: Meta,
+    lines: Vec<Value>,
+    stats: Vec<ClientStats>,
+}
+
+/// Loads the last checkpoint of the run in `out` into `algo`, refusing another configuration.
+fn resume<B: Backend>(
+    out: &Path,
+    config_toml: &str,
+    be: &B,
+    algo: &mut FlexpSfl<B>,
+) -> Result<Resumed> {
+    let ckpt = out.join("checkpoint");
+    if !ckpt.join("meta.json").exists() {
+        return Err(Error::Input(format!(
+            "{}: no checkpoint to resume from",
+            out.display()
+        )));
+    }
+    let recorded = std::fs::read_to_string(out.join("config.toml"))
+        .map_err(|e| Error::io(out.join("config.toml"), e))?;
+    if recorded != config_toml {
+        return Err(Error::Input(format!(
+            "{}: the configuration differs from the one the run started with; resume with the same settings",
+            out.display()
+        )));
+    }
+    let meta = checkpoint::load(&ckpt, be, algo)?;
+    let dp = ckpt.join(format!("deploy-{}.json", meta.round));
+    let stats: Vec<ClientStats> = serde_json::from_slice(
+        &std::fs::read(&dp).map_err(|e| Error::io(&dp, e))?,
+    )
+    .map_err(|e| Error::Checkpoint {
+        path: dp.clone(),
+        reason: e.to_string(),
+    })?;
+    let mp = out.join("metrics.jsonl");
+    let lines = std::fs::read_to_string(&mp)
+        .unwrap_or_default()
+        .lines()
+        .take(meta.metrics_lines)
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| Error::Input(format!("{}: {e}", mp.display())))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Resumed { meta, lines, stats })
 }

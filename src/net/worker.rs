@@ -11,7 +11,7 @@ use super::proto::{
 };
 use super::tls::client_config;
 use super::wire::{decode, Limits, WireDType};
-use crate::algorithms::flexp_sfl::remote::ClientHalf;
+use crate::algorithms::flexp_sfl::remote::{ClientHalf, Saved};
 use crate::algorithms::{ClientData, Example, Federation};
 use crate::backend::Backend;
 use crate::data::Dataset;
@@ -183,7 +183,13 @@ pub fn run_client<B: Backend>(
         test_examples: (counts.len() - train_n) as u64,
     };
     let max = opts.limits.max_message_bytes + (1 << 20);
-    let mut session = rt.block_on(connect(&opts.connect, tls, hello, opts.timeout, max))?;
+    let mut session = rt.block_on(connect(
+        &opts.connect,
+        tls,
+        hello.clone(),
+        opts.timeout,
+        max,
+    ))?;
     let welcome = session.welcome.clone();
     let mut cfg = RawConfig::from_toml(&welcome.config_toml)?.resolve()?;
     if let Some(m) = &opts.model {
@@ -240,17 +246,86 @@ pub fn run_client<B: Backend>(
         .first()
         .ok_or_else(|| Error::Input("the Welcome carried no personal adapters".into()))?;
     let mut half = ClientHalf::new(&fed, welcome.cut as usize, &initial.data)?;
-    let hidden = model.config.hidden;
+    let mut cx = Cx {
+        rt: &rt,
+        opts,
+        fed: &fed,
+        global: &global,
+        hidden: model.config.hidden,
+        k,
+    };
+    // P_k and its optimizer as each round started, so that a server resumed from its
+    // checkpoint at that round replays it from the same state.
+    let mut saved: Option<(u64, Saved<B>)> = None;
     loop {
-        let Some(msg) = next(&rt, &mut session, opts.timeout)? else {
-            return Err(Error::Net(
-                "the server closed the session before the run finished".into(),
-            ));
+        let outcome = match next(&rt, &mut session, opts.timeout) {
+            Ok(Some(msg)) => cx.handle(msg, &mut session, &mut half, &mut saved, progress),
+            Ok(None) => Err(closed()),
+            Err(e) => Err(e),
         };
+        match outcome {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(Error::Net(m)) if m.starts_with(CLOSED) => {
+                progress.message(&format!("client {k}: {m}; reconnecting"));
+                let tls = client_config(&opts.tls, opts.id, &opts.server_name)?;
+                session = rt.block_on(connect(
+                    &opts.connect,
+                    tls,
+                    hello.clone(),
+                    opts.timeout,
+                    max,
+                ))?;
+                let round = session.welcome.round;
+                if let Some((r, state)) = &saved {
+                    if *r == round {
+                        half.restore(&fed, state)?;
+                    }
+                }
+                progress.message(&format!(
+                    "client {k}: reconnected; the server resumes at round {}",
+                    round + 1
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a client's message handling reads.
+struct Cx<'a, B: Backend> {
+    rt: &'a tokio::runtime::Runtime,
+    opts: &'a ClientOptions,
+    fed: &'a Federation<'a, B>,
+    global: &'a [Example],
+    hidden: usize,
+    k: usize,
+}
+
+impl<B: Backend> Cx<'_, B> {
+    /// Handles one message from the server; true when the run is finished.
+    fn handle(
+        &mut self,
+        msg: server_message::Body,
+        session: &mut Session,
+        half: &mut ClientHalf<B>,
+        saved: &mut Option<(u64, Saved<B>)>,
+        progress: &mut dyn Progress,
+    ) -> Result<bool> {
+        let (rt, opts, fed, global, hidden, k) = (
+            self.rt,
+            self.opts,
+            self.fed,
+            self.global,
+            self.hidden,
+            self.k,
+        );
         match msg {
             server_message::Body::Round(r) => {
+                let round = r.header.map_or(0, |h| h.round);
+                *saved = Some((round, half.save(fed)?));
                 let snap = decode(&r.snapshot, &opts.limits)?;
-                half.set_snapshot(&fed, snap.first().map(|t| t.data.as_slice()))?;
+                half.set_snapshot(fed, snap.first().map(|t| t.data.as_slice()))?;
             }
             server_message::Body::Step(req) => {
                 let header = req.header.unwrap_or_default();
@@ -268,15 +343,15 @@ pub fn run_client<B: Backend>(
                     })
                     .collect::<Result<_>>()?;
                 let mut server_rejected = false;
-                let outcome = half.step(&fed, &batch, |up| {
+                let outcome = half.step(fed, &batch, |up| {
                     let mut smashed = std::borrow::Cow::Borrowed(&up.smashed);
                     if fault_nan_round() == Some(header.round) && header.step == 0 {
                         smashed.to_mut()[0][0] = f32::NAN;
                     }
                     let a =
                         exchange::activations(header, &smashed, &up.outputs, hidden, opts.wire)?;
-                    send(&rt, &session, client_message::Body::Activations(a))?;
-                    match next(&rt, &mut session, opts.timeout)? {
+                    send(rt, session, client_message::Body::Activations(a))?;
+                    match next(rt, session, opts.timeout)? {
                         Some(server_message::Body::Gradients(g)) => Ok(Some(
                             exchange::read_gradients(&g, &opts.limits, &up.smashed)?
                                 .into_iter()
@@ -300,7 +375,7 @@ pub fn run_client<B: Backend>(
                         applied: outcome.is_none(),
                         reason: outcome.unwrap_or_default(),
                     };
-                    send(&rt, &session, client_message::Body::Done(done))?;
+                    send(rt, session, client_message::Body::Done(done))?;
                 }
             }
             server_message::Body::Eval(req) => {
@@ -324,7 +399,7 @@ pub fn run_client<B: Backend>(
                     if examples.is_empty() {
                         return Ok(None);
                     }
-                    let (h, o) = half.forward_to_cut(&fed, examples)?;
+                    let (h, o) = half.forward_to_cut(fed, examples)?;
                     exchange::activations(header, &h, &o, hidden, opts.wire).map(Some)
                 };
                 let own = part(&fed.clients[k].test)?;
@@ -334,14 +409,14 @@ pub fn run_client<B: Backend>(
                     own,
                     global: global_part,
                 };
-                send(&rt, &session, client_message::Body::Eval(e))?;
+                send(rt, session, client_message::Body::Eval(e))?;
             }
             server_message::Body::Finished(f) => {
                 progress.message(&format!(
                     "client {k}: the run finished after {} rounds",
                     f.rounds
                 ));
-                return Ok(());
+                return Ok(true);
             }
             server_message::Body::Rejected(r) => {
                 progress.message(&format!("client {k}: rejected: {}", r.reason));
@@ -352,12 +427,20 @@ pub fn run_client<B: Backend>(
                 )));
             }
         }
+        Ok(false)
     }
+}
+
+/// How an error about a closed session starts (the client then reconnects).
+const CLOSED: &str = "the session to the server closed";
+
+fn closed() -> Error {
+    Error::Net(CLOSED.into())
 }
 
 fn send(rt: &tokio::runtime::Runtime, s: &Session, body: client_message::Body) -> Result<()> {
     rt.block_on(s.outbound.send(ClientMessage { body: Some(body) }))
-        .map_err(|_| Error::Net("the session to the server is closed".into()))
+        .map_err(|_| closed())
 }
 
 /// The server's next message; `None` when it closed the stream.
@@ -370,10 +453,7 @@ fn next(
         Err(_) => Err(Error::Net(format!(
             "no message from the server within {timeout:?}"
         ))),
-        Ok(Err(st)) => Err(Error::Net(format!(
-            "the server ended the session: {}",
-            st.message()
-        ))),
+        Ok(Err(st)) => Err(Error::Net(format!("{CLOSED}: {}", st.message()))),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(ServerMessage { body }))) => Ok(body),
     }

@@ -735,7 +735,7 @@ fn finite_or_null(v: f64) -> Value {
 /// Fault injection for the resume tests (docs/testing.md): with `FLEXP_ABORT_AFTER_CHECKPOINT=N`
 /// the process dies right after round N's checkpoint, as a kill would (no unwinding, nothing
 /// flushed or cleaned up), at a point a test can name instead of racing a timer.
-fn abort_if_asked(round: usize) {
+pub(crate) fn abort_if_asked(round: usize) {
     let asked = std::env::var("FLEXP_ABORT_AFTER_CHECKPOINT")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok());

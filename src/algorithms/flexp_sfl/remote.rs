@@ -146,6 +146,14 @@ pub(crate) struct ClientHalf<B: Backend> {
     snapshot: Option<AdapterSet<B>>,
 }
 
+/// A client's P_k and optimizer state, copied.
+pub(crate) struct Saved<B: Backend> {
+    set: AdapterSet<B>,
+    m: AdapterSet<B>,
+    v: AdapterSet<B>,
+    step: u64,
+}
+
 /// An adapter set shaped as `FlexpSfl::new` shapes one (blocks, head), holding `values`.
 fn set_from_flat<B: Backend>(
     fed: &Federation<'_, B>,
@@ -189,6 +197,25 @@ impl<B: Backend> ClientHalf<B> {
         self.snapshot = values
             .map(|v| set_from_flat(fed, 0..fed.layers(), true, v, "alignment snapshot"))
             .transpose()?;
+        Ok(())
+    }
+
+    /// A copy of P_k and its optimizer state.
+    pub(crate) fn save(&self, fed: &Federation<'_, B>) -> Result<Saved<B>> {
+        Ok(Saved {
+            set: fed.duplicate(&self.set)?,
+            m: fed.duplicate(&self.opt.m)?,
+            v: fed.duplicate(&self.opt.v)?,
+            step: self.opt.step,
+        })
+    }
+
+    /// Back to a state [`ClientHalf::save`] copied.
+    pub(crate) fn restore(&mut self, fed: &Federation<'_, B>, s: &Saved<B>) -> Result<()> {
+        self.set = fed.duplicate(&s.set)?;
+        self.opt.m = fed.duplicate(&s.m)?;
+        self.opt.v = fed.duplicate(&s.v)?;
+        self.opt.step = s.step;
         Ok(())
     }
 
