@@ -183,13 +183,7 @@ pub fn run_client<B: Backend>(
         test_examples: (counts.len() - train_n) as u64,
     };
     let max = opts.limits.max_message_bytes + (1 << 20);
-    let mut session = rt.block_on(connect(
-        &opts.connect,
-        tls,
-        hello.clone(),
-        opts.timeout,
-        max,
-    ))?;
+    let mut session = rt.block_on(connect(&opts.connect, tls, hello, opts.timeout, max))?;
     let welcome = session.welcome.clone();
     let mut cfg = RawConfig::from_toml(&welcome.config_toml)?.resolve()?;
     if let Some(m) = &opts.model {
@@ -269,13 +263,7 @@ pub fn run_client<B: Backend>(
             Err(Error::Net(m)) if m.starts_with(CLOSED) => {
                 progress.message(&format!("client {k}: {m}; reconnecting"));
                 let tls = client_config(&opts.tls, opts.id, &opts.server_name)?;
-                session = rt.block_on(connect(
-                    &opts.connect,
-                    tls,
-                    hello.clone(),
-                    opts.timeout,
-                    max,
-                ))?;
+                session = rt.block_on(connect(&opts.connect, tls, hello, opts.timeout, max))?;
                 let round = session.welcome.round;
                 if let Some((r, state)) = &saved {
                     if *r == round {
