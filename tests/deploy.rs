@@ -143,9 +143,12 @@ fn deploy(
     sets: &[String],
     clients: u32,
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
-) -> (Proc, PathBuf, Vec<(Proc, PathBuf)>) {
+) -> Running {
     deploy_with(dir, sets, clients, env_of, &[]).0
 }
+
+/// A started deployment: the server with its log, and each client with its log.
+type Running = (Proc, PathBuf, Vec<(Proc, PathBuf)>);
 
 /// [`deploy`] with the server's environment; also returns the server's arguments.
 fn deploy_with(
@@ -154,7 +157,7 @@ fn deploy_with(
     clients: u32,
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
     server_env: &[(&str, &str)],
-) -> ((Proc, PathBuf, Vec<(Proc, PathBuf)>), Vec<String>) {
+) -> (Running, Vec<String>) {
     let tls = dir.join("tls");
     let parts = dir.join("parts");
     run_ok(
