@@ -144,7 +144,7 @@ fn deploy(
     clients: u32,
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
 ) -> Running {
-    deploy_with(dir, sets, clients, env_of, &[]).0
+    deploy_with(dir, sets, clients, env_of, &[], "f32").0
 }
 
 /// A started deployment: the server with its log, and each client with its log.
@@ -157,6 +157,7 @@ fn deploy_with(
     clients: u32,
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
     server_env: &[(&str, &str)],
+    wire: &str,
 ) -> (Running, Vec<String>) {
     let tls = dir.join("tls");
     let parts = dir.join("parts");
@@ -194,6 +195,8 @@ fn deploy_with(
         "20".into(),
         "--join-timeout".into(),
         "60".into(),
+        "--wire".into(),
+        wire.into(),
     ]);
     let server_log = dir.join("server.log");
     let server = spawn(&s, &server_log, server_env);
@@ -217,6 +220,8 @@ fn deploy_with(
             parts.join("global_test.csv").to_str().unwrap(),
             "--timeout",
             "60",
+            "--wire",
+            wire,
         ]
         .map(String::from)
         .to_vec();
@@ -489,6 +494,7 @@ fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
         3,
         |_| vec![],
         &[("FLEXP_ABORT_AFTER_CHECKPOINT", "2")],
+        "f32",
     );
     let status = wait(
         &mut server,
@@ -547,6 +553,75 @@ fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
                 s["round"]
             );
         }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// bf16 frames (`--wire bf16` on both sides) halve what the activations and gradients weigh on
+/// the wire; the run is then close to the f32 one, not equal (each value is rounded to bf16).
+#[test]
+fn bf16_frames_halve_the_traffic_and_train_alike() {
+    let dir = tmp("bf16");
+    let data = data(&dir);
+    let sets = sets(&data, &["align=\"none\""]);
+    let mut t = vec!["--quiet".to_string(), "train".into()];
+    t.extend(sets.iter().cloned());
+    t.extend([
+        "--set".into(),
+        format!("out=\"{}\"", dir.join("sim").display()),
+    ]);
+    run_ok(&t);
+    let sim = lines(&dir.join("sim/metrics.jsonl"));
+    let traffic = |run: &str| -> (u64, u64) {
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(run).join("report.json")).unwrap(),
+        )
+        .unwrap();
+        r["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold((0, 0), |(u, d), c| {
+                (
+                    u + c["bytes_received"].as_u64().unwrap(),
+                    d + c["bytes_sent"].as_u64().unwrap(),
+                )
+            })
+    };
+    let mut runs = Vec::new();
+    for wire in ["f32", "bf16"] {
+        let sub = dir.join(wire);
+        std::fs::create_dir_all(&sub).unwrap();
+        let ((mut server, log, mut clients), _) =
+            deploy_with(&sub, &sets, 3, |_| vec![], &[], wire);
+        let s = wait(&mut server, Duration::from_secs(240), "the server", &log);
+        assert!(s.success(), "{}", std::fs::read_to_string(&log).unwrap());
+        for (c, l) in clients.iter_mut() {
+            assert!(wait(c, Duration::from_secs(30), "a client", l).success());
+        }
+        runs.push((
+            traffic(&format!("{wire}/run")),
+            lines(&sub.join("run/metrics.jsonl")),
+        ));
+    }
+    let ((up32, down32), _) = runs[0];
+    let ((up16, down16), ref bf) = runs[1];
+    // Activations up and gradients down dominate; the per-message overhead stays.
+    assert!(
+        up16 * 10 < up32 * 6 && up16 * 10 > up32 * 4,
+        "up: bf16 {up16} vs f32 {up32}"
+    );
+    assert!(down16 < down32, "down: bf16 {down16} vs f32 {down32}");
+    for (d, s) in bf.iter().zip(&sim) {
+        let (a, b) = (
+            d["train_loss"].as_f64().unwrap(),
+            s["train_loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 0.05 * b.abs().max(0.05),
+            "round {}: bf16 loss {a} vs {b}",
+            s["round"]
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
