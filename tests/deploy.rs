@@ -266,35 +266,16 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
         );
     }
     let dep = lines(&dir.join("run/metrics.jsonl"));
-    assert_eq!(dep.len(), sim.len(), "one line per round");
+    assert_eq!(dep.len(), sim.len(), "one line per evaluation");
+    // Every figure of every metrics line: loss, the evaluations (each personalized model on its
+    // own test rows and on the global rows, the client's blocks then the server's; the global
+    // model), the cost accounting and the simulated clock. Only the measured wall time differs.
     for (d, s) in dep.iter().zip(&sim) {
-        let (a, b) = (
-            d["train_loss"].as_f64().unwrap(),
-            s["train_loss"].as_f64().unwrap(),
+        same(s, d, &format!("metrics round {}", s["round"]));
+        eprintln!(
+            "round {}: loss {} vs {}",
+            s["round"], d["train_loss"], s["train_loss"]
         );
-        assert!(
-            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-            "round {}: deployment loss {a} vs simulation {b}",
-            s["round"]
-        );
-        eprintln!("round {}: {a} vs {b}", s["round"]);
-        assert_eq!(d["rejected"], s["rejected"]);
-        // Evaluation: each personalized model on its own test rows and on the global rows (the
-        // client's blocks, then the server's), and the global model.
-        for key in [
-            "personalized_acc_mean",
-            "personalized_acc_std",
-            "personalized_acc_min",
-            "global_acc_mean",
-            "global_model_acc",
-        ] {
-            let (x, y) = (d[key].as_f64(), s[key].as_f64());
-            assert!(
-                matches!((x, y), (Some(x), Some(y)) if (x - y).abs() <= 1e-9),
-                "round {}: {key} deployment {x:?} vs simulation {y:?}",
-                s["round"]
-            );
-        }
     }
     // Not a trivial case: the models learned something and differ between clients.
     let last = sim.last().unwrap();
@@ -302,14 +283,81 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
         last["personalized_acc_mean"].as_f64().unwrap() > 0.5,
         "{last}"
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
-            .unwrap();
+    let first = &sim[0];
+    assert!(
+        last["train_loss"].as_f64().unwrap() < 0.5 * first["train_loss"].as_f64().unwrap(),
+        "{first} -> {last}"
+    );
+    // The report: the same run folder, the same figures, with the deployment's own beside them.
+    let report = |run: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(run).join("report.json")).unwrap())
+            .unwrap()
+    };
+    let (sim_report, report) = (report("sim"), report("run"));
+    same(&sim_report, &report, "report.json");
     for c in report["clients"].as_array().unwrap() {
         assert_eq!(c["rounds_completed"], 3, "{c}");
-        assert!(c["bytes_sent"].as_u64().unwrap() > 0 && c["bytes_received"].as_u64().unwrap() > 0);
+        assert!(
+            c["wire_bytes_up"].as_u64().unwrap() > 0 && c["wire_bytes_down"].as_u64().unwrap() > 0
+        );
+        assert!(
+            c["step_latency_s_p95"].as_f64().unwrap()
+                >= c["step_latency_s_mean"].as_f64().unwrap() * 0.5
+        );
     }
+    for f in [
+        "config.toml",
+        "plan.json",
+        "report.md",
+        "acc_vs_round.svg",
+        "clients.svg",
+    ] {
+        assert!(
+            dir.join("run").join(f).is_file(),
+            "the deployment wrote no {f}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sim/plan.json")).unwrap(),
+        std::fs::read_to_string(dir.join("run/plan.json")).unwrap()
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every field of the simulation's `want` is in the deployment's `got` with the same value
+/// (numbers to 1e-6 relative), but for the measured wall time; `got` may hold more fields.
+fn same(want: &Value, got: &Value, at: &str) {
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            for (k, v) in w {
+                if k == "wall_seconds" {
+                    continue;
+                }
+                let Some(gv) = g.get(k) else {
+                    panic!("{at}: the deployment has no `{k}`");
+                };
+                same(v, gv, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(w), Value::Array(g)) => {
+            assert_eq!(w.len(), g.len(), "{at}: lengths");
+            for (i, (a, b)) in w.iter().zip(g).enumerate() {
+                same(a, b, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "{at}: simulation {a} vs deployment {b}"
+            );
+        }
+        (w, g) if at.ends_with(".out") || at.ends_with(".model") => {
+            // Paths of the two run folders.
+            assert!(w.is_string() && g.is_string(), "{at}: {w} vs {g}");
+        }
+        (w, g) => assert_eq!(w, g, "{at}"),
+    }
 }
 
 #[test]
@@ -537,23 +585,18 @@ fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
             "client:\n{text}"
         );
     }
+    // Every figure, the books carried over the restart (cost, simulated clock, best round)
+    // included.
     let dep = lines(&dir.join("run/metrics.jsonl"));
     assert_eq!(dep.len(), 4);
     for (d, s) in dep.iter().zip(&sim) {
-        for key in [
-            "train_loss",
-            "personalized_acc_mean",
-            "global_acc_mean",
-            "global_model_acc",
-        ] {
-            let (x, y) = (d[key].as_f64().unwrap(), s[key].as_f64().unwrap());
-            assert!(
-                (x - y).abs() <= 1e-9 * y.abs().max(1.0),
-                "round {}: {key} {x} vs {y}",
-                s["round"]
-            );
-        }
+        same(s, d, &format!("metrics round {}", s["round"]));
     }
+    let report = |run: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(run).join("report.json")).unwrap())
+            .unwrap()
+    };
+    same(&report("sim"), &report("run"), "report.json");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -583,8 +626,8 @@ fn bf16_frames_halve_the_traffic_and_train_alike() {
             .iter()
             .fold((0, 0), |(u, d), c| {
                 (
-                    u + c["bytes_received"].as_u64().unwrap(),
-                    d + c["bytes_sent"].as_u64().unwrap(),
+                    u + c["wire_bytes_up"].as_u64().unwrap(),
+                    d + c["wire_bytes_down"].as_u64().unwrap(),
                 )
             })
     };

@@ -33,9 +33,10 @@ use crate::fsutil::{lock_dir, write_atomic};
 use crate::model::{is_gguf, load_model_and_tokenizer_with};
 use crate::rng::Rng;
 use crate::run::checkpoint::{self, Meta};
+use crate::run::ledger::{finite_or_null, ClientFacts, Eval, Ledger};
 use crate::run::runner::{
-    abort_if_asked, be_bytes_per_block, encode as encode_examples, lora_config, mean_std_min, plan,
-    pooling_of, sample_participants, split_data, task_head, Progress,
+    abort_if_asked, be_bytes_per_block, encode as encode_examples, lora_config, plan, pooling_of,
+    sample_participants, split_data, task_head, Progress,
 };
 use crate::run::RunConfig;
 use serde_json::{json, Value};
@@ -65,7 +66,8 @@ pub struct ServeOptions {
     pub resume: bool,
 }
 
-/// Per-client measurements of the deployment.
+/// Per-client measurements of the deployment: what crossed the wire (encoded message sizes),
+/// and the time from sending a step's batch to receiving its activations.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct ClientStats {
     rounds_completed: usize,
@@ -74,8 +76,30 @@ struct ClientStats {
     step_latency: Vec<f64>,
 }
 
-/// Runs the server until `cfg.rounds` rounds are done; writes `metrics.jsonl` (one line per
-/// round: training loss, rejected steps, traffic) and `report.json` into the run folder.
+impl ClientStats {
+    /// The report's per-client fields of the deployment.
+    fn fields(&self) -> serde_json::Map<String, Value> {
+        let mut lat = self.step_latency.clone();
+        lat.sort_by(f64::total_cmp);
+        let mean = (!lat.is_empty()).then(|| lat.iter().sum::<f64>() / lat.len() as f64);
+        // Nearest rank.
+        let p95 = (!lat.is_empty()).then(|| lat[((lat.len() * 95).div_ceil(100)).max(1) - 1]);
+        let mut m = serde_json::Map::new();
+        m.insert("rounds_completed".into(), json!(self.rounds_completed));
+        m.insert("wire_bytes_up".into(), json!(self.bytes_received));
+        m.insert("wire_bytes_down".into(), json!(self.bytes_sent));
+        m.insert("step_latency_s_mean".into(), json!(mean));
+        m.insert("step_latency_s_p95".into(), json!(p95));
+        m
+    }
+}
+
+/// Runs the server until `cfg.rounds` rounds are done and writes the run folder a simulation
+/// writes (`config.toml`, `plan.json`, `metrics.jsonl`, `report.json`, `report.md`, plots),
+/// from the same books: the cost and evaluation figures equal the simulation's for the same
+/// configuration when every client takes part. `report.json` adds a `deployment` object and, per
+/// client, the rounds it completed, the bytes that crossed the wire and the measured latency of
+/// its steps.
 pub fn serve<B: Backend + 'static>(
     be: &B,
     cfg: &RunConfig,
@@ -111,7 +135,16 @@ pub fn serve<B: Backend + 'static>(
         .collect();
     let head = task_head(cfg)?;
     let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, &model));
-    let (cost, split_plan, _) = plan(cfg, &model.config, projection_bytes, head)?;
+    let (cost, split_plan, profiles) = plan(cfg, &model.config, projection_bytes, head)?;
+    let facts: Vec<ClientFacts> = (0..cfg.clients)
+        .map(|k| ClientFacts {
+            profile: profiles[k].name.clone(),
+            split: Some(split_plan.splits[k]),
+            train_examples: train_counts[k],
+            test_examples: splits[k].test.len(),
+            memory_bytes: split_plan.rows[k].memory_bytes,
+        })
+        .collect();
     let fed = Federation {
         backend: be,
         model: &model,
@@ -136,18 +169,15 @@ pub fn serve<B: Backend + 'static>(
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let _lock = lock_dir(&opts.out)?;
     let ckpt = opts.out.join("checkpoint");
-    let metrics_path = opts.out.join("metrics.jsonl");
     let mut start_round = 0;
-    let mut lines: Vec<Value> = Vec::new();
-    let mut rejected_total = 0usize;
     let mut stats = vec![ClientStats::default(); cfg.clients];
+    let mut meta = None;
     if opts.resume {
         let resumed = resume(&opts.out, config_toml, be, &mut algo)?;
         rng = Rng::new(resumed.meta.rng_state);
         start_round = resumed.meta.round;
-        rejected_total = resumed.meta.rejected;
-        lines = resumed.lines;
         stats = resumed.stats;
+        meta = Some(resumed.meta);
         progress.message(&format!("resuming after round {start_round}"));
     } else if opts.out.join("report.json").exists() || ckpt.exists() {
         return Err(Error::Input(format!(
@@ -155,9 +185,13 @@ pub fn serve<B: Backend + 'static>(
             opts.out.display()
         )));
     }
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    write_atomic(&metrics_path, text.as_bytes())?;
+    let mut books = Ledger::open(&opts.out, cfg, meta.as_ref())?;
     write_atomic(&opts.out.join("config.toml"), config_toml.as_bytes())?;
+    progress.message(&split_plan.table());
+    write_atomic(
+        &opts.out.join("plan.json"),
+        split_plan.to_json().to_string().as_bytes(),
+    )?;
 
     let mut welcomes = Vec::with_capacity(cfg.clients);
     for k in 0..cfg.clients {
@@ -209,6 +243,7 @@ pub fn serve<B: Backend + 'static>(
         cfg.clients, cfg.rounds
     ));
 
+    let mut last_eval: Option<Eval> = None;
     let mut st = State {
         connected: vec![false; cfg.clients],
         stats,
@@ -290,36 +325,19 @@ pub fn serve<B: Backend + 'static>(
                 cx.st.stats[k].rounds_completed += 1;
             }
         }
-        rejected_total += log.rejected.len();
+        books.charge(&log, &profiles, cfg.server_flops);
         let r = round + 1;
-        let eval = if r % cfg.eval_every == 0 || r == cfg.rounds {
-            Some(evaluate_round(
-                &mut cx,
-                &algo,
-                &fed,
-                &global_rows,
-                &global_eval,
-            )?)
-        } else {
-            None
-        };
         for (k, why) in &log.rejected {
             progress.message(&format!("round {r}: client {k} step rejected: {why}"));
         }
-        let mut line = json!({
-            "round": r,
-            "train_loss": finite_or_null(log.mean_loss()),
-            "rejected": rejected_total,
-            "participants": participants,
-            "bytes_sent_total": st.stats.iter().map(|s| s.bytes_sent).sum::<u64>(),
-            "bytes_received_total": st.stats.iter().map(|s| s.bytes_received).sum::<u64>(),
-        });
-        if let (Some(ev), Value::Object(o)) = (&eval, &mut line) {
-            o.extend(ev.fields());
+        let mut line = None;
+        if r % cfg.eval_every == 0 || r == cfg.rounds {
+            let ev = evaluate_round(&mut cx, &algo, &fed, &global_rows, &global_eval)?;
+            let extra = deployment_fields(&ev, &participants, &st.stats);
+            line = Some(books.evaluated(r, log.mean_loss(), &ev, extra)?);
+            last_eval = Some(ev);
         }
-        append_line(&metrics_path, &line)?;
-        progress.round(round + 1, cfg.rounds, log.mean_loss(), None);
-        lines.push(line);
+        progress.round(r, cfg.rounds, log.mean_loss(), line.as_ref());
         if cfg.checkpoint_every > 0 && (r % cfg.checkpoint_every == 0 || r == cfg.rounds) {
             // The deployment's own counters first, named by round: a crash between the two
             // writes leaves meta.json at the previous round, whose file is still there.
@@ -327,14 +345,7 @@ pub fn serve<B: Backend + 'static>(
                 serde_json::to_vec(&st.stats).map_err(|e| Error::Backend(e.to_string()))?;
             std::fs::create_dir_all(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
             write_atomic(&ckpt.join(format!("deploy-{r}.json")), &deploy)?;
-            let meta = Meta {
-                round: r,
-                rng_state: rng.state(),
-                counters: checkpoint::counters(&mut algo),
-                metrics_lines: lines.len(),
-                rejected: rejected_total,
-                ..Meta::default()
-            };
+            let meta = books.meta(r, rng.state(), checkpoint::counters(&mut algo));
             checkpoint::save(&ckpt, be, &mut algo, &meta)?;
             let _ = std::fs::remove_file(ckpt.join(format!(
                 "deploy-{}.json",
@@ -343,6 +354,24 @@ pub fn serve<B: Backend + 'static>(
             abort_if_asked(r);
         }
     }
+    // A run resumed after its last round has no evaluation yet.
+    let ev = match last_eval {
+        Some(ev) => ev,
+        None => {
+            let mut cx = RoundCx {
+                rt: &rt,
+                hub: &hub,
+                events: &mut events,
+                st: &mut st,
+                opts,
+                round: cfg.rounds as u64,
+                hidden: model.config.hidden,
+                classes: n_classes,
+                train_counts: &train_counts,
+            };
+            evaluate_round(&mut cx, &algo, &fed, &global_rows, &global_eval)?
+        }
+    };
     for k in 0..cfg.clients {
         let msg = ServerMessage {
             body: Some(server_message::Body::Finished(Finished {
@@ -351,28 +380,30 @@ pub fn serve<B: Backend + 'static>(
         };
         rt.block_on(hub.send(k as u32, msg));
     }
-    let report = json!({
-        "deployment": {
-            "listen": bound.to_string(),
-            "wire": format!("{:?}", opts.wire).to_lowercase(),
-            "step_deadline_s": opts.step_deadline.as_secs_f64(),
-        },
-        "summary": {
-            "rounds": cfg.rounds,
-            "final_train_loss": lines.last().map(|l| l["train_loss"].clone()).unwrap_or(Value::Null),
-            "rejected": rejected_total,
-        },
-        "clients": st.stats.iter().enumerate().map(|(k, s)| json!({
-            "client": k,
-            "split": algo.cut(k),
-            "rounds_completed": s.rounds_completed,
-            "bytes_sent": s.bytes_sent,
-            "bytes_received": s.bytes_received,
-            "step_latency_s_mean": if s.step_latency.is_empty() { Value::Null } else {
-                json!(s.step_latency.iter().sum::<f64>() / s.step_latency.len() as f64)
-            },
-        })).collect::<Vec<_>>(),
-    });
+    let mut report = books.report(cfg, &facts, &ev);
+    if let Value::Object(o) = &mut report {
+        o.insert(
+            "deployment".into(),
+            json!({
+                "listen": bound.to_string(),
+                "wire": format!("{:?}", opts.wire).to_lowercase(),
+                "step_deadline_s": opts.step_deadline.as_secs_f64(),
+                "wire_bytes_up_total": st.stats.iter().map(|s| s.bytes_received).sum::<u64>(),
+                "wire_bytes_down_total": st.stats.iter().map(|s| s.bytes_sent).sum::<u64>(),
+                "figures": "bytes_up/bytes_down and simulated_seconds are the simulation's accounting \
+                            (activations as f32, device profiles); wire_bytes_* are the encoded \
+                            messages that crossed the network, step_latency_s_* the measured time \
+                            from sending a step's batch to receiving its activations",
+            }),
+        );
+    }
+    if let Some(Value::Array(rows)) = report.get_mut("clients") {
+        for (row, s) in rows.iter_mut().zip(&st.stats) {
+            if let Value::Object(o) = row {
+                o.extend(s.fields());
+            }
+        }
+    }
     write_atomic(
         &opts.out.join("report.json"),
         serde_json::to_string_pretty(&report)
@@ -383,25 +414,8 @@ pub fn serve<B: Backend + 'static>(
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
     let _ = stop.send(());
     let _ = rt.block_on(serving);
+    crate::report::write_run_report(&opts.out)?;
     Ok(report)
-}
-
-fn finite_or_null(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        Value::Null
-    }
-}
-
-fn append_line(path: &Path, v: &Value) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
 
 /// What the server knows of its clients between events.
@@ -679,71 +693,39 @@ fn run_step<B: Backend>(
     Ok(())
 }
 
-/// One evaluation of the deployment: each client's personalized model on its own test rows and
-/// on the global evaluation rows (the client runs its blocks, the server finishes with G), and
-/// the global model on the global evaluation rows (on the server). `None`: the client did not
-/// answer, or held no such rows.
-struct Evaluation {
-    personal: Vec<Option<EvalStats>>,
-    global_of_personal: Vec<Option<EvalStats>>,
-    global_model: EvalStats,
-    lm: bool,
-}
-
-impl Evaluation {
-    /// The metrics line's fields, named as the simulation names them.
-    fn fields(&self) -> serde_json::Map<String, Value> {
-        let acc = |v: &[Option<EvalStats>]| -> Vec<f64> {
-            v.iter()
-                .map(|e| e.map_or(f64::NAN, |e| e.accuracy()))
-                .collect()
-        };
-        // Means and spreads over the clients that answered (a dropped client has no model to
-        // evaluate); how many did is recorded beside them.
-        let answered = |v: &[Option<EvalStats>]| -> Vec<f64> {
-            v.iter().flatten().map(|e| e.accuracy()).collect()
-        };
-        let (pm, ps, pmin) = mean_std_min(&answered(&self.personal));
-        let (gm, _, _) = mean_std_min(&answered(&self.global_of_personal));
-        let mut m = serde_json::Map::new();
-        m.insert(
-            "clients_evaluated".into(),
-            json!(self.personal.iter().flatten().count()),
-        );
-        m.insert("personalized_acc_mean".into(), finite_or_null(pm));
-        m.insert("personalized_acc_std".into(), finite_or_null(ps));
-        m.insert("personalized_acc_min".into(), finite_or_null(pmin));
-        m.insert("global_acc_mean".into(), finite_or_null(gm));
-        m.insert(
-            "global_model_acc".into(),
-            finite_or_null(self.global_model.accuracy()),
-        );
-        m.insert(
-            "personalized_acc".into(),
-            Value::Array(
-                acc(&self.personal)
-                    .into_iter()
-                    .map(finite_or_null)
-                    .collect(),
-            ),
-        );
-        if self.lm {
-            let ppl: Vec<f64> = self
-                .personal
+/// The fields a deployment's metrics line adds to the simulation's: how many clients answered
+/// the evaluation (a dropped client has no figures, and the means are over those that answered),
+/// each client's personalized accuracy, the round's participants, and the bytes that crossed the
+/// wire so far.
+fn deployment_fields(
+    ev: &Eval,
+    participants: &[usize],
+    stats: &[ClientStats],
+) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "clients_evaluated".into(),
+        json!(ev.personal.iter().flatten().count()),
+    );
+    m.insert(
+        "personalized_acc".into(),
+        Value::Array(
+            ev.personal
                 .iter()
-                .map(|e| e.map_or(f64::NAN, |e| e.perplexity()))
-                .collect();
-            m.insert(
-                "personalized_ppl".into(),
-                Value::Array(ppl.into_iter().map(finite_or_null).collect()),
-            );
-            m.insert(
-                "global_model_ppl".into(),
-                finite_or_null(self.global_model.perplexity()),
-            );
-        }
-        m
-    }
+                .map(|e| e.map_or(Value::Null, |e| finite_or_null(e.accuracy())))
+                .collect(),
+        ),
+    );
+    m.insert("participants".into(), json!(participants));
+    m.insert(
+        "wire_bytes_up_total".into(),
+        json!(stats.iter().map(|s| s.bytes_received).sum::<u64>()),
+    );
+    m.insert(
+        "wire_bytes_down_total".into(),
+        json!(stats.iter().map(|s| s.bytes_sent).sum::<u64>()),
+    );
+    m
 }
 
 /// The step number evaluation messages carry (no local step has it).
@@ -755,7 +737,7 @@ fn evaluate_round<B: Backend>(
     fed: &Federation<'_, B>,
     global_rows: &[usize],
     global_eval: &[Example],
-) -> Result<Evaluation> {
+) -> Result<Eval> {
     let n = cx.st.connected.len();
     let all: Vec<usize> = (0..n).collect();
     for &k in &all {
@@ -803,24 +785,23 @@ fn evaluate_round<B: Backend>(
             Err(err) => progress.message(&format!("client {k}: evaluation refused: {err}")),
         }
     }
+    // As the simulation evaluates it (`run_eval`): FlexP-SFL always has its global model.
     let global_model = algo
         .global()
         .map(|g| evaluate(fed, &[g], &[global_eval]))
         .transpose()?
-        .and_then(|v| v.first().copied())
-        .unwrap_or_default();
-    Ok(Evaluation {
+        .and_then(|v| v.first().copied());
+    Ok(Eval {
         personal,
         global_of_personal,
         global_model,
-        lm: cx.classes == 0,
+        global_model_note: global_model.is_none().then(|| algo.no_global_model()),
     })
 }
 
 /// What a resumed server takes from its run folder.
 struct Resumed {
     meta: Meta,
-    lines: Vec<Value>,
     stats: Vec<ClientStats>,
 }
 
@@ -855,14 +836,5 @@ fn resume<B: Backend>(
         path: dp.clone(),
         reason: e.to_string(),
     })?;
-    let mp = out.join("metrics.jsonl");
-    let lines = std::fs::read_to_string(&mp)
-        .unwrap_or_default()
-        .lines()
-        .take(meta.metrics_lines)
-        .map(|l| {
-            serde_json::from_str(l).map_err(|e| Error::Input(format!("{}: {e}", mp.display())))
-        })
-        .collect::<Result<_>>()?;
-    Ok(Resumed { meta, lines, stats })
+    Ok(Resumed { meta, stats })
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod export;
+pub(crate) mod ledger;
 pub mod partition;
 pub mod runner;
 pub mod sweep;

@@ -1,9 +1,10 @@
 //! One experiment from configuration to run folder: data, partition, plan, training rounds,
 //! evaluation, accounting, checkpoints, report.
 
-use super::checkpoint::{self, Meta};
+use super::checkpoint;
 use super::config::{RawConfig, RunConfig, SplitSpec, Task};
-use crate::algorithms::{self, evaluate, Chain, ClientData, EvalStats, Example, Federation, Label};
+use super::ledger::{ClientFacts, Eval, Ledger};
+use crate::algorithms::{self, evaluate, Chain, ClientData, Example, Federation, Label};
 use crate::backend::Backend;
 use crate::data::{self, DataSpec, Dataset};
 use crate::error::{Error, Result};
@@ -16,10 +17,8 @@ use crate::model::{
     is_gguf, load_model_and_tokenizer_with, LoraConfig, Model, ModelConfig, Pooling, Tokenizer,
 };
 use crate::rng::Rng;
-use serde_json::{json, Value};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use serde_json::Value;
+use std::path::PathBuf;
 
 /// How the run reports progress.
 pub trait Progress {
@@ -347,69 +346,6 @@ fn subset(ds: &Dataset, idx: &[usize]) -> Dataset {
     }
 }
 
-/// Per-client accumulated cost.
-#[derive(Clone, Copy, Debug, Default)]
-struct Totals {
-    up: f64,
-    down: f64,
-    flops: f64,
-}
-
-pub(crate) fn mean_std_min(v: &[f64]) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
-    (
-        m,
-        var.sqrt(),
-        v.iter().copied().fold(f64::INFINITY, f64::min),
-    )
-}
-
-/// Evaluation of every client's personalized model and of the global model.
-struct Eval {
-    /// Each client's personalized model on its own test split.
-    personal: Vec<EvalStats>,
-    /// Each client's personalized model on the global test set.
-    global_of_personal: Vec<EvalStats>,
-    global_model: Option<EvalStats>,
-    /// Why there is no global model, when there is none.
-    global_model_note: Option<&'static str>,
-}
-
-impl Eval {
-    fn accuracies(v: &[EvalStats]) -> Vec<f64> {
-        v.iter().map(EvalStats::accuracy).collect()
-    }
-
-    fn perplexities(v: &[EvalStats]) -> Vec<f64> {
-        v.iter().map(EvalStats::perplexity).collect()
-    }
-
-    /// The metric fields of a causal-LM evaluation: perplexity of each client's personalized
-    /// model on its own split (mean, spread, worst) and on the global test set, and the global
-    /// model's. Lower is better, so the worst client is the maximum.
-    fn perplexity_fields(&self) -> serde_json::Map<String, Value> {
-        let own = Self::perplexities(&self.personal);
-        let (m, s, _) = mean_std_min(&own);
-        let worst = own.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let (g, _, _) = mean_std_min(&Self::perplexities(&self.global_of_personal));
-        let mut out = serde_json::Map::new();
-        out.insert("personalized_ppl_mean".into(), finite_or_null(m));
-        out.insert("personalized_ppl_std".into(), finite_or_null(s));
-        out.insert("personalized_ppl_max".into(), finite_or_null(worst));
-        out.insert("global_ppl_mean".into(), finite_or_null(g));
-        out.insert(
-            "global_model_ppl".into(),
-            self.global_model
-                .map_or(Value::Null, |e| finite_or_null(e.perplexity())),
-        );
-        out
-    }
-}
-
 fn run_eval<B: Backend>(
     fed: &Federation<'_, B>,
     algo: &dyn algorithms::Algorithm<B>,
@@ -418,9 +354,15 @@ fn run_eval<B: Backend>(
     let n = fed.num_clients();
     let chains: Vec<Chain<'_, B>> = (0..n).map(|k| algo.personal(k)).collect();
     let own: Vec<&[Example]> = fed.clients.iter().map(|c| c.test.as_slice()).collect();
-    let personal = evaluate(fed, &chains, &own)?;
+    let personal = evaluate(fed, &chains, &own)?
+        .into_iter()
+        .map(Some)
+        .collect();
     let sets: Vec<&[Example]> = (0..n).map(|_| global_test).collect();
-    let global_of_personal = evaluate(fed, &chains, &sets)?;
+    let global_of_personal = evaluate(fed, &chains, &sets)?
+        .into_iter()
+        .map(Some)
+        .collect();
     let global_model = match algo.global() {
         Some(g) => evaluate(fed, &[g], &[global_test])?.first().copied(),
         None => None,
@@ -458,7 +400,6 @@ pub fn run<B: Backend + 'static>(
     resume: bool,
     progress: &mut dyn Progress,
 ) -> Result<RunOutcome> {
-    let t0 = Instant::now();
     let dir = cfg.out.clone();
     let ckpt_dir = dir.join("checkpoint");
     // A folder that exists may be another process's run in progress: lock it before reading it.
@@ -559,60 +500,18 @@ pub fn run<B: Backend + 'static>(
             prep.global_test.clone()
         };
 
-    let mut totals = vec![Totals::default(); cfg.clients];
-    let mut sim = 0.0f64;
-    let mut wall_before = 0.0f64;
-    let mut rejected = 0usize;
     let mut start_round = 0usize;
-    let metrics_path = dir.join("metrics.jsonl");
-    let mut metrics: Vec<Value> = Vec::new();
-    if resume {
+    let resumed = if resume {
         let meta = checkpoint::load(&ckpt_dir, be, algo.as_mut())?;
         rng = Rng::new(meta.rng_state);
         start_round = meta.round;
-        sim = meta.simulated_seconds;
-        wall_before = meta.wall_seconds;
-        rejected = meta.rejected;
-        for (t, (u, d, f)) in totals.iter_mut().zip(&meta.client_totals) {
-            *t = Totals {
-                up: *u,
-                down: *d,
-                flops: *f,
-            };
-        }
-        let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-        metrics = text
-            .lines()
-            .take(meta.metrics_lines)
-            .map(|l| {
-                serde_json::from_str(l)
-                    .map_err(|e| Error::Input(format!("{}: {e}", metrics_path.display())))
-            })
-            .collect::<Result<_>>()?;
         progress.message(&format!("resuming after round {start_round}"));
-    }
-    rewrite_metrics(&metrics_path, &metrics)?;
-
+        Some(meta)
+    } else {
+        None
+    };
+    let mut books = Ledger::open(&dir, cfg, resumed.as_ref())?;
     let mut last_eval: Option<Eval> = None;
-    // A causal LM's accuracy fields hold exact match; perplexity fields join them.
-    let lm = matches!(cfg.task, Task::CausalLm { .. });
-    let mut best: Option<(usize, Value)> = metrics
-        .iter()
-        .filter_map(|m| Some((m["round"].as_u64()? as usize, m.clone())))
-        .max_by(|a, b| {
-            a.1["personalized_acc_mean"]
-                .as_f64()
-                .partial_cmp(&b.1["personalized_acc_mean"].as_f64())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-    let mut time_to_target: Option<f64> = metrics
-        .iter()
-        .find(|m| {
-            m["personalized_acc_mean"]
-                .as_f64()
-                .is_some_and(|a| a >= cfg.target_acc)
-        })
-        .and_then(|m| m["simulated_seconds"].as_f64());
 
     for round in start_round..cfg.rounds {
         let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
@@ -623,73 +522,17 @@ pub fn run<B: Backend + 'static>(
                 round + 1
             ));
         }
-        rejected += log.rejected.len();
-        // The round lasts as long as its slowest participant; the server's work is added.
-        let mut straggler = 0.0f64;
-        for c in &log.clients {
-            let p = &prep.profiles[c.client];
-            let t = c.flops / p.compute_flops
-                + c.bytes_up / p.uplink_bps
-                + c.bytes_down / p.downlink_bps;
-            straggler = straggler.max(t);
-            let tot = &mut totals[c.client];
-            tot.up += c.bytes_up;
-            tot.down += c.bytes_down;
-            tot.flops += c.flops;
-        }
-        sim += straggler + log.server_flops / cfg.server_flops;
+        books.charge(&log, &prep.profiles, cfg.server_flops);
         let r = round + 1;
         let mut line = None;
         if r % cfg.eval_every == 0 || r == cfg.rounds {
             let ev = run_eval(&fed, algo.as_ref(), &global_eval)?;
-            let (pm, ps, pmin) = mean_std_min(&Eval::accuracies(&ev.personal));
-            let (gm, _, _) = mean_std_min(&Eval::accuracies(&ev.global_of_personal));
-            let mut m = json!({
-                "round": r,
-                "simulated_seconds": sim,
-                "wall_seconds": wall_before + t0.elapsed().as_secs_f64(),
-                "train_loss": finite_or_null(log.mean_loss()),
-                "personalized_acc_mean": pm,
-                "personalized_acc_std": ps,
-                "personalized_acc_min": pmin,
-                "global_acc_mean": finite_or_null(gm),
-                "global_model_acc": ev.global_model.map(|e| e.accuracy()),
-                "bytes_up_total": totals.iter().map(|t| t.up).sum::<f64>(),
-                "bytes_down_total": totals.iter().map(|t| t.down).sum::<f64>(),
-                "client_flops_total": totals.iter().map(|t| t.flops).sum::<f64>(),
-                "rejected": rejected,
-            });
-            if lm {
-                if let Value::Object(o) = &mut m {
-                    o.extend(ev.perplexity_fields());
-                }
-            }
-            if time_to_target.is_none() && pm >= cfg.target_acc {
-                time_to_target = Some(sim);
-            }
-            if best
-                .as_ref()
-                .is_none_or(|(_, b)| b["personalized_acc_mean"].as_f64().unwrap_or(-1.0) < pm)
-            {
-                best = Some((r, m.clone()));
-            }
-            append_metric(&metrics_path, &m)?;
-            metrics.push(m.clone());
-            line = Some(m);
+            line = Some(books.evaluated(r, log.mean_loss(), &ev, Default::default())?);
             last_eval = Some(ev);
         }
         progress.round(r, cfg.rounds, log.mean_loss(), line.as_ref());
         if cfg.checkpoint_every > 0 && (r % cfg.checkpoint_every == 0 || r == cfg.rounds) {
-            let meta = Meta {
-                round: r,
-                rng_state: rng.state(),
-                counters: checkpoint::counters(algo.as_mut()),
-                client_totals: totals.iter().map(|t| (t.up, t.down, t.flops)).collect(),
-                simulated_seconds: sim,
-                wall_seconds: wall_before + t0.elapsed().as_secs_f64(),
-                metrics_lines: metrics.len(),
-                rejected,
-            };
+            let meta = books.meta(r, rng.state(), checkpoint::counters(algo.as_mut()));
             checkpoint::save(&ckpt_dir, be, algo.as_mut(), &meta)?;
             abort_if_asked(r);
         }
@@ -699,8 +542,7 @@ pub fn run<B: Backend + 'static>(
         Some(e) => e,
         None => run_eval(&fed, algo.as_ref(), &global_eval)?,
     };
-    let wall = wall_before + t0.elapsed().as_secs_f64();
-    let report = build_report(cfg, &prep, &ev, &totals, sim, wall, best, time_to_target);
+    let report = books.report(cfg, &client_facts(cfg, &prep), &ev);
     write_atomic(
         &dir.join("report.json"),
         serde_json::to_string_pretty(&report)
@@ -722,14 +564,6 @@ pub fn run<B: Backend + 'static>(
     // Held until the report is written: the report is part of the run.
     drop(lock);
     Ok(RunOutcome { dir, report })
-}
-
-fn finite_or_null(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        Value::Null
-    }
 }
 
 /// Fault injection for the resume tests (docs/testing.md): with `FLEXP_ABORT_AFTER_CHECKPOINT=N`
@@ -757,117 +591,22 @@ pub fn sample_participants(n: usize, q: f64, rng: &mut Rng) -> Vec<usize> {
     idx
 }
 
-fn rewrite_metrics(path: &Path, lines: &[Value]) -> Result<()> {
-    let mut s = String::new();
-    for l in lines {
-        s.push_str(&l.to_string());
-        s.push('\n');
-    }
-    write_atomic(path, s.as_bytes())
-}
-
-fn append_metric(path: &Path, m: &Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{m}").map_err(|e| Error::io(path, e))?;
-    f.sync_data().map_err(|e| Error::io(path, e))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_report(
-    cfg: &RunConfig,
-    prep: &Prepared,
-    ev: &Eval,
-    totals: &[Totals],
-    sim: f64,
-    wall: f64,
-    best: Option<(usize, Value)>,
-    time_to_target: Option<f64>,
-) -> Value {
-    let n = cfg.clients as f64;
-    let lm = matches!(cfg.task, Task::CausalLm { .. });
-    let personal = Eval::accuracies(&ev.personal);
-    let global_of_personal = Eval::accuracies(&ev.global_of_personal);
-    let (pm, ps, pmin) = mean_std_min(&personal);
-    let (gm, _, _) = mean_std_min(&global_of_personal);
+/// The per-client facts of the report: profile, split, data sizes, predicted memory.
+fn client_facts(cfg: &RunConfig, prep: &Prepared) -> Vec<ClientFacts> {
     let split_algo = cfg.algorithm.is_split();
-    let clients: Vec<Value> = (0..cfg.clients)
-        .map(|k| {
-            let row = &prep.plan.rows[k];
-            let mut c = json!({
-                "client": k,
-                "profile": prep.profiles[k].name,
-                "split": if split_algo { json!(prep.plan.splits[k]) } else { Value::Null },
-                "train_examples": prep.clients[k].train.len(),
-                "test_examples": prep.clients[k].test.len(),
-                "personalized_acc": finite_or_null(personal[k]),
-                "global_acc": finite_or_null(global_of_personal[k]),
-                "bytes_up": totals[k].up,
-                "bytes_down": totals[k].down,
-                "flops": totals[k].flops,
-                "memory_bytes": if split_algo { json!(row.memory_bytes) } else { json!(prep.cost.client_memory(prep.cost.max_split()) ) },
-            });
-            if let (true, Value::Object(o)) = (lm, &mut c) {
-                o.insert("personalized_ppl".into(), finite_or_null(ev.personal[k].perplexity()));
-                o.insert(
-                    "global_ppl".into(),
-                    finite_or_null(ev.global_of_personal[k].perplexity()),
-                );
-            }
-            c
+    (0..cfg.clients)
+        .map(|k| ClientFacts {
+            profile: prep.profiles[k].name.clone(),
+            split: split_algo.then(|| prep.plan.splits[k]),
+            train_examples: prep.clients[k].train.len(),
+            test_examples: prep.clients[k].test.len(),
+            memory_bytes: if split_algo {
+                prep.plan.rows[k].memory_bytes
+            } else {
+                prep.cost.client_memory(prep.cost.max_split())
+            },
         })
-        .collect();
-    let best = best.map(|(r, m)| {
-        json!({
-            "round": r,
-            "personalized_acc_mean": m["personalized_acc_mean"],
-            "personalized_acc_std": m["personalized_acc_std"],
-            "personalized_acc_min": m["personalized_acc_min"],
-            "global_acc_mean": m["global_acc_mean"],
-            "global_model_acc": m["global_model_acc"],
-        })
-    });
-    let mut report = json!({
-        "algorithm": cfg.algorithm.name(),
-        "task": if lm { "causal_lm" } else { "classify" },
-        "rounds": cfg.rounds,
-        "clients": cfg.clients,
-        "seed": cfg.seed,
-        "partition": cfg.partition.to_string(),
-        "model": cfg.model.display().to_string(),
-        "precision": cfg.precision.name(),
-        "summary": {
-            "personalized_acc_mean": finite_or_null(pm),
-            "personalized_acc_std": finite_or_null(ps),
-            "personalized_acc_min": finite_or_null(pmin),
-            "global_acc_mean": finite_or_null(gm),
-            "global_model_acc": ev.global_model.map(|e| e.accuracy()),
-            "global_model_note": ev.global_model_note,
-            "bytes_up_per_client": totals.iter().map(|t| t.up).sum::<f64>() / n,
-            "bytes_down_per_client": totals.iter().map(|t| t.down).sum::<f64>() / n,
-            "client_flops_mean": totals.iter().map(|t| t.flops).sum::<f64>() / n,
-            "simulated_seconds": sim,
-            "wall_seconds": wall,
-            "best": best,
-            "target_acc": cfg.target_acc,
-            "simulated_seconds_to_target": time_to_target,
-            "figures": "summary values are last-round; `best` is the best evaluated round by personalized_acc_mean",
-        },
-        "clients": clients,
-    });
-    if lm {
-        if let Some(Value::Object(o)) = report.get_mut("summary") {
-            o.extend(ev.perplexity_fields());
-            o.insert(
-                "accuracy".into(),
-                json!("causal LM: the accuracy fields hold exact match (greedy decoding reproduces the whole response)"),
-            );
-        }
-    }
-    report
+        .collect()
 }
 
 /// Bytes one block's projection weights hold on the backend (the mean over blocks).
