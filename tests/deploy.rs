@@ -144,7 +144,7 @@ fn deploy(
     clients: u32,
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
 ) -> Running {
-    deploy_with(dir, sets, clients, env_of, &[], "f32").0
+    deploy_with(dir, sets, clients, env_of, &[], "f32", &[]).0
 }
 
 /// A started deployment: the server with its log, and each client with its log.
@@ -158,6 +158,7 @@ fn deploy_with(
     env_of: impl Fn(u32) -> Vec<(&'static str, &'static str)>,
     server_env: &[(&str, &str)],
     wire: &str,
+    server_args: &[&str],
 ) -> (Running, Vec<String>) {
     let tls = dir.join("tls");
     let parts = dir.join("parts");
@@ -198,6 +199,7 @@ fn deploy_with(
         "--wire".into(),
         wire.into(),
     ]);
+    s.extend(server_args.iter().map(|a| a.to_string()));
     let server_log = dir.join("server.log");
     let server = spawn(&s, &server_log, server_env);
     let mut cs = Vec::new();
@@ -478,7 +480,7 @@ fn a_nan_payload_is_rejected_and_harms_no_one_else() {
     let sets = sets(&data, &["align=\"none\""]);
     let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |k| {
         if k == 1 {
-            vec![("FLEXP_FAULT_NAN_ROUND", "1")]
+            vec![("FLEXP_FAULT", "nan:1")]
         } else {
             vec![]
         }
@@ -543,6 +545,7 @@ fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
         |_| vec![],
         &[("FLEXP_ABORT_AFTER_CHECKPOINT", "2")],
         "f32",
+        &[],
     );
     let status = wait(
         &mut server,
@@ -636,7 +639,7 @@ fn bf16_frames_halve_the_traffic_and_train_alike() {
         let sub = dir.join(wire);
         std::fs::create_dir_all(&sub).unwrap();
         let ((mut server, log, mut clients), _) =
-            deploy_with(&sub, &sets, 3, |_| vec![], &[], wire);
+            deploy_with(&sub, &sets, 3, |_| vec![], &[], wire, &[]);
         let s = wait(&mut server, Duration::from_secs(240), "the server", &log);
         assert!(s.success(), "{}", std::fs::read_to_string(&log).unwrap());
         for (c, l) in clients.iter_mut() {
@@ -666,5 +669,140 @@ fn bf16_frames_halve_the_traffic_and_train_alike() {
             s["round"]
         );
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A client that sends its activations and its step verdict twice (a retry after a timeout, or
+/// a replay): the server takes each answer once, so the run is exactly the simulation's, and
+/// counts what it ignored.
+#[test]
+fn a_replayed_step_is_applied_once() {
+    let dir = tmp("replay");
+    let data = data(&dir);
+    let sets = sets(&data, &[]);
+    let mut t = vec!["--quiet".to_string(), "train".into()];
+    t.extend(sets.iter().cloned());
+    t.extend([
+        "--set".into(),
+        format!("out=\"{}\"", dir.join("sim").display()),
+    ]);
+    run_ok(&t);
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |k| {
+        if k == 1 {
+            vec![("FLEXP_FAULT", "replay:1")]
+        } else {
+            vec![]
+        }
+    });
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(status.success(), "server:\n{log}");
+    for (c, l) in clients.iter_mut() {
+        assert!(wait(c, Duration::from_secs(30), "a client", l).success());
+    }
+    assert!(
+        log.contains("client 1: replayed activations for round 2 step 0 ignored")
+            && log.contains("client 1: replayed step verdict for round 2 step 0 ignored"),
+        "{log}"
+    );
+    let sim = lines(&dir.join("sim/metrics.jsonl"));
+    let dep = lines(&dir.join("run/metrics.jsonl"));
+    assert_eq!(dep.len(), sim.len());
+    for (d, s) in dep.iter().zip(&sim) {
+        same(s, d, &format!("metrics round {}", s["round"]));
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
+            .unwrap();
+    let replays: Vec<u64> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["replays_ignored"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replays, vec![0, 2, 0], "{report}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Hostile bytes cost only their sender: a frame declaring a gigabyte (refused unread, the
+/// client sits out the round), a message over the server's size limit (its session ends, it
+/// reconnects and rejoins), and a tensor cut short by a client that then dies. The server keeps
+/// serving, the healthy client completes every round.
+#[test]
+fn oversized_and_truncated_messages_cost_only_their_sender() {
+    let dir = tmp("hostile");
+    let data = data(&dir);
+    let sets = sets(
+        &data,
+        &[
+            "clients=4",
+            "split=[1, 2, 4, 2]",
+            "rounds=4",
+            "align=\"none\"",
+        ],
+    );
+    let ((mut server, server_log, mut clients), _) = deploy_with(
+        &dir,
+        &sets,
+        4,
+        |k| match k {
+            1 => vec![("FLEXP_FAULT", "bogus-size:1")],
+            2 => vec![("FLEXP_FAULT", "oversize:1")],
+            3 => vec![("FLEXP_FAULT", "truncate:2")],
+            _ => vec![],
+        },
+        &[],
+        "f32",
+        &["--max-message-mb", "1"],
+    );
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(status.success(), "server:\n{log}");
+    let dead = clients.pop().unwrap();
+    for (c, l) in clients.iter_mut() {
+        let s = wait(c, Duration::from_secs(60), "a client", l);
+        assert!(s.success(), "{}", std::fs::read_to_string(&*l).unwrap());
+    }
+    let (mut c3, l3) = dead;
+    assert!(
+        !wait(&mut c3, Duration::from_secs(30), "client 3", &l3).success(),
+        "client 3 should have died"
+    );
+    for want in [
+        "round 2: client 1 step rejected: malformed activations: input: wire: tensor 0: 1073741824 bytes would exceed the message limit of 1048576 bytes",
+        "client 2 disconnected: ",
+        "round 3: client 3 step rejected: malformed activations: ",
+        "truncated: ",
+        "client 3 disconnected",
+    ] {
+        assert!(log.contains(want), "no `{want}` in the server's log:\n{log}");
+    }
+    let l2 = std::fs::read_to_string(dir.join("client-2.log")).unwrap();
+    assert!(l2.contains("reconnected"), "{l2}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
+            .unwrap();
+    let done: Vec<u64> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rounds_completed"].as_u64().unwrap())
+        .collect();
+    // Client 2 rejoins as soon as it has reconnected: the next round, or the one after.
+    assert_eq!((done[0], done[1], done[3]), (4, 3, 2), "{report}");
+    assert!((2..=3).contains(&done[2]), "{report}");
+    let last = lines(&dir.join("run/metrics.jsonl")).pop().unwrap();
+    assert_eq!(last["clients_evaluated"], 3, "{last}");
+    assert!(last["train_loss"].as_f64().unwrap().is_finite(), "{last}");
     std::fs::remove_dir_all(&dir).ok();
 }

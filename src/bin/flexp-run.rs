@@ -124,6 +124,10 @@ enum Command {
         /// Seconds to wait for every client to connect before the first round.
         #[arg(long, default_value_t = 300.0)]
         join_timeout: f64,
+        /// The most tensor payload one client message may carry, in MiB; a larger message ends
+        /// that client's session (it reconnects), a frame declaring more is refused unread.
+        #[arg(long, default_value_t = 256)]
+        max_message_mb: usize,
         /// Continue the run in --out from its last checkpoint (with its own config.toml unless
         /// --config is given, which must then resolve to the same settings); clients reconnect
         /// by themselves.
@@ -161,6 +165,9 @@ enum Command {
         /// Seconds to wait for the server (connecting, and between messages).
         #[arg(long, default_value_t = 600.0)]
         timeout: f64,
+        /// The most tensor payload one server message may carry, in MiB.
+        #[arg(long, default_value_t = 256)]
+        max_message_mb: usize,
     },
     /// Write trial certificates for a deployment: a CA (ca.pem), the server's (server.pem,
     /// server.key; valid for localhost, 127.0.0.1 and flexp-server) and one per client
@@ -445,6 +452,19 @@ impl Progress for BarProgress {
 const EXAMPLE_CONFIG: &str = "examples/rotten_tomatoes.toml";
 
 /// A duration from a positive, finite number of seconds given on the command line.
+/// The message limits of `--max-message-mb`.
+fn message_limits(mb: usize) -> flexp::Result<flexp::net::wire::Limits> {
+    if mb == 0 || mb > 2047 {
+        return Err(flexp::Error::Input(format!(
+            "--max-message-mb {mb}: expected 1..=2047 (gRPC carries at most 2 GiB a message)"
+        )));
+    }
+    Ok(flexp::net::wire::Limits {
+        max_message_bytes: mb << 20,
+        ..Default::default()
+    })
+}
+
 fn seconds(flag: &str, s: f64) -> flexp::Result<std::time::Duration> {
     if s.is_finite() && s > 0.0 && s < 1e9 {
         Ok(std::time::Duration::from_secs_f64(s))
@@ -575,6 +595,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             wire,
             step_deadline,
             join_timeout,
+            max_message_mb,
             resume,
         } => {
             // Resuming with the run folder's own settings, its recorded text is the config.
@@ -596,7 +617,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 wire: flexp::net::wire::WireDType::parse(&wire)?,
                 step_deadline: seconds("--step-deadline", step_deadline)?,
                 join_timeout: seconds("--join-timeout", join_timeout)?,
-                limits: Default::default(),
+                limits: message_limits(max_message_mb)?,
                 resume,
             };
             let (be, line) = select(backend)?;
@@ -611,9 +632,9 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 }
             };
             println!(
-                "{} rounds, final training loss {}; report: {}",
-                report["summary"]["rounds"],
-                report["summary"]["final_train_loss"],
+                "{} rounds, personalized accuracy {}; report: {}",
+                report["rounds"],
+                report["summary"]["personalized_acc_mean"],
                 opts.out.join("report.json").display()
             );
             Ok(())
@@ -628,6 +649,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             server_name,
             wire,
             timeout,
+            max_message_mb,
         } => {
             let opts = flexp::net::worker::ClientOptions {
                 connect,
@@ -639,7 +661,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 model,
                 wire: flexp::net::wire::WireDType::parse(&wire)?,
                 timeout: seconds("--timeout", timeout)?,
-                limits: Default::default(),
+                limits: message_limits(max_message_mb)?,
             };
             let (be, line) = select(backend)?;
             eprintln!("{line}");

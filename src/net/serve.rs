@@ -74,6 +74,9 @@ struct ClientStats {
     bytes_sent: u64,
     bytes_received: u64,
     step_latency: Vec<f64>,
+    /// Answers the server had already taken, sent again (and ignored).
+    #[serde(default)]
+    replays_ignored: u64,
 }
 
 impl ClientStats {
@@ -90,6 +93,7 @@ impl ClientStats {
         m.insert("wire_bytes_down".into(), json!(self.bytes_sent));
         m.insert("step_latency_s_mean".into(), json!(mean));
         m.insert("step_latency_s_p95".into(), json!(p95));
+        m.insert("replays_ignored".into(), json!(self.replays_ignored));
         m
     }
 }
@@ -248,6 +252,7 @@ pub fn serve<B: Backend + 'static>(
         connected: vec![false; cfg.clients],
         stats,
         pending: Vec::new(),
+        taken: vec![[None; 3]; cfg.clients],
     };
     // Wait for every client before the first round, so a full deployment samples as the
     // simulation does.
@@ -424,6 +429,20 @@ struct State {
     stats: Vec<ClientStats>,
     /// Messages that arrived while the server waited for another kind.
     pending: Vec<(u32, client_message::Body)>,
+    /// Per client and kind of answer, the (round, step) of the last one the server took: the
+    /// server asks in increasing (round, step) order, so an answer at or before it is a replay.
+    taken: Vec<[Option<(u64, u64)>; 3]>,
+}
+
+/// The kinds of answer a client gives, for replay detection: activations, step verdicts,
+/// evaluations. `None` for a Hello (only the handshake takes one).
+fn answer_kind(b: &client_message::Body) -> Option<(usize, &'static str, Option<&Header>)> {
+    match b {
+        client_message::Body::Activations(a) => Some((0, "activations", a.header.as_ref())),
+        client_message::Body::Done(d) => Some((1, "step verdict", d.header.as_ref())),
+        client_message::Body::Eval(e) => Some((2, "evaluation", e.header.as_ref())),
+        client_message::Body::Hello(_) => None,
+    }
 }
 
 impl State {
@@ -441,16 +460,66 @@ impl State {
                 self.connected[k] = true;
                 progress.message(&format!("client {k} connected"));
             }
-            Event::Left { client } => {
+            Event::Left { client, why } => {
                 self.connected[client as usize] = false;
-                progress.message(&format!("client {client} disconnected"));
+                match why {
+                    Some(why) => progress.message(&format!("client {client} disconnected: {why}")),
+                    None => progress.message(&format!("client {client} disconnected")),
+                }
             }
             Event::Message { client, message } => {
                 if let Some(body) = message.body {
                     self.stats[client as usize].bytes_received += body_len(&body) as u64;
-                    self.pending.push((client, body));
+                    if !self.ignore_replay(client, &body, progress) {
+                        self.pending.push((client, body));
+                    }
                 }
             }
+        }
+    }
+
+    /// True (and the replay counted and logged) when `body` answers a (round, step) whose
+    /// answer of that kind the server has already taken from `client`: a retry or a replay,
+    /// which must not apply a step twice.
+    fn ignore_replay(
+        &mut self,
+        client: u32,
+        body: &client_message::Body,
+        progress: &mut dyn Progress,
+    ) -> bool {
+        let Some((kind, name, Some(h))) = answer_kind(body) else {
+            return false;
+        };
+        let k = client as usize;
+        let replay = self.taken[k][kind].is_some_and(|t| (h.round, h.step) <= t);
+        if replay {
+            self.stats[k].replays_ignored += 1;
+            let step = if h.step == EVAL_STEP {
+                "its evaluation".to_string()
+            } else {
+                format!("step {}", h.step)
+            };
+            progress.message(&format!(
+                "client {k}: replayed {name} for round {} {step} ignored",
+                h.round + 1
+            ));
+        }
+        replay
+    }
+
+    /// Records that the server took `body` from `client`, and drops (as replays) whatever of
+    /// the same kind and (round, step) or earlier is still pending from it.
+    fn took(&mut self, client: u32, body: &client_message::Body, progress: &mut dyn Progress) {
+        let Some((kind, _, Some(h))) = answer_kind(body) else {
+            return;
+        };
+        self.taken[client as usize][kind] = Some((h.round, h.step));
+        let pending = std::mem::take(&mut self.pending);
+        for (c, b) in pending {
+            if c == client && self.ignore_replay(c, &b, progress) {
+                continue;
+            }
+            self.pending.push((c, b));
         }
     }
 }
@@ -523,8 +592,11 @@ impl RoundCx<'_> {
                 let (c, body) = &self.st.pending[i];
                 if let Some(slot) = want.iter().position(|&k| k as u32 == *c) {
                     if got[slot].is_none() && pick(body, self.round, step) {
-                        let (_, body) = self.st.pending.remove(i);
+                        let (c, body) = self.st.pending.remove(i);
+                        self.st.took(c, &body, progress);
                         got[slot] = take(body);
+                        // `took` may have dropped earlier pending messages: start over.
+                        i = 0;
                         continue;
                     }
                 }

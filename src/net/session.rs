@@ -40,6 +40,9 @@ pub enum Event {
     Left {
         /// Its id.
         client: u32,
+        /// Why, when the stream broke rather than ended (a message over the size limit, a
+        /// malformed HTTP/2 or protobuf frame, a reset connection).
+        why: Option<String>,
     },
 }
 
@@ -161,19 +164,30 @@ impl SplitTraining for Service {
         let _ = self.hub.events.send(Event::Joined { client: k, hello });
         let hub = self.hub.clone();
         tokio::spawn(async move {
-            while let Some(Ok(message)) = inbound.next().await {
-                if hub
-                    .events
-                    .send(Event::Message { client: k, message })
-                    .is_err()
-                {
-                    break;
+            let mut why = None;
+            while let Some(next) = inbound.next().await {
+                match next {
+                    Ok(message) => {
+                        if hub
+                            .events
+                            .send(Event::Message { client: k, message })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // tonic refuses a message over the decoding limit, or a frame it cannot
+                    // parse, before it reaches us; the session ends there.
+                    Err(status) => {
+                        why = Some(format!("{} ({:?})", status.message(), status.code()));
+                        break;
+                    }
                 }
             }
             // Unregister only if no newer session of the same client took over.
             if lock(&hub.generations)[k as usize] == generation {
                 lock(&hub.outboxes)[k as usize] = None;
-                let _ = hub.events.send(Event::Left { client: k });
+                let _ = hub.events.send(Event::Left { client: k, why });
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -331,14 +331,26 @@ impl<B: Backend> Cx<'_, B> {
                     })
                     .collect::<Result<_>>()?;
                 let mut server_rejected = false;
+                let fault = Fault::at(header.round, header.step);
                 let outcome = half.step(fed, &batch, |up| {
                     let mut smashed = std::borrow::Cow::Borrowed(&up.smashed);
-                    if fault_nan_round() == Some(header.round) && header.step == 0 {
+                    if fault == Some(Fault::Nan) {
                         smashed.to_mut()[0][0] = f32::NAN;
                     }
-                    let a =
+                    let mut a =
                         exchange::activations(header, &smashed, &up.outputs, hidden, opts.wire)?;
+                    if let Some(f) = fault {
+                        f.spoil(&mut a);
+                    }
+                    if fault == Some(Fault::Replay) {
+                        send(rt, session, client_message::Body::Activations(a.clone()))?;
+                    }
                     send(rt, session, client_message::Body::Activations(a))?;
+                    if fault == Some(Fault::Truncate) {
+                        // The connection dies after the cut message left, as a crash would.
+                        std::thread::sleep(Duration::from_millis(300));
+                        std::process::abort();
+                    }
                     match next(rt, session, opts.timeout)? {
                         Some(server_message::Body::Gradients(g)) => Ok(Some(
                             exchange::read_gradients(&g, &opts.limits, &up.smashed)?
@@ -351,6 +363,8 @@ impl<B: Backend> Cx<'_, B> {
                             server_rejected = true;
                             Ok(None)
                         }
+                        // The server ended the session (it refused a message, or stopped).
+                        None => Err(closed()),
                         other => Err(Error::Net(format!(
                             "expected gradients from the server, got {other:?}"
                         ))),
@@ -363,6 +377,9 @@ impl<B: Backend> Cx<'_, B> {
                         applied: outcome.is_none(),
                         reason: outcome.unwrap_or_default(),
                     };
+                    if fault == Some(Fault::Replay) {
+                        send(rt, session, client_message::Body::Done(done.clone()))?;
+                    }
                     send(rt, session, client_message::Body::Done(done))?;
                 }
             }
@@ -447,11 +464,66 @@ fn next(
     }
 }
 
-/// Fault injection for the deployment tests (docs/testing.md): with `FLEXP_FAULT_NAN_ROUND=R`
-/// a client sends a NaN among its activations in the first step of round R (0-based), as a
-/// broken or malicious client would.
-fn fault_nan_round() -> Option<u64> {
-    std::env::var("FLEXP_FAULT_NAN_ROUND")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
+/// Fault injection for the deployment tests (docs/testing.md): with `FLEXP_FAULT=KIND:R` a
+/// client misbehaves in the first step of round R (0-based), as a broken or malicious client
+/// would, so the tests can show what the server does about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// `nan`: a NaN among its activations.
+    Nan,
+    /// `replay`: its activations and its step verdict sent twice.
+    Replay,
+    /// `bogus-size`: a frame declaring a 1 GiB tensor (with a few bytes of data).
+    BogusSize,
+    /// `oversize`: an extra 8 MiB frame, past a server started with a smaller
+    /// `--max-message-mb`.
+    Oversize,
+    /// `truncate`: the last tensor cut in half (its checksum made to match), then the process
+    /// dies.
+    Truncate,
+}
+
+impl Fault {
+    /// The fault asked for at (round, step), if any.
+    fn at(round: u64, step: u64) -> Option<Fault> {
+        let v = std::env::var("FLEXP_FAULT").ok()?;
+        let (kind, r) = v.trim().split_once(':')?;
+        if r.parse::<u64>().ok()? != round || step != 0 {
+            return None;
+        }
+        Some(match kind {
+            "nan" => Fault::Nan,
+            "replay" => Fault::Replay,
+            "bogus-size" => Fault::BogusSize,
+            "oversize" => Fault::Oversize,
+            "truncate" => Fault::Truncate,
+            _ => return None,
+        })
+    }
+
+    /// Spoils an activations message as the fault asks.
+    fn spoil(self, a: &mut super::proto::Activations) {
+        match self {
+            Fault::BogusSize => {
+                if let Some(f) = a.frames.first_mut() {
+                    let (rows, cols) = (1u64 << 18, 1u64 << 10);
+                    f.shape = vec![rows, cols];
+                    f.total_bytes = rows * cols * 4;
+                }
+            }
+            Fault::Oversize => {
+                let mut extra = a.frames.last().cloned().unwrap_or_default();
+                extra.data = vec![0; 8 << 20];
+                a.frames.push(extra);
+            }
+            Fault::Truncate => {
+                if let Some(f) = a.frames.last_mut() {
+                    let half = f.data.len() / 2;
+                    f.data.truncate(half);
+                    f.crc32 = crc32fast::hash(&f.data);
+                }
+            }
+            Fault::Nan | Fault::Replay => {}
+        }
+    }
 }
