@@ -806,3 +806,84 @@ fn oversized_and_truncated_messages_cost_only_their_sender() {
     assert!(last["train_loss"].as_f64().unwrap().is_finite(), "{last}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The load test: 64 client processes on loopback (a tiny Llama checkpoint, so 65 processes fit
+/// a small machine) train exactly as the simulation does; every client completes every round.
+#[test]
+fn sixty_four_clients_train_exactly_as_the_simulation() {
+    let dir = tmp("load");
+    let mut w = csv::Writer::from_path(dir.join("data.csv")).unwrap();
+    w.write_record(["review", "label"]).unwrap();
+    let words = [
+        ("pos", ["great", "wonderful", "brilliant", "moving"]),
+        ("neg", ["awful", "boring", "terrible", "dull"]),
+    ];
+    for i in 0..64 * 6 {
+        let (label, w8) = &words[i % 2];
+        let text = format!("a {} film, truly {}", w8[i % 4], w8[(i / 2) % 4]);
+        w.write_record([text.as_str(), label]).unwrap();
+    }
+    w.flush().unwrap();
+    let model = root().join("tests/fixtures/gguf/tiny_llama.gguf");
+    let sets: Vec<String> = [
+        format!("model=\"{}\"", model.display()),
+        format!("data.path=\"{}\"", dir.join("data.csv").display()),
+        "data.text_column=\"review\"".into(),
+        "data.label_column=\"label\"".into(),
+        "partition=\"iid\"".into(),
+        "clients=64".into(),
+        "rounds=2".into(),
+        "local_steps=2".into(),
+        "batch_size=2".into(),
+        "seq_len=12".into(),
+        "lora.rank=2".into(),
+        "split=[1]".into(),
+        "eval_every=1".into(),
+        "seed=9".into(),
+        "test_fraction=0.34".into(),
+        "eval.global_max=16".into(),
+    ]
+    .into_iter()
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect();
+    let mut t = vec!["--quiet".to_string(), "train".into()];
+    t.extend(sets.iter().cloned());
+    t.extend([
+        "--set".into(),
+        format!("out=\"{}\"", dir.join("sim").display()),
+    ]);
+    run_ok(&t);
+    let ((mut server, server_log, mut clients), _) =
+        deploy_with(&dir, &sets, 64, |_| vec![], &[], "f32", &[]);
+    let status = wait(
+        &mut server,
+        Duration::from_secs(600),
+        "the server",
+        &server_log,
+    );
+    assert!(
+        status.success(),
+        "server:\n{}",
+        std::fs::read_to_string(&server_log).unwrap()
+    );
+    for (c, l) in clients.iter_mut() {
+        assert!(wait(c, Duration::from_secs(60), "a client", l).success());
+    }
+    let sim = lines(&dir.join("sim/metrics.jsonl"));
+    let dep = lines(&dir.join("run/metrics.jsonl"));
+    assert_eq!(dep.len(), sim.len());
+    for (d, s) in dep.iter().zip(&sim) {
+        same(s, d, &format!("metrics round {}", s["round"]));
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
+            .unwrap();
+    let done: Vec<u64> = report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rounds_completed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, vec![2; 64]);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -38,7 +38,10 @@ pub async fn connect(
         .map_err(|e| Error::Input(format!("server address {addr:?}: {e}")))?
         .tls_config(tls)
         .map_err(|e| Error::Net(format!("TLS settings: {e}")))?
-        .connect_timeout(timeout);
+        .connect_timeout(timeout)
+        // See `FLOW_WINDOW`.
+        .initial_stream_window_size(Some(super::FLOW_WINDOW))
+        .initial_connection_window_size(Some(super::FLOW_WINDOW));
     // A server that is not listening yet (still loading, or restarting) is retried with
     // backoff until `timeout`; a refusal at the TLS or session level is final.
     let give_up = tokio::time::Instant::now() + timeout;

@@ -228,7 +228,12 @@ pub fn serve<B: Backend + 'static>(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // HTTP/2's default flow-control window (64 KiB) makes a message of megabytes wait for a
+    // window update every 64 KiB, each a round trip through busy processes; a window as large
+    // as a step's activations lets them flow.
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(super::FLOW_WINDOW))
+        .initial_connection_window_size(Some(super::FLOW_WINDOW))
         .tls_config(tls)
         .map_err(|e| Error::Net(format!("TLS settings: {e}")))?
         .add_service(service);
@@ -254,8 +259,8 @@ pub fn serve<B: Backend + 'static>(
         pending: Vec::new(),
         taken: vec![[None; 3]; cfg.clients],
     };
-    // Wait for every client before the first round, so a full deployment samples as the
-    // simulation does.
+    // Wait for every client to be ready before the first round, so a full deployment samples
+    // as the simulation does.
     let deadline = Instant::now() + opts.join_timeout;
     while st.connected.iter().any(|c| !c) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -264,13 +269,15 @@ pub fn serve<B: Backend + 'static>(
             _ => {
                 let missing: Vec<usize> = (0..cfg.clients).filter(|&k| !st.connected[k]).collect();
                 return Err(Error::Net(format!(
-                    "clients {missing:?} did not connect within {:?}",
+                    "clients {missing:?} did not connect and load within {:?}",
                     opts.join_timeout
                 )));
             }
         }
     }
 
+    // Wall time counts training, as the simulation's does, not the wait for the clients.
+    books.start_clock();
     for round in start_round..cfg.rounds {
         let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
         // Answers that came too late for an earlier round are dropped.
@@ -289,18 +296,21 @@ pub fn serve<B: Backend + 'static>(
             train_counts: &train_counts,
         };
         let mut excluded = vec![false; cfg.clients];
+        // One snapshot for every participant: encoded once.
+        let frames = match &snapshot {
+            Some(g) => encode(&[(&[g.len()], g)], opts.wire, FRAME_BYTES)?,
+            None => Vec::new(),
+        };
         for &k in &participants {
-            let frames = match &snapshot {
-                Some(g) => encode(&[(&[g.len()], g)], opts.wire, FRAME_BYTES)?,
-                None => Vec::new(),
-            };
             let msg = ServerMessage {
                 body: Some(server_message::Body::Round(RoundStart {
                     header: Some(cx.header(k, 0)),
-                    snapshot: frames,
+                    snapshot: frames.clone(),
                 })),
             };
-            if !cx.send(k, msg) {
+            // A client whose session is not ready (gone, or reconnected and still loading)
+            // sits this round out.
+            if !cx.st.connected[k] || !cx.send(k, msg) {
                 excluded[k] = true;
                 log.rejected.push((k, "not connected".into()));
             }
@@ -425,6 +435,7 @@ pub fn serve<B: Backend + 'static>(
 
 /// What the server knows of its clients between events.
 struct State {
+    /// Which clients have a session and are ready (model and data loaded).
     connected: Vec<bool>,
     stats: Vec<ClientStats>,
     /// Messages that arrived while the server waited for another kind.
@@ -441,7 +452,7 @@ fn answer_kind(b: &client_message::Body) -> Option<(usize, &'static str, Option<
         client_message::Body::Activations(a) => Some((0, "activations", a.header.as_ref())),
         client_message::Body::Done(d) => Some((1, "step verdict", d.header.as_ref())),
         client_message::Body::Eval(e) => Some((2, "evaluation", e.header.as_ref())),
-        client_message::Body::Hello(_) => None,
+        client_message::Body::Hello(_) | client_message::Body::Ready(_) => None,
     }
 }
 
@@ -457,7 +468,6 @@ impl State {
                         hello.train_examples, train_counts[k]
                     ));
                 }
-                self.connected[k] = true;
                 progress.message(&format!("client {k} connected"));
             }
             Event::Left { client, why } => {
@@ -470,6 +480,11 @@ impl State {
             Event::Message { client, message } => {
                 if let Some(body) = message.body {
                     self.stats[client as usize].bytes_received += body_len(&body) as u64;
+                    if let client_message::Body::Ready(_) = body {
+                        self.connected[client as usize] = true;
+                        progress.message(&format!("client {client} ready"));
+                        return;
+                    }
                     if !self.ignore_replay(client, &body, progress) {
                         self.pending.push((client, body));
                     }
@@ -531,6 +546,7 @@ fn body_len(b: &client_message::Body) -> usize {
         client_message::Body::Activations(m) => m.encoded_len(),
         client_message::Body::Done(m) => m.encoded_len(),
         client_message::Body::Eval(m) => m.encoded_len(),
+        client_message::Body::Ready(m) => m.encoded_len(),
     }
 }
 

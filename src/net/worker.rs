@@ -240,6 +240,7 @@ pub fn run_client<B: Backend>(
         .first()
         .ok_or_else(|| Error::Input("the Welcome carried no personal adapters".into()))?;
     let mut half = ClientHalf::new(&fed, welcome.cut as usize, &initial.data)?;
+    send(&rt, &session, ready(opts.id))?;
     let mut cx = Cx {
         rt: &rt,
         opts,
@@ -270,6 +271,7 @@ pub fn run_client<B: Backend>(
                         half.restore(&fed, state)?;
                     }
                 }
+                send(&rt, &session, ready(opts.id))?;
                 progress.message(&format!(
                     "client {k}: reconnected; the server resumes at round {}",
                     round + 1
@@ -434,6 +436,11 @@ impl<B: Backend> Cx<'_, B> {
         }
         Ok(false)
     }
+}
+
+/// The message saying the client can take steps.
+fn ready(id: u32) -> client_message::Body {
+    client_message::Body::Ready(super::proto::Ready { client: id })
 }
 
 /// How an error about a closed session starts (the client then reconnects).

@@ -239,6 +239,11 @@ impl Ledger {
         Ok(m)
     }
 
+    /// Starts the wall clock again (a deployment's training starts once its clients joined).
+    pub fn start_clock(&mut self) {
+        self.t0 = Instant::now();
+    }
+
     /// Wall seconds of the run so far, those before a resume included.
     pub fn wall_seconds(&self) -> f64 {
         self.wall_before + self.t0.elapsed().as_secs_f64()
