@@ -77,6 +77,15 @@ pub enum Error {
     /// A deployment's network failed or a peer refused (connection, TLS, protocol).
     #[error("network: {0}")]
     Net(String),
+    /// The run was asked to stop (Ctrl-C in Python, a progress callback); it stopped after a
+    /// whole round, with a checkpoint where the run keeps them, so `--resume` continues it.
+    #[error("interrupted after round {round}: {reason}")]
+    Interrupted {
+        /// The last round completed.
+        round: usize,
+        /// Who asked.
+        reason: String,
+    },
 }
 
 impl Error {

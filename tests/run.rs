@@ -777,3 +777,57 @@ fn causal_lm_settings_are_checked() {
     let e = err(&["lm.chat_template=\"yes\""]);
     assert!(e.contains("lm.chat_template"), "{e}");
 }
+
+/// A progress that asks the run to stop after round `after` (as Ctrl-C in Python does).
+struct StopAfter(usize, usize);
+
+impl flexp::run::Progress for StopAfter {
+    fn message(&mut self, _: &str) {}
+    fn round(&mut self, round: usize, _: usize, _: f64, _: Option<&Value>) {
+        self.1 = round;
+    }
+    fn stop_requested(&mut self) -> Option<String> {
+        (self.1 >= self.0).then(|| "asked by the test".to_string())
+    }
+}
+
+/// A stop request ends the run after a whole round with a checkpoint of it, and `--resume`
+/// then finishes with the metrics of an uninterrupted run.
+#[test]
+fn a_stopped_run_resumes_to_the_same_metrics() {
+    let d = tmp("stopped");
+    let data = write_data(&d);
+    let full = d.join("full");
+    ok(&flexp(&base_args(&data, &full)));
+    let cut = d.join("cut");
+    let mut raw = RawConfig::default();
+    for pair in base_args(&data, &cut)[2..].chunks(2) {
+        raw.set(&pair[1]).unwrap();
+    }
+    let cfg = raw.resolve().unwrap();
+    let e = flexp::run::run(
+        &flexp::backend::cpu::Cpu,
+        &cfg,
+        &raw.resolved_toml(),
+        false,
+        &mut StopAfter(3, 0),
+    )
+    .err()
+    .expect("the run should have stopped");
+    assert!(
+        matches!(e, flexp::Error::Interrupted { round: 3, .. }),
+        "{e}"
+    );
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("checkpoint/meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["round"], 3, "{meta}");
+    assert!(!cut.join("report.json").exists());
+    ok(&flexp(&[
+        "--quiet".into(),
+        "train".into(),
+        "--resume".into(),
+        cut.display().to_string(),
+    ]));
+    assert_eq!(metrics(&cut), metrics(&full));
+}

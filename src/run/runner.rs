@@ -31,6 +31,11 @@ pub trait Progress {
     fn step_observer(&mut self, _steps: usize) -> Option<Box<dyn Fn(usize) + Send + Sync>> {
         None
     }
+    /// Asked after each round: `Some(reason)` stops the run there (after its checkpoint, where
+    /// the run keeps them) with [`Error::Interrupted`].
+    fn stop_requested(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Progress that prints plain log lines to stderr.
@@ -531,10 +536,15 @@ pub fn run<B: Backend + 'static>(
             last_eval = Some(ev);
         }
         progress.round(r, cfg.rounds, log.mean_loss(), line.as_ref());
-        if cfg.checkpoint_every > 0 && (r % cfg.checkpoint_every == 0 || r == cfg.rounds) {
+        let stop = progress.stop_requested();
+        let due = r % cfg.checkpoint_every.max(1) == 0 || r == cfg.rounds || stop.is_some();
+        if cfg.checkpoint_every > 0 && due {
             let meta = books.meta(r, rng.state(), checkpoint::counters(algo.as_mut()));
             checkpoint::save(&ckpt_dir, be, algo.as_mut(), &meta)?;
             abort_if_asked(r);
+        }
+        if let Some(reason) = stop {
+            return Err(Error::Interrupted { round: r, reason });
         }
     }
 
