@@ -77,10 +77,14 @@ impl Dataset {
     fn load_impl(spec: &DataSpec, skip_empty: bool) -> Result<(Dataset, Vec<u64>)> {
         let path = &spec.path;
         if !path.is_file() {
-            return Err(Error::Input(format!(
-                "data file {} does not exist or is not a file",
-                path.display()
-            )));
+            // An I/O error (Python: OSError), naming the file.
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the data file does not exist or is not a file",
+                ),
+            ));
         }
         let rows = match Format::of(path)? {
             Format::Csv => read_csv(spec)?,

@@ -1,0 +1,295 @@
+//! `flexp.Server` and `flexp.Client`: the two roles of a deployment (`flexp-run serve` and
+//! `flexp-run client`) as objects, run in the calling thread (`run`) or in the background
+//! (`start`, then `wait`).
+
+use crate::config;
+use crate::errors::{raise, OrRaise};
+use crate::training::to_python;
+use flexp::backend::cuda::{select, BackendChoice, Selected};
+use flexp::net::serve::ServeOptions;
+use flexp::net::wire::{Limits, WireDType};
+use flexp::net::worker::ClientOptions;
+use flexp::run::{LogProgress, Progress, RunConfig};
+use pyo3::prelude::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Progress that says nothing, or logs to stderr.
+struct Quiet(bool);
+
+impl Progress for Quiet {
+    fn message(&mut self, text: &str) {
+        if self.0 {
+            LogProgress.message(text);
+        }
+    }
+    fn round(&mut self, round: usize, rounds: usize, loss: f64, eval: Option<&Value>) {
+        if self.0 {
+            LogProgress.round(round, rounds, loss, eval);
+        }
+    }
+}
+
+fn seconds(py: Python<'_>, what: &str, s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        raise(
+            py,
+            "InputError",
+            format!("{what} = {s}: expected a number of seconds >= 0"),
+        )
+    })
+}
+
+fn wire(py: Python<'_>, w: &str) -> PyResult<WireDType> {
+    WireDType::parse(w).map_err(|e| raise(py, "InputError", e.to_string()))
+}
+
+fn a_path(py: Python<'_>, what: &str, obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    config::path(obj).ok_or_else(|| {
+        raise(
+            py,
+            "ConfigTypeError",
+            format!("{what}: expected a path (str or os.PathLike)"),
+        )
+    })
+}
+
+/// A background run: its thread, until `wait` takes it.
+type Job = Mutex<Option<JoinHandle<flexp::Result<Value>>>>;
+
+fn start(
+    job: &Job,
+    py: Python<'_>,
+    f: impl FnOnce() -> flexp::Result<Value> + Send + 'static,
+) -> PyResult<()> {
+    let mut slot = job.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_some() {
+        return Err(raise(py, "InputError", "already started".into()));
+    }
+    *slot = Some(std::thread::spawn(f));
+    Ok(())
+}
+
+fn wait(job: &Job, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let handle = job
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| raise(py, "InputError", "not started (call start() first)".into()))?;
+    // Poll so that Ctrl-C reaches Python while the run goes on in its thread.
+    while !handle.is_finished() {
+        py.detach(|| std::thread::sleep(Duration::from_millis(50)));
+        py.check_signals()?;
+    }
+    match handle.join() {
+        Ok(r) => to_python(py, &r.or_raise()?),
+        Err(_) => Err(raise(
+            py,
+            "BackendError",
+            "the run's thread panicked".into(),
+        )),
+    }
+}
+
+/// The FlexP-SFL server of a deployment (`flexp-run serve`).
+#[pyclass(module = "flexp._flexp", frozen)]
+pub struct Server {
+    cfg: RunConfig,
+    text: String,
+    opts: ServeOptions,
+    verbose: bool,
+    job: Job,
+}
+
+impl Server {
+    fn serve(
+        cfg: &RunConfig,
+        text: &str,
+        opts: &ServeOptions,
+        verbose: bool,
+    ) -> flexp::Result<Value> {
+        let (be, _) = select(BackendChoice::Auto)?;
+        let mut p = Quiet(verbose);
+        match be {
+            Selected::Cpu(b) => flexp::net::serve::serve(&b, cfg, text, opts, &mut p),
+            Selected::Cuda(b) => flexp::net::serve::serve(&b, cfg, text, opts, &mut p),
+        }
+    }
+}
+
+#[pymethods]
+impl Server {
+    /// A server for `config` (a dict or a TOML path) listening on `listen` ("host:port"), with
+    /// the certificates in `tls` (server.pem, server.key, ca.pem), writing its run folder to
+    /// `out`.
+    #[new]
+    #[pyo3(signature = (config, listen, tls, out, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        listen: &str,
+        tls: &Bound<'_, PyAny>,
+        out: &Bound<'_, PyAny>,
+        wire: &str,
+        step_deadline: f64,
+        join_timeout: f64,
+        max_message_mb: usize,
+        resume: bool,
+        verbose: bool,
+    ) -> PyResult<Server> {
+        let (cfg, text) = config::resolve(config)?;
+        let listen = listen.parse().map_err(|e| {
+            raise(
+                py,
+                "InputError",
+                format!("listen = {listen:?}: {e} (expected host:port)"),
+            )
+        })?;
+        let opts = ServeOptions {
+            listen,
+            tls: a_path(py, "tls", tls)?,
+            out: a_path(py, "out", out)?,
+            wire: self::wire(py, wire)?,
+            step_deadline: seconds(py, "step_deadline", step_deadline)?,
+            join_timeout: seconds(py, "join_timeout", join_timeout)?,
+            limits: limits(py, max_message_mb)?,
+            resume,
+        };
+        Ok(Server {
+            cfg,
+            text,
+            opts,
+            verbose,
+            job: Mutex::new(None),
+        })
+    }
+
+    /// Serves the run to its end in this thread (the GIL released) and returns the report.
+    fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let r = py
+            .detach(|| Self::serve(&self.cfg, &self.text, &self.opts, self.verbose))
+            .or_raise()?;
+        to_python(py, &r)
+    }
+
+    /// Starts serving in a background thread; `wait()` returns the report.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let (cfg, text, opts, verbose) = (
+            self.cfg.clone(),
+            self.text.clone(),
+            self.opts.clone(),
+            self.verbose,
+        );
+        start(&self.job, py, move || {
+            Self::serve(&cfg, &text, &opts, verbose)
+        })
+    }
+
+    /// Waits for a started server to finish; its report.
+    fn wait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        wait(&self.job, py)
+    }
+}
+
+/// One client of a deployment (`flexp-run client`).
+#[pyclass(module = "flexp._flexp", frozen)]
+pub struct Client {
+    opts: ClientOptions,
+    verbose: bool,
+    job: Job,
+}
+
+impl Client {
+    fn work(opts: &ClientOptions, verbose: bool) -> flexp::Result<Value> {
+        let (be, _) = select(BackendChoice::Auto)?;
+        let mut p = Quiet(verbose);
+        match be {
+            Selected::Cpu(b) => flexp::net::worker::run_client(&b, opts, &mut p)?,
+            Selected::Cuda(b) => flexp::net::worker::run_client(&b, opts, &mut p)?,
+        }
+        Ok(serde_json::json!({ "client": opts.id, "finished": true }))
+    }
+}
+
+#[pymethods]
+impl Client {
+    /// Client `id` of the server at `connect` ("host:port"), with its certificate in `tls`
+    /// (client-K.pem, client-K.key, ca.pem) and its rows in `data` (client-K.csv from
+    /// `flexp-run partition`).
+    #[new]
+    #[pyo3(signature = (connect, tls, id, data, global_test=None, model=None, server_name="localhost".to_string(), wire="f32", timeout=600.0, max_message_mb=256, verbose=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        connect: String,
+        tls: &Bound<'_, PyAny>,
+        id: u32,
+        data: &Bound<'_, PyAny>,
+        global_test: Option<&Bound<'_, PyAny>>,
+        model: Option<&Bound<'_, PyAny>>,
+        server_name: String,
+        wire: &str,
+        timeout: f64,
+        max_message_mb: usize,
+        verbose: bool,
+    ) -> PyResult<Client> {
+        let opts = ClientOptions {
+            connect,
+            server_name,
+            tls: a_path(py, "tls", tls)?,
+            id,
+            data: a_path(py, "data", data)?,
+            global_test: global_test
+                .map(|g| a_path(py, "global_test", g))
+                .transpose()?,
+            model: model.map(|m| a_path(py, "model", m)).transpose()?,
+            wire: self::wire(py, wire)?,
+            timeout: seconds(py, "timeout", timeout)?,
+            limits: limits(py, max_message_mb)?,
+        };
+        Ok(Client {
+            opts,
+            verbose,
+            job: Mutex::new(None),
+        })
+    }
+
+    /// Takes part in the run until the server finishes it, in this thread (the GIL released).
+    fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let r = py
+            .detach(|| Self::work(&self.opts, self.verbose))
+            .or_raise()?;
+        to_python(py, &r)
+    }
+
+    /// Starts the client in a background thread; `wait()` returns when the run is finished.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let (opts, verbose) = (self.opts.clone(), self.verbose);
+        start(&self.job, py, move || Self::work(&opts, verbose))
+    }
+
+    /// Waits for a started client to finish.
+    fn wait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        wait(&self.job, py)
+    }
+}
+
+fn limits(py: Python<'_>, mb: usize) -> PyResult<Limits> {
+    if mb == 0 || mb > 2047 {
+        return Err(raise(
+            py,
+            "InputError",
+            format!(
+                "max_message_mb = {mb}: expected 1..=2047 (gRPC carries at most 2 GiB a message)"
+            ),
+        ));
+    }
+    Ok(Limits {
+        max_message_bytes: mb << 20,
+        ..Limits::default()
+    })
+}

@@ -1,0 +1,57 @@
+"""A deployment driven from Python: flexp.Server and three flexp.Client objects on 127.0.0.1,
+each in its own thread, train exactly as flexp.train does on the same configuration."""
+
+import json
+import socket
+
+import flexp
+from conftest import run_cli, same, small_config, to_sets
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_and_clients_train_as_the_simulation(tmp_path, reviews):
+    sim = flexp.train(small_config(reviews, tmp_path / "sim", align="proj"))
+    cfg = small_config(reviews, tmp_path / "run", align="proj")
+    run_cli("certs", "--clients", "3", "--out", str(tmp_path / "tls"))
+    run_cli("partition", *to_sets(cfg), "--out", str(tmp_path / "parts"))
+    addr = f"127.0.0.1:{free_port()}"
+    server = flexp.Server(cfg, addr, tmp_path / "tls", tmp_path / "run", join_timeout=60)
+    server.start()
+    clients = [
+        flexp.Client(
+            addr,
+            tmp_path / "tls",
+            k,
+            tmp_path / f"parts/client-{k}.csv",
+            global_test=tmp_path / "parts/global_test.csv",
+            timeout=60,
+        )
+        for k in range(3)
+    ]
+    for c in clients:
+        c.start()
+    report = server.wait()
+    for k, c in enumerate(clients):
+        assert c.wait() == {"client": k, "finished": True}
+    same(sim, report)
+    assert [c["rounds_completed"] for c in report["clients"]] == [3, 3, 3]
+    sim_lines = [json.loads(l) for l in open(tmp_path / "sim/metrics.jsonl")]
+    run_lines = [json.loads(l) for l in open(tmp_path / "run/metrics.jsonl")]
+    same(sim_lines, run_lines, "metrics")
+
+
+def test_a_client_with_no_server_fails_by_name(tmp_path):
+    run_cli("certs", "--clients", "1", "--out", str(tmp_path / "tls"))
+    (tmp_path / "c.csv").write_text("review,label,flexp_split\nx,pos,train\n")
+    c = flexp.Client(f"127.0.0.1:{free_port()}", tmp_path / "tls", 0, tmp_path / "c.csv", timeout=1)
+    try:
+        c.run()
+    except flexp.NetworkError as e:
+        assert isinstance(e, ConnectionError) and "connecting to 127.0.0.1" in str(e)
+    else:
+        raise AssertionError("no error without a server")
