@@ -98,3 +98,9 @@ class Client:
         """Runs in a background thread."""
     def wait(self) -> Dict[str, Any]:
         """Waits for a started client."""
+
+def certs(out: PathLike, clients: int) -> None:
+    """Writes trial certificates: ca.pem, server.pem/.key, client-K.pem/.key for K < clients."""
+
+def partition(config: Config, out: PathLike) -> Dict[str, Any]:
+    """Writes client-K.csv and global_test.csv as the simulation splits the data; the manifest."""

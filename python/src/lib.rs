@@ -21,6 +21,8 @@ fn _flexp(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<network::Client>()?;
     m.add_function(wrap_pyfunction!(training::train, m)?)?;
     m.add_function(wrap_pyfunction!(training::plan, m)?)?;
+    m.add_function(wrap_pyfunction!(network::certs, m)?)?;
+    m.add_function(wrap_pyfunction!(network::partition, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

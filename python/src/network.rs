@@ -293,3 +293,29 @@ fn limits(py: Python<'_>, mb: usize) -> PyResult<Limits> {
         ..Limits::default()
     })
 }
+
+/// Writes trial certificates for a deployment of `clients` clients into `out` (see
+/// `flexp-run certs`): ca.pem, server.pem/.key, client-K.pem/.key.
+#[pyfunction]
+pub fn certs(py: Python<'_>, out: &Bound<'_, PyAny>, clients: u32) -> PyResult<()> {
+    let out = a_path(py, "out", out)?;
+    py.detach(|| flexp::net::certs::write_trial_certs(&out, clients))
+        .or_raise()
+}
+
+/// Writes each client's rows (client-K.csv) and the global test set (global_test.csv) into
+/// `out`, exactly as the simulation splits the configuration's data (see `flexp-run
+/// partition`); returns the manifest.
+#[pyfunction]
+pub fn partition(
+    py: Python<'_>,
+    config: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let (cfg, _) = config::resolve(config)?;
+    let out = a_path(py, "out", out)?;
+    let manifest = py
+        .detach(|| flexp::run::partition::write_partition(&cfg, &out, &mut Quiet(false)))
+        .or_raise()?;
+    to_python(py, &manifest)
+}

@@ -55,3 +55,18 @@ def test_a_client_with_no_server_fails_by_name(tmp_path):
         assert isinstance(e, ConnectionError) and "connecting to 127.0.0.1" in str(e)
     else:
         raise AssertionError("no error without a server")
+
+
+def test_certs_and_partition_equal_the_cli(tmp_path, reviews):
+    cfg = small_config(reviews, tmp_path / "run")
+    flexp.partition(cfg, tmp_path / "py")
+    run_cli("partition", *to_sets(cfg), "--out", str(tmp_path / "cli"))
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "py").iterdir())
+    assert "client-2.csv" in names and "global_test.csv" in names
+    for n in names:
+        assert (tmp_path / "py" / n).read_bytes() == (tmp_path / "cli" / n).read_bytes(), n
+    flexp.certs(tmp_path / "tls", 2)
+    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == [
+        "ca.pem", "client-0.key", "client-0.pem", "client-1.key", "client-1.pem", "server.key", "server.pem"
+    ]

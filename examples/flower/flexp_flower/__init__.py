@@ -1,0 +1,1 @@
+"""A Flower app in which Flower deploys and flexp computes: split federated fine-tuning."""
