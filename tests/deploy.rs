@@ -128,6 +128,32 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Runs the simulation (`flexp-run train`) of `sets` into `dir/sim`.
+fn simulate(dir: &Path, sets: &[String]) {
+    let mut t = vec!["--quiet".to_string(), "train".into()];
+    t.extend(sets.iter().cloned());
+    t.extend([
+        "--set".into(),
+        format!("out=\"{}\"", dir.join("sim").display()),
+    ]);
+    run_ok(&t);
+}
+
+/// The `report.json` of the run folder `run`.
+fn read_report(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap()
+}
+
+/// Each client's `rounds_completed` in a deployment's report.
+fn completed(report: &Value) -> Vec<u64> {
+    report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rounds_completed"].as_u64().unwrap())
+        .collect()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -238,13 +264,7 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
     let data = data(&dir);
     let sets = sets(&data, &["align=\"proj\""]);
     // The simulation.
-    let mut t = vec!["--quiet".to_string(), "train".into()];
-    t.extend(sets.iter().cloned());
-    t.extend([
-        "--set".into(),
-        format!("out=\"{}\"", dir.join("sim").display()),
-    ]);
-    run_ok(&t);
+    simulate(&dir, &sets);
     let sim = lines(&dir.join("sim/metrics.jsonl"));
     // The deployment.
     let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |_| vec![]);
@@ -291,11 +311,7 @@ fn a_loopback_deployment_trains_exactly_as_the_simulation() {
         "{first} -> {last}"
     );
     // The report: the same run folder, the same figures, with the deployment's own beside them.
-    let report = |run: &str| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(run).join("report.json")).unwrap())
-            .unwrap()
-    };
-    let (sim_report, report) = (report("sim"), report("run"));
+    let (sim_report, report) = (read_report(&dir.join("sim")), read_report(&dir.join("run")));
     same(&sim_report, &report, "report.json");
     for c in report["clients"].as_array().unwrap() {
         assert_eq!(c["rounds_completed"], 3, "{c}");
@@ -429,15 +445,8 @@ fn a_killed_client_and_refused_identities_leave_the_server_serving() {
     for (c, l) in clients.iter_mut() {
         assert!(wait(c, Duration::from_secs(30), "a client", l).success());
     }
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
-            .unwrap();
-    let done: Vec<u64> = report["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["rounds_completed"].as_u64().unwrap())
-        .collect();
+    let report = read_report(&dir.join("run"));
+    let done = completed(&report);
     assert_eq!(&done[..2], &[6, 6], "{report}");
     assert!(done[2] < 6 && done[2] >= 2, "{report}");
     let lines = lines(&metrics);
@@ -505,15 +514,8 @@ fn a_nan_payload_is_rejected_and_harms_no_one_else() {
             && log.contains("not finite"),
         "{log}"
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
-            .unwrap();
-    let done: Vec<u64> = report["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["rounds_completed"].as_u64().unwrap())
-        .collect();
+    let report = read_report(&dir.join("run"));
+    let done = completed(&report);
     assert_eq!(done, vec![3, 2, 3], "{report}");
     let lines = lines(&dir.join("run/metrics.jsonl"));
     assert_eq!(lines[0]["rejected"], 0);
@@ -530,13 +532,7 @@ fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
     let dir = tmp("resume");
     let data = data(&dir);
     let sets = sets(&data, &["rounds=4", "align=\"proj\""]);
-    let mut t = vec!["--quiet".to_string(), "train".into()];
-    t.extend(sets.iter().cloned());
-    t.extend([
-        "--set".into(),
-        format!("out=\"{}\"", dir.join("sim").display()),
-    ]);
-    run_ok(&t);
+    simulate(&dir, &sets);
     let sim = lines(&dir.join("sim/metrics.jsonl"));
     let ((mut server, server_log, mut clients), args) = deploy_with(
         &dir,
@@ -595,11 +591,11 @@ fn a_killed_server_resumes_and_the_run_ends_as_if_uninterrupted() {
     for (d, s) in dep.iter().zip(&sim) {
         same(s, d, &format!("metrics round {}", s["round"]));
     }
-    let report = |run: &str| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(run).join("report.json")).unwrap())
-            .unwrap()
-    };
-    same(&report("sim"), &report("run"), "report.json");
+    same(
+        &read_report(&dir.join("sim")),
+        &read_report(&dir.join("run")),
+        "report.json",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -610,13 +606,7 @@ fn bf16_frames_halve_the_traffic_and_train_alike() {
     let dir = tmp("bf16");
     let data = data(&dir);
     let sets = sets(&data, &["align=\"none\""]);
-    let mut t = vec!["--quiet".to_string(), "train".into()];
-    t.extend(sets.iter().cloned());
-    t.extend([
-        "--set".into(),
-        format!("out=\"{}\"", dir.join("sim").display()),
-    ]);
-    run_ok(&t);
+    simulate(&dir, &sets);
     let sim = lines(&dir.join("sim/metrics.jsonl"));
     let traffic = |run: &str| -> (u64, u64) {
         let r: Value = serde_json::from_str(
@@ -680,13 +670,7 @@ fn a_replayed_step_is_applied_once() {
     let dir = tmp("replay");
     let data = data(&dir);
     let sets = sets(&data, &[]);
-    let mut t = vec!["--quiet".to_string(), "train".into()];
-    t.extend(sets.iter().cloned());
-    t.extend([
-        "--set".into(),
-        format!("out=\"{}\"", dir.join("sim").display()),
-    ]);
-    run_ok(&t);
+    simulate(&dir, &sets);
     let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |k| {
         if k == 1 {
             vec![("FLEXP_FAULT", "replay:1")]
@@ -716,9 +700,7 @@ fn a_replayed_step_is_applied_once() {
     for (d, s) in dep.iter().zip(&sim) {
         same(s, d, &format!("metrics round {}", s["round"]));
     }
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
-            .unwrap();
+    let report = read_report(&dir.join("run"));
     let replays: Vec<u64> = report["clients"]
         .as_array()
         .unwrap()
@@ -789,15 +771,8 @@ fn oversized_and_truncated_messages_cost_only_their_sender() {
     }
     let l2 = std::fs::read_to_string(dir.join("client-2.log")).unwrap();
     assert!(l2.contains("reconnected"), "{l2}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
-            .unwrap();
-    let done: Vec<u64> = report["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["rounds_completed"].as_u64().unwrap())
-        .collect();
+    let report = read_report(&dir.join("run"));
+    let done = completed(&report);
     // Client 2 rejoins as soon as it has reconnected: the next round, or the one after.
     assert_eq!((done[0], done[1], done[3]), (4, 3, 2), "{report}");
     assert!((2..=3).contains(&done[2]), "{report}");
@@ -846,13 +821,7 @@ fn sixty_four_clients_train_exactly_as_the_simulation() {
     .into_iter()
     .flat_map(|s| ["--set".to_string(), s])
     .collect();
-    let mut t = vec!["--quiet".to_string(), "train".into()];
-    t.extend(sets.iter().cloned());
-    t.extend([
-        "--set".into(),
-        format!("out=\"{}\"", dir.join("sim").display()),
-    ]);
-    run_ok(&t);
+    simulate(&dir, &sets);
     let ((mut server, server_log, mut clients), _) =
         deploy_with(&dir, &sets, 64, |_| vec![], &[], "f32", &[]);
     let status = wait(
@@ -875,15 +844,8 @@ fn sixty_four_clients_train_exactly_as_the_simulation() {
     for (d, s) in dep.iter().zip(&sim) {
         same(s, d, &format!("metrics round {}", s["round"]));
     }
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/report.json")).unwrap())
-            .unwrap();
-    let done: Vec<u64> = report["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["rounds_completed"].as_u64().unwrap())
-        .collect();
+    let report = read_report(&dir.join("run"));
+    let done = completed(&report);
     assert_eq!(done, vec![2; 64]);
     std::fs::remove_dir_all(&dir).ok();
 }
