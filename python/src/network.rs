@@ -168,12 +168,11 @@ impl Server {
         })
     }
 
-    /// Serves the run to its end in this thread (the GIL released) and returns the report.
+    /// Serves the run to its end and returns the report (`start()` then `wait()`: Ctrl-C
+    /// raises `KeyboardInterrupt` here while the server goes on in its thread).
     fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let r = py
-            .detach(|| Self::serve(&self.cfg, &self.text, &self.opts, self.verbose))
-            .or_raise()?;
-        to_python(py, &r)
+        self.start(py)?;
+        self.wait(py)
     }
 
     /// Starts serving in a background thread; `wait()` returns the report.
@@ -258,12 +257,11 @@ impl Client {
         })
     }
 
-    /// Takes part in the run until the server finishes it, in this thread (the GIL released).
+    /// Takes part in the run until the server finishes it (`start()` then `wait()`: Ctrl-C
+    /// raises `KeyboardInterrupt` here while the client goes on in its thread).
     fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let r = py
-            .detach(|| Self::work(&self.opts, self.verbose))
-            .or_raise()?;
-        to_python(py, &r)
+        self.start(py)?;
+        self.wait(py)
     }
 
     /// Starts the client in a background thread; `wait()` returns when the run is finished.

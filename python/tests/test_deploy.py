@@ -2,7 +2,11 @@
 each in its own thread, train exactly as flexp.train does on the same configuration."""
 
 import json
+import os
+import signal
 import socket
+import threading
+import time
 
 import flexp
 from conftest import run_cli, same, small_config, to_sets
@@ -70,3 +74,18 @@ def test_certs_and_partition_equal_the_cli(tmp_path, reviews):
     assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == [
         "ca.pem", "client-0.key", "client-0.pem", "client-1.key", "client-1.pem", "server.key", "server.pem"
     ]
+
+
+def test_ctrl_c_reaches_python_while_a_client_waits(tmp_path):
+    run_cli("certs", "--clients", "1", "--out", str(tmp_path / "tls"))
+    (tmp_path / "c.csv").write_text("review,label,flexp_split\nx,pos,train\n")
+    # No server: the client retries the connection for up to 30 s.
+    c = flexp.Client(f"127.0.0.1:{free_port()}", tmp_path / "tls", 0, tmp_path / "c.csv", timeout=30)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        c.run()
+    except KeyboardInterrupt:
+        assert time.monotonic() - t0 < 5
+    else:
+        raise AssertionError("Ctrl-C did not reach Python")
