@@ -262,12 +262,15 @@ fn deploy_with(
 fn a_loopback_deployment_trains_exactly_as_the_simulation() {
     let dir = tmp("equal");
     let data = data(&dir);
-    let sets = sets(&data, &["align=\"proj\""]);
+    let sets = sets(
+        &data,
+        &["align=\"proj\"", "clients=4", "split=[1, 2, 4, 2]"],
+    );
     // The simulation.
     simulate(&dir, &sets);
     let sim = lines(&dir.join("sim/metrics.jsonl"));
-    // The deployment.
-    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 3, |_| vec![]);
+    // The deployment: four client processes.
+    let (mut server, server_log, mut clients) = deploy(&dir, &sets, 4, |_| vec![]);
     let status = wait(
         &mut server,
         Duration::from_secs(240),
@@ -405,8 +408,14 @@ fn a_killed_client_and_refused_identities_leave_the_server_serving() {
     std::fs::copy(tls.join("ca.pem"), borrowed.join("ca.pem")).unwrap();
     std::fs::copy(tls.join("client-0.pem"), borrowed.join("client-1.pem")).unwrap();
     std::fs::copy(tls.join("client-0.key"), borrowed.join("client-1.key")).unwrap();
-    for (folder, words) in [(&other, "network"), (&borrowed, "not valid for client-1")] {
+    // And client 1's own certificate from a process speaking another protocol version.
+    for (folder, protocol, words) in [
+        (&other, "1", "network"),
+        (&borrowed, "1", "not valid for client-1"),
+        (&tls, "2", "protocol version 2 is not spoken here"),
+    ] {
         let o = Command::new(bin())
+            .env("FLEXP_FAULT_PROTOCOL", protocol)
             .args(["--quiet", "client", "--connect"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--id", "1", "--timeout", "20", "--tls"])

@@ -177,7 +177,11 @@ pub fn run_client<B: Backend>(
         .map_err(|e| Error::Net(format!("starting the runtime: {e}")))?;
     let tls = client_config(&opts.tls, opts.id, &opts.server_name)?;
     let hello = Hello {
-        protocol: Protocol::V1 as i32,
+        // `FLEXP_FAULT_PROTOCOL=N` (tests): claim another protocol version.
+        protocol: std::env::var("FLEXP_FAULT_PROTOCOL")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(Protocol::V1 as i32),
         client: opts.id,
         train_examples: train_n as u64,
         test_examples: (counts.len() - train_n) as u64,
