@@ -858,3 +858,68 @@ fn sixty_four_clients_train_exactly_as_the_simulation() {
     assert_eq!(done, vec![2; 64]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A server given the partition folder (`serve --partition`) never reads the clients' rows: its
+/// data path points nowhere, and the run still equals the simulation figure for figure. A
+/// partition made for another seed is refused by name.
+#[test]
+fn a_server_with_only_the_partition_trains_as_the_simulation() {
+    let dir = tmp("partition-only");
+    let data = data(&dir);
+    let sets = sets(&data, &["align=\"proj\""]);
+    simulate(&dir, &sets);
+    let missing = dir.join("the-server-has-no-data.csv");
+    let parts = dir.join("parts");
+    let server_args = [
+        "--set".to_string(),
+        format!("data.path=\"{}\"", missing.display()),
+        "--partition".into(),
+        parts.display().to_string(),
+    ];
+    let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let ((mut server, server_log, mut clients), _) =
+        deploy_with(&dir, &sets, 3, |_| vec![], &[], "f32", &args);
+    let status = wait(
+        &mut server,
+        Duration::from_secs(240),
+        "the server",
+        &server_log,
+    );
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(status.success(), "server:\n{log}");
+    for (c, l) in clients.iter_mut() {
+        assert!(wait(c, Duration::from_secs(30), "a client", l).success());
+    }
+    assert!(!missing.exists());
+    let sim = lines(&dir.join("sim/metrics.jsonl"));
+    let dep = lines(&dir.join("run/metrics.jsonl"));
+    assert_eq!(dep.len(), sim.len());
+    for (d, s) in dep.iter().zip(&sim) {
+        same(s, d, &format!("metrics round {}", s["round"]));
+    }
+    // The same folder for another seed: refused before serving.
+    let mut s = vec!["--quiet".to_string(), "serve".into()];
+    s.extend(sets.iter().cloned());
+    s.extend(
+        [
+            "--set",
+            "seed=6",
+            "--partition",
+            parts.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            dir.join("tls").to_str().unwrap(),
+            "--out",
+            dir.join("other").to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let o = Command::new(bin()).args(&s).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("made for seed = 5, this run has 6"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -67,7 +67,10 @@ class Server:
         max_message_mb: int = 256,
         resume: bool = False,
         verbose: bool = False,
-    ) -> None: ...
+        partition: Optional[PathLike] = None,
+    ) -> None:
+        """partition: a flexp.partition folder; the server then reads only its manifest and
+        global_test.csv, never the clients' rows."""
     def run(self) -> Dict[str, Any]:
         """Serves the run to its end; returns the report."""
     def start(self) -> None:

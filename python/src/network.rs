@@ -126,7 +126,7 @@ impl Server {
     /// the certificates in `tls` (server.pem, server.key, ca.pem), writing its run folder to
     /// `out`.
     #[new]
-    #[pyo3(signature = (config, listen, tls, out, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false))]
+    #[pyo3(signature = (config, listen, tls, out, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false, partition=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -140,6 +140,7 @@ impl Server {
         max_message_mb: usize,
         resume: bool,
         verbose: bool,
+        partition: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Server> {
         let (cfg, text) = config::resolve(config)?;
         let listen = listen.parse().map_err(|e| {
@@ -158,6 +159,7 @@ impl Server {
             join_timeout: seconds(py, "join_timeout", join_timeout)?,
             limits: limits(py, max_message_mb)?,
             resume,
+            partition: partition.map(|p| a_path(py, "partition", p)).transpose()?,
         };
         Ok(Server {
             cfg,

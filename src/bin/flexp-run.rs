@@ -128,6 +128,10 @@ enum Command {
         /// that client's session (it reconnects), a frame declaring more is refused unread.
         #[arg(long, default_value_t = 256)]
         max_message_mb: usize,
+        /// The folder `flexp-run partition` wrote: the server then reads only its manifest and
+        /// global_test.csv, never the clients' rows (data.path need not exist on this machine).
+        #[arg(long)]
+        partition: Option<PathBuf>,
         /// Continue the run in --out from its last checkpoint (with its own config.toml unless
         /// --config is given, which must then resolve to the same settings); clients reconnect
         /// by themselves.
@@ -596,6 +600,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
             step_deadline,
             join_timeout,
             max_message_mb,
+            partition,
             resume,
         } => {
             // Resuming with the run folder's own settings, its recorded text is the config.
@@ -619,6 +624,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 join_timeout: seconds("--join-timeout", join_timeout)?,
                 limits: message_limits(max_message_mb)?,
                 resume,
+                partition,
             };
             let (be, line) = select(backend)?;
             eprintln!("{line}");

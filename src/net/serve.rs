@@ -64,6 +64,9 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Continue the run in `out` from its last checkpoint.
     pub resume: bool,
+    /// A `flexp-run partition` folder: the server then reads only its manifest and
+    /// `global_test.csv`, never the clients' rows (`data.path` need not exist here).
+    pub partition: Option<PathBuf>,
 }
 
 /// Per-client measurements of the deployment: what crossed the wire (encoded message sizes),
@@ -117,17 +120,25 @@ pub fn serve<B: Backend + 'static>(
             cfg.algorithm.name()
         )));
     }
-    let (ds, splits) = split_data(cfg, progress)?;
-    let classes = ds.label_names.clone();
-    let train_counts: Vec<usize> = splits.iter().map(|s| s.train.len()).collect();
     let (model, tok) = load_model_and_tokenizer_with(be, &cfg.model, cfg.precision)?;
+    // Per client (training rows, test rows), the class names, and the global test set in
+    // global_test.csv's order: from the data file as the simulation splits it, or from a
+    // partition folder.
+    let max_len = cfg.seq_len.min(model.config.max_positions);
+    let split = match &opts.partition {
+        Some(dir) => from_partition(cfg, dir, &tok, max_len)?,
+        None => from_data(cfg, &tok, max_len, progress)?,
+    };
+    let Split {
+        classes,
+        counts,
+        global_test: global_examples,
+    } = split;
+    let train_counts: Vec<usize> = counts.iter().map(|c| c.0).collect();
     // The global evaluation set as the simulation picks it: its rows' positions in
     // global_test.csv (which the clients hold), and its examples for the global model.
-    let (examples, _) =
-        encode_examples(cfg, &ds, &tok, cfg.seq_len.min(model.config.max_positions))?;
-    let global_idx = global_test(&splits);
-    let mut global_rows: Vec<usize> = (0..global_idx.len()).collect();
-    if cfg.global_eval_max > 0 && global_idx.len() > cfg.global_eval_max {
+    let mut global_rows: Vec<usize> = (0..global_examples.len()).collect();
+    if cfg.global_eval_max > 0 && global_examples.len() > cfg.global_eval_max {
         let mut r = Rng::new(cfg.seed ^ 0xE7A1);
         shuffle(&mut global_rows, &mut r);
         global_rows.truncate(cfg.global_eval_max);
@@ -135,9 +146,13 @@ pub fn serve<B: Backend + 'static>(
     }
     let global_eval: Vec<Example> = global_rows
         .iter()
-        .map(|&p| examples[global_idx[p]].clone())
+        .map(|&p| global_examples[p].clone())
         .collect();
-    let head = task_head(cfg)?;
+    // The classes known from the split (a partition folder's manifest), not from the data file.
+    let head = match cfg.task {
+        crate::run::Task::Classify => TaskHead::Classes(classes.len()),
+        _ => task_head(cfg)?,
+    };
     let projection_bytes = is_gguf(&cfg.model).then(|| be_bytes_per_block(be, &model));
     let (cost, split_plan, profiles) = plan(cfg, &model.config, projection_bytes, head)?;
     let facts: Vec<ClientFacts> = (0..cfg.clients)
@@ -145,7 +160,7 @@ pub fn serve<B: Backend + 'static>(
             profile: profiles[k].name.clone(),
             split: Some(split_plan.splits[k]),
             train_examples: train_counts[k],
-            test_examples: splits[k].test.len(),
+            test_examples: counts[k].1,
             memory_bytes: split_plan.rows[k].memory_bytes,
         })
         .collect();
@@ -925,4 +940,94 @@ fn resume<B: Backend>(
         reason: e.to_string(),
     })?;
     Ok(Resumed { meta, stats })
+}
+
+/// What the server knows of the data: class names, per client (training rows, test rows), and
+/// the global test set's examples in global_test.csv's order.
+struct Split {
+    classes: Vec<String>,
+    counts: Vec<(usize, usize)>,
+    global_test: Vec<Example>,
+}
+
+/// The split from the data file, as the simulation makes it.
+fn from_data(
+    cfg: &RunConfig,
+    tok: &crate::model::Tokenizer,
+    max_len: usize,
+    progress: &mut dyn Progress,
+) -> Result<Split> {
+    let (ds, splits) = split_data(cfg, progress)?;
+    let (examples, _) = encode_examples(cfg, &ds, tok, max_len)?;
+    Ok(Split {
+        classes: ds.label_names.clone(),
+        counts: splits
+            .iter()
+            .map(|s| (s.train.len(), s.test.len()))
+            .collect(),
+        global_test: global_test(&splits)
+            .into_iter()
+            .map(|i| examples[i].clone())
+            .collect(),
+    })
+}
+
+/// The split from a `flexp-run partition` folder: its manifest and global_test.csv, refusing a
+/// folder made for another configuration.
+fn from_partition(
+    cfg: &RunConfig,
+    dir: &Path,
+    tok: &crate::model::Tokenizer,
+    max_len: usize,
+) -> Result<Split> {
+    let path = dir.join("partition.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let m: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let bad = |why: String| Error::Input(format!("{}: {why}", path.display()));
+    let made_for = [
+        ("seed", json!(cfg.seed)),
+        ("clients", json!(cfg.clients)),
+        ("partition", json!(cfg.partition.to_string())),
+        ("test_fraction", json!(cfg.test_fraction)),
+    ];
+    for (key, want) in made_for {
+        if m[key] != want {
+            return Err(bad(format!(
+                "made for {key} = {}, this run has {want}; partition again with this configuration",
+                m[key]
+            )));
+        }
+    }
+    let classes: Vec<String> =
+        serde_json::from_value(m["classes"].clone()).map_err(|e| bad(format!("`classes`: {e}")))?;
+    let files = m["files"]
+        .as_array()
+        .ok_or_else(|| bad("no `files` list".into()))?;
+    let counts = files
+        .iter()
+        .map(|f| match (f["train"].as_u64(), f["test"].as_u64()) {
+            (Some(a), Some(b)) => Ok((a as usize, b as usize)),
+            _ => Err(bad(format!("a file entry without row counts: {f}"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if counts.len() != cfg.clients {
+        return Err(bad(format!(
+            "{} client files for a run of {} clients",
+            counts.len(),
+            cfg.clients
+        )));
+    }
+    let global = dir.join(
+        m["global_test"]["file"]
+            .as_str()
+            .unwrap_or("global_test.csv"),
+    );
+    let rows = super::worker::read_rows(&global, Some(cfg), true)?;
+    let global_test = super::worker::client_data(cfg, &rows, &classes, tok, max_len)?.test;
+    Ok(Split {
+        classes,
+        counts,
+        global_test,
+    })
 }

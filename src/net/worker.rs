@@ -50,7 +50,7 @@ pub struct ClientOptions {
 }
 
 /// One row of the client's file.
-struct Row {
+pub(crate) struct Row {
     text: String,
     label: Option<String>,
     response: Option<String>,
@@ -60,7 +60,11 @@ struct Row {
 /// Reads the client's file: the text column and, as configured, the label and response
 /// columns, with the split column saying train or test (a file without one, the global test
 /// set, is all test rows when `split_optional`).
-fn read_rows(path: &Path, cfg: Option<&RunConfig>, split_optional: bool) -> Result<Vec<Row>> {
+pub(crate) fn read_rows(
+    path: &Path,
+    cfg: Option<&RunConfig>,
+    split_optional: bool,
+) -> Result<Vec<Row>> {
     let bad = |why: String| Error::Input(format!("{}: {why}", path.display()));
     let mut r = csv::Reader::from_path(path).map_err(|e| bad(e.to_string()))?;
     let header: Vec<String> = r
@@ -118,7 +122,7 @@ fn read_rows(path: &Path, cfg: Option<&RunConfig>, split_optional: bool) -> Resu
 
 /// This client's examples, tokenised as the simulation tokenises them, with class ids from the
 /// server's class list.
-fn client_data(
+pub(crate) fn client_data(
     cfg: &RunConfig,
     rows: &[Row],
     classes: &[String],

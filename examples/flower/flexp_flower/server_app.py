@@ -49,7 +49,14 @@ def main(grid: Grid, context: Context) -> None:
     flexp.certs(work / "tls", clients)
     flexp.partition(config, work / "parts")
     listen = _listen_address(str(rc.get("listen", "127.0.0.1:0")))
-    server = flexp.Server(config, listen, work / "tls", out, join_timeout=float(rc.get("wait-for-nodes", 120)))
+    server = flexp.Server(
+        config,
+        listen,
+        work / "tls",
+        out,
+        join_timeout=float(rc.get("wait-for-nodes", 120)),
+        partition=work / "parts",
+    )
     server.start()
 
     tls = work / "tls"
