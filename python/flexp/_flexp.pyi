@@ -68,9 +68,17 @@ class Server:
         resume: bool = False,
         verbose: bool = False,
         partition: Optional[PathLike] = None,
+        gated: bool = False,
     ) -> None:
         """partition: a flexp.partition folder; the server then reads only its manifest and
-        global_test.csv, never the clients' rows."""
+        global_test.csv, never the clients' rows. gated: each round waits for next_round()."""
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def clients(self) -> int: ...
+    def next_round(self) -> Dict[str, Any]:
+        """Runs the next round of a started gated server: round, participants, completed,
+        train_loss, metrics (the metrics.jsonl line at evaluation rounds)."""
     def run(self) -> Dict[str, Any]:
         """Serves the run to its end; returns the report."""
     def start(self) -> None:

@@ -6,7 +6,7 @@ use crate::config;
 use crate::errors::{raise, OrRaise};
 use crate::training::to_python;
 use flexp::backend::cuda::{select, BackendChoice, Selected};
-use flexp::net::serve::ServeOptions;
+use flexp::net::serve::{RoundDriver, RoundGate, ServeOptions};
 use flexp::net::wire::{Limits, WireDType};
 use flexp::net::worker::ClientOptions;
 use flexp::run::{LogProgress, Progress, RunConfig};
@@ -101,6 +101,8 @@ pub struct Server {
     text: String,
     opts: ServeOptions,
     verbose: bool,
+    gated: bool,
+    driver: Mutex<Option<RoundDriver>>,
     job: Job,
 }
 
@@ -126,7 +128,7 @@ impl Server {
     /// the certificates in `tls` (server.pem, server.key, ca.pem), writing its run folder to
     /// `out`.
     #[new]
-    #[pyo3(signature = (config, listen, tls, out, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false, partition=None))]
+    #[pyo3(signature = (config, listen, tls, out, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false, partition=None, gated=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -141,6 +143,7 @@ impl Server {
         resume: bool,
         verbose: bool,
         partition: Option<&Bound<'_, PyAny>>,
+        gated: bool,
     ) -> PyResult<Server> {
         let (cfg, text) = config::resolve(config)?;
         let listen = listen.parse().map_err(|e| {
@@ -160,12 +163,15 @@ impl Server {
             limits: limits(py, max_message_mb)?,
             resume,
             partition: partition.map(|p| a_path(py, "partition", p)).transpose()?,
+            gate: None,
         };
         Ok(Server {
             cfg,
             text,
             opts,
             verbose,
+            gated,
+            driver: Mutex::new(None),
             job: Mutex::new(None),
         })
     }
@@ -177,17 +183,64 @@ impl Server {
         self.wait(py)
     }
 
-    /// Starts serving in a background thread; `wait()` returns the report.
+    /// Starts serving in a background thread; `wait()` returns the report. A gated server
+    /// (`gated=True`) runs each round only when `next_round()` asks for it.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        let (cfg, text, opts, verbose) = (
+        let (cfg, text, mut opts, verbose) = (
             self.cfg.clone(),
             self.text.clone(),
             self.opts.clone(),
             self.verbose,
         );
+        if self.gated {
+            let (gate, driver) = RoundGate::new();
+            opts.gate = Some(gate);
+            *self.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(driver);
+        }
         start(&self.job, py, move || {
             Self::serve(&cfg, &text, &opts, verbose)
         })
+    }
+
+    /// Runs the next round of a started gated server and returns what it did: `round`,
+    /// `participants`, `completed` (the clients that finished it), `train_loss`, and `metrics`
+    /// (the metrics.jsonl line, at evaluation rounds).
+    fn next_round(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let guard = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+        let driver = guard.as_ref().ok_or_else(|| {
+            raise(
+                py,
+                "InputError",
+                "next_round() needs a started server made with gated=True".into(),
+            )
+        })?;
+        // The server stopped: its error, or the end of the run.
+        let gone = |py: Python<'_>| match wait(&self.job, py) {
+            Err(e) => e,
+            Ok(_) => raise(py, "InputError", "the run has no more rounds".into()),
+        };
+        if !driver.go() {
+            return Err(gone(py));
+        }
+        loop {
+            match py.detach(|| driver.finished(Duration::from_millis(50))) {
+                Ok(Some(v)) => return to_python(py, &v),
+                Ok(None) => py.check_signals()?,
+                Err(()) => return Err(gone(py)),
+            }
+        }
+    }
+
+    /// The number of rounds of the run.
+    #[getter]
+    fn rounds(&self) -> usize {
+        self.cfg.rounds
+    }
+
+    /// The number of clients of the run.
+    #[getter]
+    fn clients(&self) -> usize {
+        self.cfg.clients
     }
 
     /// Waits for a started server to finish; its report.

@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import flexp
 from conftest import run_cli, same, small_config, to_sets
 
@@ -89,3 +91,36 @@ def test_ctrl_c_reaches_python_while_a_client_waits(tmp_path):
         assert time.monotonic() - t0 < 5
     else:
         raise AssertionError("Ctrl-C did not reach Python")
+
+
+def test_a_gated_server_runs_each_round_when_asked(tmp_path, reviews):
+    cfg = small_config(reviews, tmp_path / "run", align="proj")
+    sim = flexp.train(dict(cfg, out=str(tmp_path / "sim")))
+    flexp.certs(tmp_path / "tls", 3)
+    flexp.partition(cfg, tmp_path / "parts")
+    addr = f"127.0.0.1:{free_port()}"
+    server = flexp.Server(cfg, addr, tmp_path / "tls", tmp_path / "run", join_timeout=60,
+                          partition=tmp_path / "parts", gated=True)
+    assert (server.rounds, server.clients) == (3, 3)
+    server.start()
+    clients = [
+        flexp.Client(addr, tmp_path / "tls", k, tmp_path / f"parts/client-{k}.csv",
+                     global_test=tmp_path / "parts/global_test.csv", timeout=60)
+        for k in range(3)
+    ]
+    for c in clients:
+        c.start()
+    sim_lines = [json.loads(l) for l in open(tmp_path / "sim/metrics.jsonl")]
+    for r in range(3):
+        # Nothing runs until asked: no metrics line for this round yet.
+        m = tmp_path / "run/metrics.jsonl"
+        assert (len(m.read_text().splitlines()) if m.exists() else 0) == r
+        done = server.next_round()
+        assert done["round"] == r + 1 and done["completed"] == [0, 1, 2]
+        same(sim_lines[r], done["metrics"], f"round {r + 1}")
+    report = server.wait()
+    for c in clients:
+        c.wait()
+    same(sim, report)
+    with pytest.raises(flexp.InputError, match="gated=True"):
+        flexp.Server(cfg, addr, tmp_path / "tls", tmp_path / "x").next_round()

@@ -1,6 +1,8 @@
-"""The Flower app in examples/flower: Flower drives, flexp computes. On Flower's simulation
-engine (4 SuperNodes) and as a real deployment (a SuperLink and two SuperNode processes started
-here on 127.0.0.1), the run folder it leaves equals `flexp.train` on the same configuration.
+"""The Flower app in examples/flower: Flower drives the rounds, flexp computes. On Flower's
+simulation engine (4 SuperNodes) and as a real deployment (a SuperLink and two SuperNode
+processes started here on 127.0.0.1), Flower messages every node each round before flexp runs
+it, and the run folder it leaves equals `flexp-run train` / `flexp.train` on the same
+configuration.
 Every process is bounded in time and stopped by its PID (its process group)."""
 
 import json
@@ -105,6 +107,38 @@ def kill_local_superlink(home: str) -> None:
                 pass
 
 
+def node_clients() -> list:
+    """PIDs of the nodes' flexp client processes (`python -m flexp_flower.node`)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except OSError:
+            continue
+        if b"flexp_flower.node" in cmd and state != "Z":
+            pids.append(int(pid))
+    return pids
+
+
+def check_rounds(out: Path, rounds: int, clients: int) -> None:
+    """Flower drove every round: each node replied, then flexp ran the round with every client;
+    and every node's flexp client exits once the run is over."""
+    lines = [json.loads(l) for l in open(out / "flower_rounds.jsonl")]
+    assert [l["round"] for l in lines] == list(range(1, rounds + 1)), lines
+    for l in lines:
+        assert l["nodes_replied"] == clients, l
+        assert l["clients_running"] == list(range(clients)), l
+        assert l["completed"] == list(range(clients)), l
+    t0 = time.monotonic()
+    while node_clients() and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    left = node_clients()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"node clients still running after the run: {left}"
+
+
 def test_flower_simulation_equals_train(tmp_path, reviews):
     run = write_run(tmp_path, reviews, 4)
     env = flower_home(tmp_path, free_port())
@@ -117,6 +151,7 @@ def test_flower_simulation_equals_train(tmp_path, reviews):
     sim = json.load(open(tmp_path / "sim/report.json"))
     same(sim, json.load(open(tmp_path / "out/report.json")))
     assert (tmp_path / "out/report.md").is_file() and (tmp_path / "out/acc_vs_round.svg").is_file()
+    check_rounds(tmp_path / "out", 2, 4)
 
 
 def test_flower_deployment_with_superlink_and_supernodes(tmp_path, reviews):
@@ -147,6 +182,7 @@ def test_flower_deployment_with_superlink_and_supernodes(tmp_path, reviews):
     report = json.load(open(tmp_path / "out/report.json"))
     same(sim, report)
     assert [c["rounds_completed"] for c in report["clients"]] == [2, 2]
+    check_rounds(tmp_path / "out", 2, 2)
 
 
 def _wait_for_port(port: int, limit: float) -> None:

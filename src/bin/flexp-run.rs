@@ -625,6 +625,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
                 limits: message_limits(max_message_mb)?,
                 resume,
                 partition,
+                gate: None,
             };
             let (be, line) = select(backend)?;
             eprintln!("{line}");

@@ -42,6 +42,8 @@ use crate::run::RunConfig;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -67,6 +69,69 @@ pub struct ServeOptions {
     /// A `flexp-run partition` folder: the server then reads only its manifest and
     /// `global_test.csv`, never the clients' rows (`data.path` need not exist here).
     pub partition: Option<PathBuf>,
+    /// When set, a caller drives the rounds (see [`RoundGate`]).
+    pub gate: Option<Arc<RoundGate>>,
+}
+
+/// Lets a caller drive a deployment round by round (the Flower app's ServerApp does): the
+/// server waits for a go before each round and reports each round once it is done. Made with
+/// [`RoundGate::new`], whose [`RoundDriver`] the caller keeps.
+#[derive(Debug)]
+pub struct RoundGate {
+    go: Mutex<std_mpsc::Receiver<()>>,
+    done: std_mpsc::Sender<Value>,
+}
+
+/// The caller's end of a [`RoundGate`].
+#[derive(Debug)]
+pub struct RoundDriver {
+    go: std_mpsc::Sender<()>,
+    done: Mutex<std_mpsc::Receiver<Value>>,
+}
+
+impl RoundGate {
+    /// A gate for the server and the driver for the caller.
+    pub fn new() -> (Arc<RoundGate>, RoundDriver) {
+        let (go_tx, go_rx) = std_mpsc::channel();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        (
+            Arc::new(RoundGate {
+                go: Mutex::new(go_rx),
+                done: done_tx,
+            }),
+            RoundDriver {
+                go: go_tx,
+                done: Mutex::new(done_rx),
+            },
+        )
+    }
+
+    /// Waits for the go of the next round; an error when the driver is gone.
+    fn wait(&self, round: usize) -> Result<()> {
+        let go = self.go.lock().unwrap_or_else(|p| p.into_inner());
+        go.recv().map_err(|_| Error::Interrupted {
+            round,
+            reason: "the caller driving the rounds stopped".into(),
+        })
+    }
+}
+
+impl RoundDriver {
+    /// Lets the server run its next round; false when the server is gone.
+    pub fn go(&self) -> bool {
+        self.go.send(()).is_ok()
+    }
+
+    /// The report of the round the server finished, if one comes within `wait`; `Err` when
+    /// the server is gone.
+    pub fn finished(&self, wait: Duration) -> std::result::Result<Option<Value>, ()> {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        match done.recv_timeout(wait) {
+            Ok(v) => Ok(Some(v)),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(()),
+        }
+    }
 }
 
 /// Per-client measurements of the deployment: what crossed the wire (encoded message sizes),
@@ -294,6 +359,9 @@ pub fn serve<B: Backend + 'static>(
     // Wall time counts training, as the simulation's does, not the wait for the clients.
     books.start_clock();
     for round in start_round..cfg.rounds {
+        if let Some(g) = &opts.gate {
+            g.wait(round)?;
+        }
         let participants = sample_participants(cfg.clients, cfg.hyper.client_fraction, &mut rng);
         // Answers that came too late for an earlier round are dropped.
         st.pending.clear();
@@ -382,6 +450,16 @@ pub fn serve<B: Backend + 'static>(
                 r.saturating_sub(cfg.checkpoint_every)
             )));
             abort_if_asked(r);
+        }
+        if let Some(g) = &opts.gate {
+            let _ = g.done.send(json!({
+                "round": r,
+                "rounds": cfg.rounds,
+                "participants": participants,
+                "completed": participants.iter().filter(|&&k| !excluded[k]).collect::<Vec<_>>(),
+                "train_loss": finite_or_null(log.mean_loss()),
+                "metrics": line,
+            }));
         }
     }
     // A run resumed after its last round has no evaluation yet.
