@@ -226,7 +226,7 @@ impl Server {
             match py.detach(|| driver.finished(Duration::from_millis(50))) {
                 Ok(Some(v)) => return to_python(py, &v),
                 Ok(None) => py.check_signals()?,
-                Err(()) => return Err(gone(py)),
+                Err(_) => return Err(gone(py)),
             }
         }
     }

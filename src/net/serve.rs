@@ -122,14 +122,16 @@ impl RoundDriver {
         self.go.send(()).is_ok()
     }
 
-    /// The report of the round the server finished, if one comes within `wait`; `Err` when
+    /// The report of the round the server finished, if one comes within `wait`; an error when
     /// the server is gone.
-    pub fn finished(&self, wait: Duration) -> std::result::Result<Option<Value>, ()> {
+    pub fn finished(&self, wait: Duration) -> Result<Option<Value>> {
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
         match done.recv_timeout(wait) {
             Ok(v) => Ok(Some(v)),
             Err(std_mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::Net("the server stopped".into()))
+            }
         }
     }
 }
