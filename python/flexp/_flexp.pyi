@@ -60,7 +60,7 @@ class Server:
         config: Config,
         listen: str,
         tls: PathLike,
-        out: PathLike,
+        out: Optional[PathLike] = None,
         wire: str = "f32",
         step_deadline: float = 60.0,
         join_timeout: float = 300.0,

@@ -126,16 +126,16 @@ impl Server {
 impl Server {
     /// A server for `config` (a dict or a TOML path) listening on `listen` ("host:port"), with
     /// the certificates in `tls` (server.pem, server.key, ca.pem), writing its run folder to
-    /// `out`.
+    /// `out` (by default the configuration's `out`).
     #[new]
-    #[pyo3(signature = (config, listen, tls, out, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false, partition=None, gated=false))]
+    #[pyo3(signature = (config, listen, tls, out=None, wire="f32", step_deadline=60.0, join_timeout=300.0, max_message_mb=256, resume=false, verbose=false, partition=None, gated=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         config: &Bound<'_, PyAny>,
         listen: &str,
         tls: &Bound<'_, PyAny>,
-        out: &Bound<'_, PyAny>,
+        out: Option<&Bound<'_, PyAny>>,
         wire: &str,
         step_deadline: f64,
         join_timeout: f64,
@@ -156,7 +156,10 @@ impl Server {
         let opts = ServeOptions {
             listen,
             tls: a_path(py, "tls", tls)?,
-            out: a_path(py, "out", out)?,
+            out: match out {
+                Some(o) => a_path(py, "out", o)?,
+                None => cfg.out.clone(),
+            },
             wire: self::wire(py, wire)?,
             step_deadline: seconds(py, "step_deadline", step_deadline)?,
             join_timeout: seconds(py, "join_timeout", join_timeout)?,

@@ -124,3 +124,6 @@ def test_a_gated_server_runs_each_round_when_asked(tmp_path, reviews):
     same(sim, report)
     with pytest.raises(flexp.InputError, match="gated=True"):
         flexp.Server(cfg, addr, tmp_path / "tls", tmp_path / "x").next_round()
+    # Without `out`, the configuration's: the same folder, which now holds a run.
+    with pytest.raises(flexp.InputError, match="already holds a run"):
+        flexp.Server(cfg, addr, tmp_path / "tls").run()
