@@ -128,6 +128,18 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Waits for the server and then every client to exit successfully; the server's log.
+fn finish(server: &mut Proc, server_log: &Path, clients: &mut [(Proc, PathBuf)]) -> String {
+    let status = wait(server, Duration::from_secs(240), "the server", server_log);
+    let log = std::fs::read_to_string(server_log).unwrap();
+    assert!(status.success(), "server:\n{log}");
+    for (c, l) in clients.iter_mut() {
+        let s = wait(c, Duration::from_secs(30), "a client", l);
+        assert!(s.success(), "{}", std::fs::read_to_string(&*l).unwrap());
+    }
+    log
+}
+
 /// Runs the simulation (`flexp-run train`) of `sets` into `dir/sim`.
 fn simulate(dir: &Path, sets: &[String]) {
     let mut t = vec!["--quiet".to_string(), "train".into()];
@@ -443,17 +455,7 @@ fn a_killed_client_and_refused_identities_leave_the_server_serving() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(clients.remove(2));
-    let status = wait(
-        &mut server,
-        Duration::from_secs(240),
-        "the server",
-        &server_log,
-    );
-    let log = std::fs::read_to_string(&server_log).unwrap();
-    assert!(status.success(), "server:\n{log}");
-    for (c, l) in clients.iter_mut() {
-        assert!(wait(c, Duration::from_secs(30), "a client", l).success());
-    }
+    let log = finish(&mut server, &server_log, &mut clients);
     let report = read_report(&dir.join("run"));
     let done = completed(&report);
     assert_eq!(&done[..2], &[6, 6], "{report}");
@@ -503,21 +505,7 @@ fn a_nan_payload_is_rejected_and_harms_no_one_else() {
             vec![]
         }
     });
-    let status = wait(
-        &mut server,
-        Duration::from_secs(240),
-        "the server",
-        &server_log,
-    );
-    let log = std::fs::read_to_string(&server_log).unwrap();
-    assert!(status.success(), "server:\n{log}");
-    for (c, l) in clients.iter_mut() {
-        assert!(
-            wait(c, Duration::from_secs(30), "a client", l).success(),
-            "{}",
-            std::fs::read_to_string(&*l).unwrap()
-        );
-    }
+    let log = finish(&mut server, &server_log, &mut clients);
     assert!(
         log.contains("round 2: client 1 step rejected: malformed activations")
             && log.contains("not finite"),
@@ -687,17 +675,7 @@ fn a_replayed_step_is_applied_once() {
             vec![]
         }
     });
-    let status = wait(
-        &mut server,
-        Duration::from_secs(240),
-        "the server",
-        &server_log,
-    );
-    let log = std::fs::read_to_string(&server_log).unwrap();
-    assert!(status.success(), "server:\n{log}");
-    for (c, l) in clients.iter_mut() {
-        assert!(wait(c, Duration::from_secs(30), "a client", l).success());
-    }
+    let log = finish(&mut server, &server_log, &mut clients);
     assert!(
         log.contains("client 1: replayed activations for round 2 step 0 ignored")
             && log.contains("client 1: replayed step verdict for round 2 step 0 ignored"),
@@ -879,17 +857,7 @@ fn a_server_with_only_the_partition_trains_as_the_simulation() {
     let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
     let ((mut server, server_log, mut clients), _) =
         deploy_with(&dir, &sets, 3, |_| vec![], &[], "f32", &args);
-    let status = wait(
-        &mut server,
-        Duration::from_secs(240),
-        "the server",
-        &server_log,
-    );
-    let log = std::fs::read_to_string(&server_log).unwrap();
-    assert!(status.success(), "server:\n{log}");
-    for (c, l) in clients.iter_mut() {
-        assert!(wait(c, Duration::from_secs(30), "a client", l).success());
-    }
+    finish(&mut server, &server_log, &mut clients);
     assert!(!missing.exists());
     let sim = lines(&dir.join("sim/metrics.jsonl"));
     let dep = lines(&dir.join("run/metrics.jsonl"));
