@@ -26,7 +26,7 @@ use crate::algorithms::{
     RoundLog,
 };
 use crate::backend::Backend;
-use crate::data::{global_test, shuffle};
+use crate::data::global_test;
 use crate::error::{Error, Result};
 use crate::federated::TaskHead;
 use crate::fsutil::{lock_dir, write_atomic};
@@ -35,8 +35,8 @@ use crate::rng::Rng;
 use crate::run::checkpoint::{self, Meta};
 use crate::run::ledger::{finite_or_null, ClientFacts, Eval, Ledger};
 use crate::run::runner::{
-    abort_if_asked, be_bytes_per_block, encode as encode_examples, lora_config, plan, pooling_of,
-    sample_participants, split_data, task_head, Progress,
+    abort_if_asked, be_bytes_per_block, encode as encode_examples, global_eval_rows, lora_config,
+    plan, pooling_of, sample_participants, split_data, task_head, Progress,
 };
 use crate::run::RunConfig;
 use serde_json::{json, Value};
@@ -204,13 +204,7 @@ pub fn serve<B: Backend + 'static>(
     let train_counts: Vec<usize> = counts.iter().map(|c| c.0).collect();
     // The global evaluation set as the simulation picks it: its rows' positions in
     // global_test.csv (which the clients hold), and its examples for the global model.
-    let mut global_rows: Vec<usize> = (0..global_examples.len()).collect();
-    if cfg.global_eval_max > 0 && global_examples.len() > cfg.global_eval_max {
-        let mut r = Rng::new(cfg.seed ^ 0xE7A1);
-        shuffle(&mut global_rows, &mut r);
-        global_rows.truncate(cfg.global_eval_max);
-        global_rows.sort_unstable();
-    }
+    let global_rows = global_eval_rows(cfg, global_examples.len());
     let global_eval: Vec<Example> = global_rows
         .iter()
         .map(|&p| global_examples[p].clone())
@@ -820,7 +814,7 @@ fn run_step<B: Backend>(
     let tokens: Vec<usize> = up.tokens(cx.hidden);
     let targets: Vec<usize> = up.targets();
     let upload = up.finish();
-    let (rejected, dh) = algo.server_step(fed, &upload, log)?;
+    let (rejected, mut dh) = algo.server_step(fed, &upload, log)?;
     let mut sent = Vec::new();
     for (i, &k) in members.iter().enumerate() {
         let msg = if rejected[i] {
@@ -830,12 +824,13 @@ fn run_step<B: Backend>(
                 reason: "rejected by the server step".into(),
             })
         } else {
+            // Each sequence's gradient goes to its owner once: taken, not copied.
             let grads: Vec<Vec<f32>> = upload
                 .owner
                 .iter()
-                .zip(&dh)
+                .zip(dh.iter_mut())
                 .filter(|(&o, _)| o == i)
-                .map(|(_, g)| g.clone().unwrap_or_default())
+                .map(|(_, g)| g.take().unwrap_or_default())
                 .collect();
             sent.push(i);
             server_message::Body::Gradients(exchange::gradients(

@@ -491,19 +491,10 @@ pub fn run<B: Backend + 'static>(
     };
     let mut rng = Rng::new(cfg.seed);
     let mut algo = algorithms::build(cfg.algorithm, &fed, &mut rng)?;
-    let global_eval: Vec<Example> =
-        if cfg.global_eval_max > 0 && prep.global_test.len() > cfg.global_eval_max {
-            let mut r = Rng::new(cfg.seed ^ 0xE7A1);
-            let mut idx: Vec<usize> = (0..prep.global_test.len()).collect();
-            data::shuffle(&mut idx, &mut r);
-            idx.truncate(cfg.global_eval_max);
-            idx.sort_unstable();
-            idx.into_iter()
-                .map(|i| prep.global_test[i].clone())
-                .collect()
-        } else {
-            prep.global_test.clone()
-        };
+    let global_eval: Vec<Example> = global_eval_rows(cfg, prep.global_test.len())
+        .into_iter()
+        .map(|i| prep.global_test[i].clone())
+        .collect();
 
     let mut start_round = 0usize;
     let resumed = if resume {
@@ -574,6 +565,19 @@ pub fn run<B: Backend + 'static>(
     // Held until the report is written: the report is part of the run.
     drop(lock);
     Ok(RunOutcome { dir, report })
+}
+
+/// The positions in the global test set of the rows evaluated each round: all of them, or
+/// `eval.global_max` drawn with the run's seed (ascending). The deployment picks the same.
+pub(crate) fn global_eval_rows(cfg: &RunConfig, n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    if cfg.global_eval_max > 0 && n > cfg.global_eval_max {
+        let mut r = Rng::new(cfg.seed ^ 0xE7A1);
+        data::shuffle(&mut idx, &mut r);
+        idx.truncate(cfg.global_eval_max);
+        idx.sort_unstable();
+    }
+    idx
 }
 
 /// Fault injection for the resume tests (docs/testing.md): with `FLEXP_ABORT_AFTER_CHECKPOINT=N`
