@@ -3,7 +3,7 @@
 //! every shape against the model's hidden size, so a malformed message is refused by name
 //! before it reaches the model.
 
-use super::proto::{target, Activations, Gradients, Header, Target, TokenTargets};
+use super::proto::{target, Activations, Gradients, Header, Target, TensorFrame, TokenTargets};
 use super::wire::{decode, encode, Limits, WireDType};
 use crate::error::{Error, Result};
 use crate::executor::Output;
@@ -44,6 +44,20 @@ fn output_of(t: &Target, classes: usize) -> Result<Output> {
     }
 }
 
+/// One `[tokens, hidden]` tensor per sequence, as frames.
+fn sequence_frames(seqs: &[Vec<f32>], hidden: usize, dtype: WireDType) -> Result<Vec<TensorFrame>> {
+    let shapes: Vec<[usize; 2]> = seqs
+        .iter()
+        .map(|h| [h.len() / hidden.max(1), hidden])
+        .collect();
+    let tensors: Vec<(&[usize], &[f32])> = shapes
+        .iter()
+        .zip(seqs)
+        .map(|(s, h)| (&s[..], h.as_slice()))
+        .collect();
+    Ok(encode(&tensors, dtype, FRAME_BYTES)?)
+}
+
 /// A client's activations message: one `[tokens, hidden]` tensor per sequence, with targets.
 pub fn activations(
     header: Header,
@@ -52,18 +66,9 @@ pub fn activations(
     hidden: usize,
     dtype: WireDType,
 ) -> Result<Activations> {
-    let shapes: Vec<[usize; 2]> = smashed
-        .iter()
-        .map(|h| [h.len() / hidden.max(1), hidden])
-        .collect();
-    let tensors: Vec<(&[usize], &[f32])> = shapes
-        .iter()
-        .zip(smashed)
-        .map(|(s, h)| (&s[..], h.as_slice()))
-        .collect();
     Ok(Activations {
         header: Some(header),
-        frames: encode(&tensors, dtype, FRAME_BYTES)?,
+        frames: sequence_frames(smashed, hidden, dtype)?,
         targets: outputs.iter().map(target_of).collect::<Result<_>>()?,
     })
 }
@@ -112,18 +117,9 @@ pub fn gradients(
     hidden: usize,
     dtype: WireDType,
 ) -> Result<Gradients> {
-    let shapes: Vec<[usize; 2]> = dh
-        .iter()
-        .map(|g| [g.len() / hidden.max(1), hidden])
-        .collect();
-    let tensors: Vec<(&[usize], &[f32])> = shapes
-        .iter()
-        .zip(dh)
-        .map(|(s, g)| (&s[..], g.as_slice()))
-        .collect();
     Ok(Gradients {
         header: Some(header),
-        frames: encode(&tensors, dtype, FRAME_BYTES)?,
+        frames: sequence_frames(dh, hidden, dtype)?,
     })
 }
 
