@@ -335,19 +335,7 @@ impl Client {
 }
 
 fn limits(py: Python<'_>, mb: usize) -> PyResult<Limits> {
-    if mb == 0 || mb > 2047 {
-        return Err(raise(
-            py,
-            "InputError",
-            format!(
-                "max_message_mb = {mb}: expected 1..=2047 (gRPC carries at most 2 GiB a message)"
-            ),
-        ));
-    }
-    Ok(Limits {
-        max_message_bytes: mb << 20,
-        ..Limits::default()
-    })
+    Limits::with_message_mb(mb).map_err(|e| raise(py, "InputError", format!("max_message_mb: {e}")))
 }
 
 /// Writes trial certificates for a deployment of `clients` clients into `out` (see

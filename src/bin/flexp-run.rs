@@ -458,15 +458,8 @@ const EXAMPLE_CONFIG: &str = "examples/rotten_tomatoes.toml";
 /// A duration from a positive, finite number of seconds given on the command line.
 /// The message limits of `--max-message-mb`.
 fn message_limits(mb: usize) -> flexp::Result<flexp::net::wire::Limits> {
-    if mb == 0 || mb > 2047 {
-        return Err(flexp::Error::Input(format!(
-            "--max-message-mb {mb}: expected 1..=2047 (gRPC carries at most 2 GiB a message)"
-        )));
-    }
-    Ok(flexp::net::wire::Limits {
-        max_message_bytes: mb << 20,
-        ..Default::default()
-    })
+    flexp::net::wire::Limits::with_message_mb(mb)
+        .map_err(|e| flexp::Error::Input(format!("--max-message-mb: {e}")))
 }
 
 fn seconds(flag: &str, s: f64) -> flexp::Result<std::time::Duration> {

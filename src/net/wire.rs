@@ -74,6 +74,23 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The default limits with at most `mb` MiB of tensor payload a message; refuses 0 and more
+    /// than gRPC can carry (2 GiB).
+    pub fn with_message_mb(mb: usize) -> Result<Limits, WireError> {
+        if mb == 0 || mb > 2047 {
+            return Err(WireError::Config(format!(
+                "a message limit of {mb} MiB: expected 1..=2047 (gRPC carries at most 2 GiB a \
+                 message)"
+            )));
+        }
+        Ok(Limits {
+            max_message_bytes: mb << 20,
+            ..Limits::default()
+        })
+    }
+}
+
 /// A reassembled tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
