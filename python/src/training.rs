@@ -88,15 +88,7 @@ pub fn train(
                 "train(resume=True) takes the run folder to resume".into(),
             ))
         })?;
-        let p = dir.join("config.toml");
-        let text = std::fs::read_to_string(&p)
-            .map_err(|e| flexp::Error::io(&p, e))
-            .or_raise()?;
-        let mut cfg = flexp::run::RawConfig::from_toml(&text)
-            .and_then(|r| r.resolve())
-            .or_raise()?;
-        cfg.out = dir;
-        (cfg, text)
+        flexp::run::runner::recorded_config(&dir).or_raise()?
     } else {
         config::resolve(config)?
     };

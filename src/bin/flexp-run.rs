@@ -534,11 +534,7 @@ fn run(cmd: Command, quiet: bool, backend: BackendChoice) -> flexp::Result<()> {
         } => {
             let (cfg, text, resuming) = match resume {
                 Some(dir) => {
-                    let path = dir.join("config.toml");
-                    let text =
-                        std::fs::read_to_string(&path).map_err(|e| flexp::Error::io(&path, e))?;
-                    let mut cfg = RawConfig::from_toml(&text)?.resolve()?;
-                    cfg.out = dir;
+                    let (cfg, text) = flexp::run::runner::recorded_config(&dir)?;
                     (cfg, text, true)
                 }
                 None => {

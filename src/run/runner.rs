@@ -18,7 +18,7 @@ use crate::model::{
 };
 use crate::rng::Rng;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How the run reports progress.
 pub trait Progress {
@@ -395,6 +395,16 @@ pub(crate) fn with_labels_used(
     let list = toml::Value::Array(classes.iter().cloned().map(toml::Value::String).collect());
     raw.insert("data.labels", list);
     Ok(raw.resolved_toml())
+}
+
+/// The configuration of the run in folder `dir`, to resume it: the resolved settings it
+/// recorded (`config.toml`) with `out` set to `dir`, and that text.
+pub fn recorded_config(dir: &Path) -> Result<(RunConfig, String)> {
+    let path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut cfg = RawConfig::from_toml(&text)?.resolve()?;
+    cfg.out = dir.to_path_buf();
+    Ok((cfg, text))
 }
 
 /// Runs an experiment. With `resume`, continues from the run folder's last checkpoint.
