@@ -36,7 +36,7 @@ use crate::run::checkpoint::{self, Meta};
 use crate::run::ledger::{finite_or_null, ClientFacts, Eval, Ledger};
 use crate::run::runner::{
     abort_if_asked, be_bytes_per_block, encode as encode_examples, global_eval_rows, lora_config,
-    plan, pooling_of, sample_participants, split_data, task_head, Progress,
+    plan, pooling_of, sample_participants, split_data, subset, task_head, Progress,
 };
 use crate::run::RunConfig;
 use serde_json::{json, Value};
@@ -1033,17 +1033,15 @@ fn from_data(
     progress: &mut dyn Progress,
 ) -> Result<Split> {
     let (ds, splits) = split_data(cfg, progress)?;
-    let (examples, _) = encode_examples(cfg, &ds, tok, max_len)?;
+    // Only the global test rows are the server's to tokenise.
+    let (global_test, _) = encode_examples(cfg, &subset(&ds, &global_test(&splits)), tok, max_len)?;
     Ok(Split {
         classes: ds.label_names.clone(),
         counts: splits
             .iter()
             .map(|s| (s.train.len(), s.test.len()))
             .collect(),
-        global_test: global_test(&splits)
-            .into_iter()
-            .map(|i| examples[i].clone())
-            .collect(),
+        global_test,
     })
 }
 

@@ -335,7 +335,8 @@ pub(crate) fn encode(
     }
 }
 
-fn subset(ds: &Dataset, idx: &[usize]) -> Dataset {
+/// The rows `idx` of `ds`, in that order.
+pub(crate) fn subset(ds: &Dataset, idx: &[usize]) -> Dataset {
     Dataset {
         texts: idx.iter().map(|&i| ds.texts[i].clone()).collect(),
         labels: idx.iter().map(|&i| ds.labels[i]).collect(),
