@@ -27,18 +27,7 @@ pub(crate) struct QuantWeight {
 impl QuantWeight {
     /// Takes `blocks`, `rows` rows of `cols` values of type `ty`.
     pub(crate) fn new(ty: GgmlType, blocks: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
-        let row_bytes = ty.row_bytes(cols).ok_or_else(|| {
-            Error::Backend(format!(
-                "quantized weight: a row of {cols} values is not a whole number of {ty} blocks ({} values)",
-                ty.block_len()
-            ))
-        })?;
-        if Some(blocks.len()) != row_bytes.checked_mul(rows) {
-            return Err(Error::Backend(format!(
-                "quantized weight: {} bytes given for [{rows}x{cols}] {ty} ({row_bytes} bytes a row)",
-                blocks.len()
-            )));
-        }
+        let row_bytes = ty.weight_row_bytes(blocks.len(), rows, cols)?;
         Ok(QuantWeight {
             ty,
             rows,

@@ -182,6 +182,24 @@ impl GgmlType {
         (n / b).checked_mul(self.block_bytes())
     }
 
+    /// The bytes of a row of a `[rows x cols]` weight held in `len` bytes of this type; an error
+    /// naming the mismatch when `cols` is not a whole number of blocks or `len` is not
+    /// `rows` such rows.
+    pub fn weight_row_bytes(self, len: usize, rows: usize, cols: usize) -> crate::Result<usize> {
+        let row_bytes = self.row_bytes(cols).ok_or_else(|| {
+            crate::Error::Backend(format!(
+                "quantized weight: a row of {cols} values is not a whole number of {self} blocks ({} values)",
+                self.block_len()
+            ))
+        })?;
+        if Some(len) != row_bytes.checked_mul(rows) {
+            return Err(crate::Error::Backend(format!(
+                "quantized weight: {len} bytes given for [{rows}x{cols}] {self} ({row_bytes} bytes a row)"
+            )));
+        }
+        Ok(row_bytes)
+    }
+
     /// Byte offsets, within a block, of the f16 fields (the scale `d`, then the minimum or
     /// `dmin` where the type has one); empty for the float types. Everything else in a block is
     /// integer codes or integer sub-scales, valid at any value.

@@ -52,18 +52,7 @@ pub(crate) fn weight(
     rows: usize,
     cols: usize,
 ) -> Result<CudaWeight> {
-    let row_bytes = ty.row_bytes(cols).ok_or_else(|| {
-        Error::Backend(format!(
-            "quantized weight: a row of {cols} values is not a whole number of {ty} blocks ({} values)",
-            ty.block_len()
-        ))
-    })?;
-    if Some(blocks.len()) != row_bytes.checked_mul(rows) {
-        return Err(Error::Backend(format!(
-            "quantized weight: {} bytes given for [{rows}x{cols}] {ty} ({row_bytes} bytes a row)",
-            blocks.len()
-        )));
-    }
+    let row_bytes = ty.weight_row_bytes(blocks.len(), rows, cols)?;
     i32_of("quantized weight rows", rows)?;
     i32_of("quantized weight cols", cols)?;
     let mem = be.upload_pod::<u8>(&blocks)?;
