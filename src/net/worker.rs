@@ -261,11 +261,8 @@ pub fn run_client<B: Backend>(
     // checkpoint at that round replays it from the same state.
     let mut saved: Option<(u64, Saved<B>)> = None;
     loop {
-        let outcome = match next(&rt, &mut session, opts.timeout) {
-            Ok(Some(msg)) => cx.handle(msg, &mut session, &mut half, &mut saved, progress),
-            Ok(None) => Err(closed()),
-            Err(e) => Err(e),
-        };
+        let outcome = next(&rt, &mut session, opts.timeout)
+            .and_then(|msg| cx.handle(msg, &mut session, &mut half, &mut saved, progress));
         match outcome {
             Ok(true) => return Ok(()),
             Ok(false) => {}
@@ -362,19 +359,17 @@ impl<B: Backend> Cx<'_, B> {
                         std::process::abort();
                     }
                     match next(rt, session, opts.timeout)? {
-                        Some(server_message::Body::Gradients(g)) => Ok(Some(
+                        server_message::Body::Gradients(g) => Ok(Some(
                             exchange::read_gradients(&g, &opts.limits, &up.smashed)?
                                 .into_iter()
                                 .map(Some)
                                 .collect(),
                         )),
-                        Some(server_message::Body::Rejected(r)) => {
+                        server_message::Body::Rejected(r) => {
                             progress.message(&format!("client {k}: step rejected: {}", r.reason));
                             server_rejected = true;
                             Ok(None)
                         }
-                        // The server ended the session (it refused a message, or stopped).
-                        None => Err(closed()),
                         other => Err(Error::Net(format!(
                             "expected gradients from the server, got {other:?}"
                         ))),
@@ -463,19 +458,23 @@ fn send(rt: &tokio::runtime::Runtime, s: &Session, body: client_message::Body) -
         .map_err(|_| closed())
 }
 
-/// The server's next message; `None` when it closed the stream.
+/// The server's next message; the [`CLOSED`] error (the client reconnects) when the server
+/// ended or broke the stream (it refused a message, or stopped).
 fn next(
     rt: &tokio::runtime::Runtime,
     s: &mut Session,
     timeout: Duration,
-) -> Result<Option<server_message::Body>> {
+) -> Result<server_message::Body> {
     match rt.block_on(async { tokio::time::timeout(timeout, s.inbound.message()).await }) {
         Err(_) => Err(Error::Net(format!(
             "no message from the server within {timeout:?}"
         ))),
         Ok(Err(st)) => Err(Error::Net(format!("{CLOSED}: {}", st.message()))),
-        Ok(Ok(None)) => Ok(None),
-        Ok(Ok(Some(ServerMessage { body }))) => Ok(body),
+        Ok(Ok(None)) => Err(closed()),
+        Ok(Ok(Some(ServerMessage { body: Some(b) }))) => Ok(b),
+        Ok(Ok(Some(ServerMessage { body: None }))) => {
+            Err(Error::Net("the server sent an empty message".into()))
+        }
     }
 }
 
